@@ -24,12 +24,12 @@ type Source interface {
 
 // Loss causes shared by sources.
 const (
-	LossRingFull     = "ring_full"     // kernel ring buffer had no room
-	LossBackpressure = "backpressure"  // consumer channel was full
-	LossRateLimit    = "rate_limit"    // over the configured events/sec cap
-	LossOverrun      = "overrun"       // netlink socket overrun (ENOBUFS)
-	LossRaced        = "raced"         // process gone before /proc could be read
-	LossDecode       = "decode"        // malformed record from the kernel
+	LossRingFull     = "ring_full"    // kernel ring buffer had no room
+	LossBackpressure = "backpressure" // consumer channel was full
+	LossRateLimit    = "rate_limit"   // over the configured events/sec cap
+	LossOverrun      = "overrun"      // netlink socket overrun (ENOBUFS)
+	LossRaced        = "raced"        // process gone before /proc could be read
+	LossDecode       = "decode"       // malformed record from the kernel
 )
 
 // ErrUnsupported is returned by a Source constructor when this host cannot run
