@@ -1,0 +1,204 @@
+// Package config is the layered configuration of every role: built-in
+// defaults, a YAML file, DAEMONEYE_* environment variables and command-line
+// flags, in increasing precedence. It records where each value came from so
+// that `daemoneye config show` can explain the effective configuration.
+//
+// The YAML shapes follow the concept's section 13: the example `agent:` and
+// `proxy:` snippets load unchanged (testdata/config).
+package config
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration. One file may hold the sections of several
+// roles; each role reads its own.
+type Config struct {
+	Agent  Agent  `yaml:"agent"`
+	Proxy  Proxy  `yaml:"proxy"`
+	Center Center `yaml:"center"`
+	Log    Log    `yaml:"log"`
+}
+
+// TLS names the node's certificate, key and the customer CA.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	CA   string `yaml:"ca"`
+}
+
+// Agent configures the host agent.
+type Agent struct {
+	ID            string   `yaml:"id"` // defaults to the host name
+	ProxyHint     string   `yaml:"proxy_hint"`
+	ProxyFallback []string `yaml:"proxy_fallback"`
+	SiteTag       string   `yaml:"site_tag"`
+	DataDir       string   `yaml:"data_dir"`
+	Capture       string   `yaml:"capture"` // auto, ebpf or proc
+	Standalone    bool     `yaml:"standalone"`
+	TLS           TLS      `yaml:"tls"`
+	Stream        Stream   `yaml:"stream"`
+	Trace         Trace    `yaml:"trace"`
+	Baseline      Baseline `yaml:"baseline"`
+	Retention     Retain   `yaml:"retention"`
+	Metrics       Metrics  `yaml:"metrics"`
+}
+
+// Stream cuts events into batches for the uplink.
+type Stream struct {
+	BatchMaxEvents int `yaml:"batch_max_events"`
+	BatchMaxMS     int `yaml:"batch_max_ms"`
+}
+
+// Trace holds focused-trace defaults.
+type Trace struct {
+	DefaultDepth    int  `yaml:"default_depth"`
+	PrivacyMaskArgs bool `yaml:"privacy_mask_args"`
+}
+
+// Baseline caps the passive baseline so it never hurts the host.
+type Baseline struct {
+	MaxEventsPerSec int      `yaml:"max_events_per_sec"` // excess is counted and dropped
+	ArgvMaxBytes    int      `yaml:"argv_max_bytes"`
+	RingBytes       ByteSize `yaml:"ring_bytes"`   // eBPF ring buffer
+	QueueEvents     int      `yaml:"queue_events"` // sensor -> store queue bound
+	ProcRoot        string   `yaml:"proc_root"`
+}
+
+// Retain bounds the local store.
+type Retain struct {
+	MaxAge    time.Duration `yaml:"max_age"`
+	MaxBytes  ByteSize      `yaml:"max_bytes"`
+	ExitedAge time.Duration `yaml:"exited_age"` // how long exited processes stay in the table
+}
+
+// Metrics is the health listener (Prometheus text format); loopback by default.
+type Metrics struct {
+	Listen string `yaml:"listen"`
+}
+
+// Proxy configures a store-and-forward node.
+type Proxy struct {
+	Listen           string   `yaml:"listen"`
+	Upstream         string   `yaml:"upstream"`
+	UpstreamFallback []string `yaml:"upstream_fallback"`
+	WALPath          string   `yaml:"wal_path"`
+	FsyncIntervalMS  int      `yaml:"fsync_interval_ms"`
+	Flow             Flow     `yaml:"flow"`
+	TLS              TLS      `yaml:"tls"`
+	Metrics          Metrics  `yaml:"metrics"`
+}
+
+// Flow sets lane priorities and compression on a link.
+type Flow struct {
+	Priorities  []string `yaml:"priorities"`
+	Compression string   `yaml:"compression"`
+}
+
+// Center configures the Security Center.
+type Center struct {
+	Listen  string  `yaml:"listen"`
+	DataDir string  `yaml:"data_dir"`
+	TLS     TLS     `yaml:"tls"`
+	Metrics Metrics `yaml:"metrics"`
+}
+
+// Log configures the process's structured log.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Default returns the built-in defaults.
+func Default() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Agent: Agent{
+			ID:      host,
+			DataDir: "/var/lib/daemoneye/agent",
+			Capture: "auto",
+			Stream:  Stream{BatchMaxEvents: 2000, BatchMaxMS: 250},
+			Trace:   Trace{DefaultDepth: 6, PrivacyMaskArgs: true},
+			Baseline: Baseline{
+				MaxEventsPerSec: 50000,
+				ArgvMaxBytes:    4096,
+				RingBytes:       8 << 20,
+				QueueEvents:     65536,
+				ProcRoot:        "/proc",
+			},
+			Retention: Retain{MaxAge: 7 * 24 * time.Hour, MaxBytes: 1 << 30, ExitedAge: time.Hour},
+			Metrics:   Metrics{Listen: "127.0.0.1:9464"},
+		},
+		Proxy: Proxy{
+			Listen:          "0.0.0.0:7443",
+			WALPath:         "/var/lib/daemoneye/proxy/wal",
+			FsyncIntervalMS: 100,
+			Flow:            Flow{Priorities: []string{"trace", "alert", "bulk"}, Compression: "zstd"},
+			Metrics:         Metrics{Listen: "127.0.0.1:9465"},
+		},
+		Center: Center{
+			Listen:  "0.0.0.0:7443",
+			DataDir: "/var/lib/daemoneye/center",
+			Metrics: Metrics{Listen: "127.0.0.1:9466"},
+		},
+		Log: Log{Level: "info", Format: "text"},
+	}
+}
+
+// Validate reports the first value that cannot work.
+func (c *Config) Validate() error {
+	var errs []string
+	switch c.Agent.Capture {
+	case "auto", "ebpf", "proc":
+	default:
+		errs = append(errs, fmt.Sprintf("agent.capture: %q is not one of auto, ebpf, proc", c.Agent.Capture))
+	}
+	positive := map[string]int{
+		"agent.stream.batch_max_events":     c.Agent.Stream.BatchMaxEvents,
+		"agent.stream.batch_max_ms":         c.Agent.Stream.BatchMaxMS,
+		"agent.baseline.argv_max_bytes":     c.Agent.Baseline.ArgvMaxBytes,
+		"agent.baseline.queue_events":       c.Agent.Baseline.QueueEvents,
+		"agent.baseline.max_events_per_sec": c.Agent.Baseline.MaxEventsPerSec,
+		"proxy.fsync_interval_ms":           c.Proxy.FsyncIntervalMS,
+	}
+	for _, k := range sortedKeys(positive) {
+		if positive[k] <= 0 {
+			errs = append(errs, fmt.Sprintf("%s: must be positive, got %d", k, positive[k]))
+		}
+	}
+	if c.Agent.Trace.DefaultDepth < 0 {
+		errs = append(errs, fmt.Sprintf("agent.trace.default_depth: must not be negative, got %d", c.Agent.Trace.DefaultDepth))
+	}
+	if rb := int64(c.Agent.Baseline.RingBytes); rb < 4096 || rb&(rb-1) != 0 {
+		errs = append(errs, fmt.Sprintf("agent.baseline.ring_bytes: must be a power of two of at least 4KiB, got %s", c.Agent.Baseline.RingBytes))
+	}
+	for _, p := range c.Proxy.Flow.Priorities {
+		switch p {
+		case "trace", "alert", "bulk":
+		default:
+			errs = append(errs, fmt.Sprintf("proxy.flow.priorities: unknown lane %q (want trace, alert, bulk)", p))
+		}
+	}
+	switch c.Proxy.Flow.Compression {
+	case "zstd", "none":
+	default:
+		errs = append(errs, fmt.Sprintf("proxy.flow.compression: %q is not one of zstd, none", c.Proxy.Flow.Compression))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Sprintf("log.level: %q is not one of debug, info, warn, error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Sprintf("log.format: %q is not one of text, json", c.Log.Format))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid configuration:\n  %s", strings.Join(errs, "\n  "))
+	}
+	return nil
+}
