@@ -1,0 +1,221 @@
+// Package cli is the command line of the one `daemoneye` binary: the three
+// roles (agent, proxy, center) and the operator verbs. main parses with it and
+// runs what it returns; every command is a value a test can run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/evilbitlabs/daemoneye/config"
+)
+
+// Build identifies the binary; main fills it from -ldflags.
+type Build struct {
+	Version, Commit, Date string
+}
+
+func (b Build) String() string {
+	return fmt.Sprintf("daemoneye %s (commit %s, built %s)", b.Version, b.Commit, b.Date)
+}
+
+// Globals are flags every command accepts.
+type Globals struct {
+	Config   string           `short:"c" type:"path" env:"DAEMONEYE_CONFIG" help:"YAML configuration file (default /etc/daemoneye/daemoneye.yaml when present)."`
+	Set      []string         `help:"Set a configuration key, e.g. --set agent.stream.batch_max_ms=100 (repeatable; beats env and file)." placeholder:"KEY=VALUE"`
+	LogLevel string           `help:"Log level: debug, info, warn, error (sets log.level)." placeholder:"LEVEL"`
+	Role     string           `help:"Run this role (agent, proxy, center); the same as naming it as the command." placeholder:"ROLE"`
+	Version  kong.VersionFlag `help:"Print version, commit and build date."`
+
+	env    []string
+	stdout io.Writer
+	stderr io.Writer
+	flags  []config.Flag // set by commands before loading
+}
+
+// CLI is the whole command tree.
+type CLI struct {
+	Globals
+
+	Agent  AgentCmd  `cmd:"" help:"Run the host agent, or inspect what it recorded."`
+	Proxy  ProxyCmd  `cmd:"" help:"Run a store-and-forward proxy."`
+	Center CenterCmd `cmd:"" help:"Run the Security Center."`
+	Cfg    ConfigCmd `cmd:"" name:"config" help:"Show the effective configuration."`
+}
+
+// DefaultConfigPath is read when no --config is given and it exists.
+const DefaultConfigPath = "/etc/daemoneye/daemoneye.yaml"
+
+// Main runs the command line and returns the process exit code.
+func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Writer, environ []string) int {
+	args = RoleArgs(args)
+	var c CLI
+	c.env, c.stdout, c.stderr = environ, stdout, stderr
+	parser, err := kong.New(&c,
+		kong.Name("daemoneye"),
+		kong.Description("DaemonEye: a silent hunt layer for restricted networks. One binary: agent, proxy and center."),
+		kong.Vars{"version": build.String()},
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(int) {}),
+		kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.BindTo(ctx, (*context.Context)(nil)),
+	)
+	if err != nil {
+		fmt.Fprintln(stderr, "daemoneye:", err)
+		return 2
+	}
+	kctx, err := parser.Parse(args[1:])
+	if err != nil {
+		if errors.Is(err, errExitZero) {
+			return 0
+		}
+		var pe *kong.ParseError
+		if errors.As(err, &pe) {
+			fmt.Fprintln(stderr, "daemoneye:", err)
+			return 2
+		}
+		fmt.Fprintln(stderr, "daemoneye:", err)
+		return 2
+	}
+	if kctx == nil || kctx.Command() == "" {
+		return 0 // --help or --version already printed
+	}
+	if err := kctx.Run(&c.Globals); err != nil {
+		fmt.Fprintln(stderr, "daemoneye:", err)
+		var ec interface{ ExitCode() int }
+		if errors.As(err, &ec) {
+			return ec.ExitCode()
+		}
+		return 1
+	}
+	return 0
+}
+
+var errExitZero = errors.New("exit 0")
+
+// RoleArgs turns the program name (a daemoneye-agent symlink) and --role ROLE
+// into the role subcommand, so all three spellings run the same code.
+func RoleArgs(args []string) []string {
+	if len(args) == 0 {
+		return []string{"daemoneye"}
+	}
+	out := append([]string{args[0]}, args[1:]...)
+	base := filepath.Base(args[0])
+	if role, ok := strings.CutPrefix(base, "daemoneye-"); ok && isRole(role) {
+		out = append([]string{args[0], role}, args[1:]...)
+	}
+	for i := 1; i < len(out); i++ {
+		a := out[i]
+		if a == "--" {
+			break
+		}
+		var role string
+		switch {
+		case a == "--role" && i+1 < len(out):
+			role = out[i+1]
+			out = append(out[:i:i], out[i+2:]...)
+		case strings.HasPrefix(a, "--role="):
+			role = strings.TrimPrefix(a, "--role=")
+			out = append(out[:i:i], out[i+1:]...)
+		default:
+			continue
+		}
+		if !isRole(role) {
+			// Leave it for kong to reject with a clear message.
+			return args
+		}
+		rest := append([]string{}, out[1:]...)
+		return append([]string{out[0], role}, rest...)
+	}
+	return out
+}
+
+func isRole(r string) bool { return r == "agent" || r == "proxy" || r == "center" }
+
+// load builds the effective configuration from every layer.
+func (g *Globals) load() (*config.Loaded, error) {
+	file := g.Config
+	if file == "" {
+		if _, err := os.Stat(DefaultConfigPath); err == nil {
+			file = DefaultConfigPath
+		}
+	}
+	var flags []config.Flag
+	for _, kv := range g.Set {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("--set %q: want KEY=VALUE", kv)
+		}
+		flags = append(flags, config.Flag{Key: strings.TrimSpace(k), Value: v, Name: "--set " + k})
+	}
+	if g.LogLevel != "" {
+		flags = append(flags, config.Flag{Key: "log.level", Value: g.LogLevel, Name: "--log-level"})
+	}
+	flags = append(flags, g.flags...)
+	return config.Load(config.Sources{File: file, Environ: g.env, Flags: flags})
+}
+
+func (g *Globals) flag(key, value, name string) {
+	g.flags = append(g.flags, config.Flag{Key: key, Value: value, Name: name})
+}
+
+// logger builds the process's structured logger on stderr.
+func (g *Globals) logger(c config.Log) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(g.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, opts))
+}
+
+// ConfigCmd groups configuration verbs.
+type ConfigCmd struct {
+	Show ConfigShowCmd `cmd:"" help:"Print the effective configuration and where each value came from."`
+}
+
+// ConfigShowCmd prints the effective configuration.
+type ConfigShowCmd struct {
+	Section string `arg:"" optional:"" enum:"agent,proxy,center,log," default:"" help:"Only this section (agent, proxy, center, log)."`
+}
+
+// Run prints each key, its value and its layer.
+func (c *ConfigShowCmd) Run(g *Globals) error {
+	l, err := g.load()
+	if err != nil {
+		return err
+	}
+	return l.Show(g.stdout, c.Section)
+}
+
+// ProxyCmd runs a proxy.
+type ProxyCmd struct{}
+
+// Run reports that this build has no proxy role yet.
+func (ProxyCmd) Run(g *Globals) error {
+	if _, err := g.load(); err != nil {
+		return err
+	}
+	return errors.New("the proxy role is not in this build yet (see the transport issue); `daemoneye agent --standalone` runs without one")
+}
+
+// CenterCmd runs the Security Center.
+type CenterCmd struct{}
+
+// Run reports that this build has no center role yet.
+func (CenterCmd) Run(g *Globals) error {
+	if _, err := g.load(); err != nil {
+		return err
+	}
+	return errors.New("the center role is not in this build yet (see the center issue)")
+}
