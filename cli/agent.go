@@ -88,6 +88,7 @@ func origin(g *Globals, in *agent.Inspector) {
 type AgentPsCmd struct {
 	Tree   bool `help:"Show the processes as a tree."`
 	Exited bool `help:"Include recently exited processes."`
+	Kernel bool `help:"Include kernel threads (kthreadd and its children)."`
 	revealFlags
 }
 
@@ -106,10 +107,24 @@ func (c *AgentPsCmd) Run(g *Globals, parent *AgentCmd) error {
 	if err != nil {
 		return err
 	}
+	if !c.Kernel {
+		vs = userOnly(vs)
+	}
 	if c.Tree {
 		return agent.WriteTree(g.stdout, vs)
 	}
 	return agent.WriteTree(g.stdout, flat(vs))
+}
+
+// userOnly drops kernel threads: kthreadd (pid 2) and its children.
+func userOnly(vs []agent.View) []agent.View {
+	out := vs[:0]
+	for _, v := range vs {
+		if v.Key.PID != 2 && v.Parent.PID != 2 {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func flat(vs []agent.View) []agent.View {

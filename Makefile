@@ -1,0 +1,53 @@
+# DaemonEye. `make help` lists the targets. Every target installs what it needs
+# (as root, with apt-get) and skips what is already there.
+
+SHELL       := /bin/bash
+GO          ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+BIN         := bin
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT      ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATE        ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS     := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
+FUZZTIME    ?= 4s
+BENCHTIME   ?= 1x
+export CGO_ENABLED := 0
+
+.PHONY: help build test vet fuzz-smoke generate bench demo demo-clean deps-generate
+
+help: ## List the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## Build the static binary bin/daemoneye and the daemoneye-agent symlink.
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/daemoneye .
+	@ln -sf daemoneye $(BIN)/daemoneye-agent
+
+vet:
+	$(GO) vet ./...
+
+test: build vet ## Run every test (as root: the capture tests use the real kernel), then each fuzz target briefly.
+	$(GO) test -count=1 -timeout 12m ./...
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+fuzz-smoke: ## Run each fuzz target for FUZZTIME.
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/daemoneye-fuzz.log 2>&1 || { cat /tmp/daemoneye-fuzz.log; exit 1; }; \
+	  done; \
+	done
+
+deps-generate:
+	@command -v clang >/dev/null && command -v bpftool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm libbpf-dev bpftool; }
+
+generate: deps-generate ## Rebuild the generated eBPF objects (needs clang; installs it).
+	bash bpf/generate.sh
+
+bench: build ## Run the benchmarks and print their figures (see BENCHMARKS.md).
+	bash testdata/bench/run.sh
+
+demo: build ## Run the agent standalone and show the live process tree and a lineage.
+	bash testdata/demo/standalone.sh
+
+demo-clean: ## Remove what the demo made.
+	rm -rf .demo
