@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# make bench: run every benchmark of the project and keep the raw output in
+# .bench/ (BENCHMARKS.md quotes the figures with this command). Needs root:
+# the capture benchmarks use the real kernel.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+GO=${GO:-go}
+OUT=.bench
+mkdir -p "$OUT"
+export DAEMONEYE_BIN=$PWD/bin/daemoneye
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+report="$OUT/bench-$stamp.txt"
+{
+  echo "# daemoneye benchmarks, $(date -u), $(uname -r), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
+  # Storage and codecs first (quick), then the kernel-facing ones.
+  $GO test -run '^$' -bench . -benchtime "${BENCHTIME:-1x}" -timeout 30m ./store/... ./transport/... 2>&1
+  $GO test -run '^$' -bench 'Seed' -benchtime 1x -timeout 10m ./capture/ 2>&1
+  $GO test -run '^$' -bench 'ExecStorm' -benchtime 1x -timeout 20m -v ./capture/ 2>&1 | grep -v '^=== RUN'
+  $GO test -run '^$' -bench . -benchtime 1x -timeout 20m -v ./roles/agent/ 2>&1 | grep -v '^=== RUN'
+} | tee "$report"
+echo
+echo "report: $report"
