@@ -1,0 +1,261 @@
+package pki
+
+import (
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// File names inside a CA directory, and the modes of what we write.
+const (
+	CACertFile = "ca.crt"
+	CAKeyFile  = "ca.key"
+	CRLFile    = "crl.pem"
+
+	certMode fs.FileMode = 0o644
+	keyMode  fs.FileMode = 0o600
+	dirMode  fs.FileMode = 0o700
+)
+
+// PEM block types.
+const (
+	pemCertificate = "CERTIFICATE"
+	pemPrivateKey  = "PRIVATE KEY"
+	pemCRL         = "X509 CRL"
+)
+
+// ErrKeyPermissions is returned when a private key file can be read by
+// anyone but its owner.
+var ErrKeyPermissions = errors.New("private key file permissions too open")
+
+// Identity returns the role and name a certificate was issued for. It
+// checks only the certificate's own content; use a Verifier to decide
+// whether to trust it.
+func Identity(cert *x509.Certificate) (role Role, name string, err error) {
+	if cert == nil {
+		return "", "", errors.New("no certificate")
+	}
+	role, name, err = identityFrom(cert.Subject.CommonName, cert.URIs)
+	if err != nil {
+		return "", "", fmt.Errorf("certificate serial %s: %w", FormatSerial(cert.SerialNumber), err)
+	}
+	return role, name, nil
+}
+
+// WriteKeyPair writes dir/NAME.crt (mode 0644) and dir/NAME.key (mode 0600),
+// each atomically (temporary file, fsync, rename, fsync of the directory),
+// replacing an older pair: this is how a renewed certificate is installed.
+// The key is written first, so a crash between the two leaves the old
+// certificate with a new key, which LoadKeyPair refuses loudly rather than
+// serving a mismatched pair.
+func WriteKeyPair(dir, name string, certPEM, keyPEM []byte) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if _, err := parseCertPEM(certPEM); err != nil {
+		return fmt.Errorf("write %s.crt: %w", name, err)
+	}
+	if _, err := parseKeyPEM(keyPEM); err != nil {
+		return fmt.Errorf("write %s.key: %w", name, err)
+	}
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return fmt.Errorf("write key pair: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, name+".key"), keyPEM, keyMode, false); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, name+".crt"), certPEM, certMode, false)
+}
+
+// LoadKeyPair reads a certificate and its private key for TLS. The key file
+// must not be readable by group or others, and the key must be Ed25519 and
+// match the certificate. The returned certificate has Leaf set.
+func LoadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
+	if err := checkKeyMode(keyFile); err != nil {
+		return nil, err
+	}
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	c, err := KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load %s and %s: %w", certFile, keyFile, err)
+	}
+	return c, nil
+}
+
+// KeyPair builds a TLS certificate from PEM, as returned by Issue.
+func KeyPair(certPEM, keyPEM []byte) (*tls.Certificate, error) {
+	leaf, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	if !key.Public().(ed25519.PublicKey).Equal(leaf.PublicKey) {
+		return nil, fmt.Errorf("key does not match certificate serial %s", FormatSerial(leaf.SerialNumber))
+	}
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// LoadCACert reads a CA certificate (ca.crt) as distributed to nodes.
+func LoadCACert(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load ca certificate: %w", err)
+	}
+	c, err := parseCertPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("load ca certificate %s: %w", path, err)
+	}
+	if !c.IsCA || !c.BasicConstraintsValid {
+		return nil, fmt.Errorf("load ca certificate %s: %s is not a ca certificate", path, c.Subject)
+	}
+	return c, nil
+}
+
+// ParseCertificatePEM parses one PEM certificate.
+func ParseCertificatePEM(b []byte) (*x509.Certificate, error) { return parseCertPEM(b) }
+
+func parseCertPEM(b []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, errors.New("no pem data")
+	}
+	if block.Type != pemCertificate {
+		return nil, fmt.Errorf("pem block is %q, want %s", block.Type, pemCertificate)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	return c, nil
+}
+
+func parseKeyPEM(b []byte) (ed25519.PrivateKey, error) {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, errors.New("no pem data in key")
+	}
+	if block.Type != pemPrivateKey {
+		return nil, fmt.Errorf("key pem block is %q, want %s (pkcs#8)", block.Type, pemPrivateKey)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse key: %w", err)
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("key is %s, want ed25519", keyTypeName(k))
+	}
+	return ek, nil
+}
+
+func keyTypeName(k any) string {
+	switch k.(type) {
+	case *rsa.PrivateKey:
+		return "rsa"
+	case *ecdsa.PrivateKey:
+		return "ecdsa"
+	case *ecdh.PrivateKey:
+		return "ecdh"
+	}
+	return fmt.Sprintf("%T", k)
+}
+
+func encodeCert(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: der})
+}
+
+// EncodeKey returns key as PKCS#8 PEM.
+func EncodeKey(key ed25519.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("marshal key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der}), nil
+}
+
+// checkKeyMode refuses a key file that group or others can access.
+func checkKeyMode(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("key file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("key file %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("key file %s has mode %04o, want 0600 (chmod 600 %s): %w", path, perm, path, ErrKeyPermissions)
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory, so readers see the old content or the new, never a part. With
+// noClobber it fails if path exists (link(2) does not replace).
+func writeFileAtomic(path string, data []byte, perm fs.FileMode, noClobber bool) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	// CreateTemp makes the file 0600 before any byte is written, so a key
+	// is never readable by others, not even briefly.
+	if err = f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if noClobber {
+		if err = os.Link(tmp, path); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		os.Remove(tmp)
+	} else if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
