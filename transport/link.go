@@ -19,11 +19,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
 
 // ALPN names the protocol and its version; a peer speaking another version
@@ -80,6 +83,8 @@ type Options struct {
 	Queue     int  // default DefaultQueue
 	BulkFloor int  // default DefaultBulkFloor
 	NoPrio    bool // send in arrival order across lanes (benchmarks: what priority buys)
+	// Log receives one line per peer refused at the handshake, saying why.
+	Log *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -92,6 +97,30 @@ func (o *Options) defaults() {
 	if o.BulkFloor <= 0 {
 		o.BulkFloor = DefaultBulkFloor
 	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// withRefusalLog makes a failed peer verification leave a log line that
+// names the peer and the reason (another CA, expired, revoked, wrong role).
+func withRefusalLog(c *tls.Config, log *slog.Logger, side string) *tls.Config {
+	verify := c.VerifyConnection
+	if verify == nil {
+		return c
+	}
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if err != nil {
+			peer := "no certificate"
+			if len(cs.PeerCertificates) > 0 {
+				peer = cs.PeerCertificates[0].Subject.String()
+			}
+			log.Warn("peer refused at handshake", "component", "transport", "side", side, "peer", peer, "reason", pki.Describe(err))
+		}
+		return err
+	}
+	return c
 }
 
 // QUICConfig is the QUIC configuration every link uses.
@@ -134,7 +163,8 @@ type Link struct {
 // Dial connects to addr and opens the lanes. tlsConf must come from
 // pki.Verifier.TLSConfig (mutual TLS 1.3, ALPN set).
 func Dial(ctx context.Context, addr string, tlsConf *tls.Config, opts Options) (*Link, error) {
-	conn, err := quic.DialAddr(ctx, addr, withALPN(tlsConf), QUICConfig())
+	opts.defaults()
+	conn, err := quic.DialAddr(ctx, addr, withRefusalLog(withALPN(tlsConf), opts.Log, "client"), QUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -189,7 +219,8 @@ type Listener struct {
 
 // Listen listens for links on a UDP address.
 func Listen(addr string, tlsConf *tls.Config, opts Options) (*Listener, error) {
-	ln, err := quic.ListenAddr(addr, withALPN(tlsConf), QUICConfig())
+	opts.defaults()
+	ln, err := quic.ListenAddr(addr, withRefusalLog(withALPN(tlsConf), opts.Log, "server"), QUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}

@@ -6,9 +6,13 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
 
 // pair returns two connected links over loopback QUIC with mutual TLS.
@@ -225,5 +229,116 @@ func TestWrongALPNRefused(t *testing.T) {
 	if err == nil {
 		t.Fatal("a peer with another protocol version completed the handshake")
 	}
-	_ = tls.VersionTLS13
+}
+
+// Peers from another CA or with a revoked certificate never get a link.
+func TestHandshakeRefusals(t *testing.T) {
+	ca := testCA(t)
+	srv := nodeTLS(t, ca, pki.RoleProxy, "px", true, pki.RoleAgent)
+	var logBuf syncBuffer
+	srvLog := slog.New(slog.NewTextHandler(&logBuf, nil))
+	ln, err := Listen("127.0.0.1:0", srv, Options{Log: srvLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for i := 0; i < 10; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			l, err := ln.Accept(ctx)
+			cancel()
+			if err == nil {
+				l.Close()
+			}
+		}
+	}()
+
+	other := testCA(t)
+	revokedPEM, revokedKey, _ := ca.Issue(pki.RoleAgent, "revoked", pki.IssueOptions{})
+	if err := ca.RevokeCert(revokedPEM, pki.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	// The listener's verifier learns of the revocation the way a pushed CRL
+	// arrives: a new Verifier state via SetCRL.
+	srvV, _ := ca.Verifier()
+	revokedCert, _ := pki.KeyPair(revokedPEM, revokedKey)
+	ln2, err := Listen("127.0.0.1:0", srvV.TLSConfig(pki.NewCertHolder(mustPair(t, ca, pki.RoleProxy, "px2")), true, []string{ALPN}, pki.RoleAgent), Options{Log: srvLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	cliV, _ := ca.Verifier()
+	ca.Now = func() time.Time { return time.Now().Add(-48 * time.Hour) }
+	expired := mustPair(t, ca, pki.RoleAgent, "old") // 24 h life, ended a day ago
+	ca.Now = nil
+
+	// The intruder trusts our CA (it stole ca.crt) so that the refusal is
+	// the server's, not its own.
+	otherV, _ := ca.Verifier()
+	intruder := otherV.TLSConfig(pki.NewCertHolder(mustPair(t, other, pki.RoleAgent, "intruder")), false, []string{ALPN})
+	cases := []struct {
+		name string
+		addr string
+		tls  *tls.Config
+		log  string
+	}{
+		{"another CA", ln.Addr(), intruder, "certificate from another CA"},
+		{"wrong role", ln.Addr(), nodeTLS(t, ca, pki.RoleOperator, "alice", false), "operator/alice"},
+		{"expired", ln.Addr(), cliV.TLSConfig(pki.NewCertHolder(expired), false, []string{ALPN}), "expired"},
+		{"revoked", ln2.Addr(), cliV.TLSConfig(pki.NewCertHolder(revokedCert), false, []string{ALPN}), "revoked"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			l, err := Dial(ctx, c.addr, c.tls, Options{})
+			if err == nil {
+				// The client may finish its side before the server's
+				// verdict arrives; the link must then die at once.
+				select {
+				case <-l.Done():
+					err = l.Err()
+				case <-time.After(3 * time.Second):
+					t.Fatal("link with a refused peer stayed up")
+				}
+			}
+			t.Logf("refused: %s", pki.Describe(err))
+			deadline := time.Now().Add(3 * time.Second)
+			for !strings.Contains(logBuf.String(), c.log) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !strings.Contains(logBuf.String(), c.log) {
+				t.Errorf("server log lacks %q:\n%s", c.log, logBuf.String())
+			}
+		})
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func mustPair(t *testing.T, ca *pki.CA, role pki.Role, name string) *tls.Certificate {
+	certPEM, keyPEM, err := ca.Issue(role, name, pki.IssueOptions{Loopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pki.KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

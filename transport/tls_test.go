@@ -2,60 +2,46 @@ package transport
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net"
 	"testing"
-	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
 
-// testTLS makes a throwaway CA and a client and server configuration that
-// require each other's certificates.
-func testTLS(t *testing.T) (client, server *tls.Config) {
+// testCA makes a customer CA in a temp dir.
+func testCA(t *testing.T) *pki.CA {
 	t.Helper()
-	caPub, caKey, _ := ed25519.GenerateKey(rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caPub, caKey)
+	ca, err := pki.Init(t.TempDir(), "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	leaf := func(name string, serial int64) tls.Certificate {
-		pub, key, _ := ed25519.GenerateKey(rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return ca
+}
+
+func nodeTLS(t *testing.T, ca *pki.CA, role pki.Role, name string, server bool, allowed ...pki.Role) *tls.Config {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue(role, name, pki.IssueOptions{Loopback: role != pki.RoleOperator})
+	if err != nil {
+		t.Fatal(err)
 	}
-	server = &tls.Config{
-		Certificates: []tls.Certificate{leaf("server", 2)},
-		ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: pool,
-		MinVersion: tls.VersionTLS13,
+	cert, err := pki.KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
 	}
-	client = &tls.Config{
-		Certificates: []tls.Certificate{leaf("client", 3)},
-		RootCAs:      pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13,
+	v, err := ca.Verifier()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return client, server
+	return v.TLSConfig(pki.NewCertHolder(cert), server, []string{ALPN}, allowed...)
+}
+
+// testTLS returns an agent ("client") and a proxy ("server") configuration
+// from one CA.
+func testTLS(t *testing.T) (client, server *tls.Config) {
+	ca := testCA(t)
+	return nodeTLS(t, ca, pki.RoleAgent, "client", false, pki.RoleProxy), nodeTLS(t, ca, pki.RoleProxy, "server", true, pki.RoleAgent)
 }
 
 func dialRaw(ctx context.Context, addr string, c *tls.Config) (*quic.Conn, error) {
