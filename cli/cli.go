@@ -32,10 +32,10 @@ type Globals struct {
 	Config   string           `short:"c" type:"path" env:"DAEMONEYE_CONFIG" help:"YAML configuration file (default /etc/daemoneye/daemoneye.yaml when present)."`
 	Set      []string         `help:"Set a configuration key, e.g. --set agent.stream.batch_max_ms=100 (repeatable; beats env and file)." placeholder:"KEY=VALUE"`
 	LogLevel string           `help:"Log level: debug, info, warn, error (sets log.level)." placeholder:"LEVEL"`
-	Role     string           `help:"Run this role (agent, proxy, center); the same as naming it as the command." placeholder:"ROLE"`
 	Version  kong.VersionFlag `help:"Print version, commit and build date."`
 
 	env    []string
+	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 	flags  []config.Flag // set by commands before loading
@@ -49,22 +49,35 @@ type CLI struct {
 	Proxy  ProxyCmd  `cmd:"" help:"Run a store-and-forward proxy."`
 	Center CenterCmd `cmd:"" help:"Run the Security Center."`
 	Cfg    ConfigCmd `cmd:"" name:"config" help:"Show the effective configuration."`
+	PKI    PKICmd    `cmd:"" name:"pki" help:"Customer-owned CA: init, issue, revoke."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.
 const DefaultConfigPath = "/etc/daemoneye/daemoneye.yaml"
 
 // Main runs the command line and returns the process exit code.
-func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Writer, environ []string) int {
+func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Writer, environ []string) (code int) {
+	// kong exits after --help and --version; turn that into a return so
+	// tests (and deferred cleanups) keep running.
+	defer func() {
+		if r := recover(); r != nil {
+			ec, ok := r.(exitCode)
+			if !ok {
+				panic(r)
+			}
+			code = int(ec)
+		}
+	}()
 	args = RoleArgs(args)
 	var c CLI
-	c.env, c.stdout, c.stderr = environ, stdout, stderr
+	c.env, c.stdin, c.stdout, c.stderr = environ, os.Stdin, stdout, stderr
 	parser, err := kong.New(&c,
 		kong.Name("daemoneye"),
-		kong.Description("DaemonEye: a silent hunt layer for restricted networks. One binary: agent, proxy and center."),
+		kong.Description("DaemonEye: a silent hunt layer for restricted networks. One binary: agent, proxy and center.\n"+
+			"The role is the command; `--role ROLE` before it, or a daemoneye-ROLE symlink, does the same."),
 		kong.Vars{"version": build.String()},
 		kong.Writers(stdout, stderr),
-		kong.Exit(func(int) {}),
+		kong.Exit(func(c int) { panic(exitCode(c)) }),
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.BindTo(ctx, (*context.Context)(nil)),
@@ -75,14 +88,6 @@ func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Wri
 	}
 	kctx, err := parser.Parse(args[1:])
 	if err != nil {
-		if errors.Is(err, errExitZero) {
-			return 0
-		}
-		var pe *kong.ParseError
-		if errors.As(err, &pe) {
-			fmt.Fprintln(stderr, "daemoneye:", err)
-			return 2
-		}
 		fmt.Fprintln(stderr, "daemoneye:", err)
 		return 2
 	}
@@ -100,7 +105,7 @@ func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Wri
 	return 0
 }
 
-var errExitZero = errors.New("exit 0")
+type exitCode int
 
 // RoleArgs turns the program name (a daemoneye-agent symlink) and --role ROLE
 // into the role subcommand, so all three spellings run the same code.
@@ -113,10 +118,16 @@ func RoleArgs(args []string) []string {
 	if role, ok := strings.CutPrefix(base, "daemoneye-"); ok && isRole(role) {
 		out = append([]string{args[0], role}, args[1:]...)
 	}
+	// Only a --role before the command counts: `pki issue --role agent` is
+	// the issue verb's own flag.
 	for i := 1; i < len(out); i++ {
 		a := out[i]
-		if a == "--" {
+		if a == "--" || !strings.HasPrefix(a, "-") {
 			break
+		}
+		if globalWithValue[a] {
+			i++ // skip the flag's value
+			continue
 		}
 		var role string
 		switch {
@@ -138,6 +149,9 @@ func RoleArgs(args []string) []string {
 	}
 	return out
 }
+
+// globalWithValue are the global flags that take a separate value.
+var globalWithValue = map[string]bool{"-c": true, "--config": true, "--set": true, "--log-level": true}
 
 func isRole(r string) bool { return r == "agent" || r == "proxy" || r == "center" }
 

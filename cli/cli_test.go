@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -19,6 +20,8 @@ func TestRoleArgs(t *testing.T) {
 		{[]string{"daemoneye", "--role", "toaster"}, []string{"daemoneye", "--role", "toaster"}},
 		{[]string{"daemoneye-agent", "ps", "--tree"}, []string{"daemoneye-agent", "agent", "ps", "--tree"}},
 		{[]string{"daemoneye", "config", "show"}, []string{"daemoneye", "config", "show"}},
+		{[]string{"daemoneye", "pki", "issue", "--role", "agent", "web-1"}, []string{"daemoneye", "pki", "issue", "--role", "agent", "web-1"}},
+		{[]string{"daemoneye", "--set", "a=b", "--role", "agent"}, []string{"daemoneye", "agent", "--set", "a=b"}},
 	}
 	for _, c := range cases {
 		if got := RoleArgs(c.in); !reflect.DeepEqual(got, c.want) {
@@ -76,5 +79,32 @@ func TestBadInputExitCodes(t *testing.T) {
 		if code == 0 || !strings.Contains(errs, c.want) {
 			t.Errorf("%q: code %d, stderr %q; want non-zero and %q", c.args, code, errs, c.want)
 		}
+	}
+}
+
+func TestPKIVerbs(t *testing.T) {
+	dir := t.TempDir() + "/pki"
+	if code, out, errs := run(t, nil, "pki", "--dir", dir, "init", "--org", "ACME"); code != 0 || !strings.Contains(out, "created CA") {
+		t.Fatalf("pki init: %d %s %s", code, out, errs)
+	}
+	if code, _, errs := run(t, nil, "pki", "--dir", dir, "init"); code == 0 || !strings.Contains(errs, "exists") {
+		t.Errorf("second pki init: code %d, %s; want a refusal to overwrite", code, errs)
+	}
+	code, out, errs := run(t, nil, "pki", "--dir", dir, "issue", "--role", "agent", "web-1", "--loopback")
+	if code != 0 || !strings.Contains(out, "issued agent/web-1 serial ") {
+		t.Fatalf("pki issue: %d %s %s", code, out, errs)
+	}
+	if st, err := os.Stat(dir + "/web-1.key"); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode = %v, %v; want 0600", st.Mode().Perm(), err)
+	}
+	if code, _, errs := run(t, nil, "pki", "--dir", dir, "issue", "--role", "agent", "../etc"); code == 0 {
+		t.Errorf("issue with a path in the name succeeded: %s", errs)
+	}
+	if code, _, errs := run(t, nil, "pki", "--dir", dir, "revoke", "--cert", dir+"/web-1.crt"); code == 0 || !strings.Contains(errs, "not revoked") {
+		t.Errorf("revoke without --yes and no terminal: code %d %s", code, errs)
+	}
+	code, out, errs = run(t, nil, "pki", "--dir", dir, "revoke", "--cert", dir+"/web-1.crt", "--yes", "--reason", "1")
+	if code != 0 || !strings.Contains(out, "lists 1 certificate") {
+		t.Errorf("revoke: %d %s %s", code, out, errs)
 	}
 }
