@@ -67,10 +67,14 @@ func (h *CertHolder) get() (*tls.Certificate, error) {
 // versions (required from the peer when given); allowed are the roles the
 // peer may have (none: any role of our CA).
 //
-// Go's own chain verification is switched off (RequireAnyClientCert on the
-// server, InsecureSkipVerify on the client) because it can neither consult
-// our CRL nor check roles; VerifyConnection does the whole check instead,
-// on both sides. VerifyConnection rather than VerifyPeerCertificate because
+// Go's own chain verification is switched off (the server only requests a
+// client certificate, the client sets InsecureSkipVerify) because it can
+// neither consult our CRL nor check roles; VerifyConnection does the whole
+// check instead, on both sides, and refuses a peer without a certificate.
+// The server uses RequestClientCert rather than RequireAnyClientCert so that
+// this refusal, too, is an ErrNoCertificate that Describe can name: Go calls
+// VerifyConnection before it checks the client's CertificateVerify, so a
+// certificate whose key the client does not hold still fails after us. VerifyConnection rather than VerifyPeerCertificate because
 // it also runs when a session is resumed, and a resumed session must not
 // outlive a revocation; the server turns session tickets off anyway (links
 // are long-lived, and QUIC 0-RTT data could be replayed).
@@ -88,7 +92,7 @@ func (v *Verifier) TLSConfig(self *CertHolder, server bool, alpn []string, allow
 	usage := x509.ExtKeyUsageServerAuth
 	if server {
 		usage = x509.ExtKeyUsageClientAuth
-		cfg.ClientAuth = tls.RequireAnyClientCert
+		cfg.ClientAuth = tls.RequestClientCert // required by VerifyConnection
 		cfg.SessionTicketsDisabled = true
 		cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return self.get() }
 	} else {
