@@ -1,0 +1,343 @@
+//go:build linux && amd64
+
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// The objects are committed (sensor_x86_bpfel.{go,o}) so `go build` needs no
+// clang; `make generate` (bpf/generate.sh) runs this and refreshes
+// bpf_sources.sha256, which bpfgen_test.go checks.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target amd64 -tags linux -cflags "-O2 -g -Wall -I../bpf/include" -type ev_hdr -type ev_exit -type ev_conn -type ev_exec sensor ../bpf/sensor.bpf.c
+
+const (
+	// argvCap is ARGV_CAP in bpf/sensor.h: the scratch space the kernel side
+	// has for argv. Larger Options.ArgvMaxBytes are clamped to it.
+	argvCap = 32768
+
+	// Indexes of the drops map (enum drop_cause in bpf/sensor.h).
+	dropRingExec  = 0
+	dropRingSmall = 1
+	dropCauses    = 2
+)
+
+// EBPFSource is the eBPF sensor: tp_btf programs on the scheduler's fork,
+// exec and exit tracepoints, on inet_sock_set_state for TCP, and on sys_exit
+// (filtered to accept) for the accepting process. Programs are loaded and
+// attached by NewEBPF, so a caller can fall back to another Source when that
+// fails; Close releases them.
+type EBPFSource struct {
+	log  *slog.Logger
+	coll *ebpf.Collection
+	rd   *ringbuf.Reader
+
+	mu    sync.Mutex // guards links and closed
+	links []link.Link
+	drops *ebpf.Map
+
+	dec recordDecoder
+
+	running      atomic.Bool
+	closed       atomic.Bool
+	backpressure atomic.Uint64
+	decodeErrs   atomic.Uint64
+	delivered    atomic.Uint64
+}
+
+var _ Source = (*EBPFSource)(nil)
+
+// NewEBPF loads and attaches the sensor. An error that wraps ErrUnsupported
+// means this host cannot run it (no BTF, not privileged, verifier refusal,
+// missing hook) and says why.
+func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "capture.ebpf")
+
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return nil, fmt.Errorf("ebpf sensor needs kernel BTF (/sys/kernel/btf/vmlinux): %w: %w", err, ErrUnsupported)
+	}
+
+	spec, err := loadSensor()
+	if err != nil {
+		// The embedded object is ours; failing to parse it is a build bug.
+		return nil, fmt.Errorf("parse embedded ebpf sensor: %w", err)
+	}
+
+	ring := ringSize(opts.RingBytes)
+	if ring != opts.RingBytes {
+		log.Info("ring buffer size adjusted", "requested", opts.RingBytes, "bytes", ring)
+	}
+	spec.Maps["events"].MaxEntries = uint32(ring)
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible cpus: %w: %w", err, ErrUnsupported)
+	}
+	spec.Maps["scratch"].MaxEntries = uint32(cpus)
+
+	argvMax := opts.ArgvMaxBytes
+	if argvMax < 0 {
+		argvMax = 0
+	}
+	if argvMax > argvCap {
+		log.Info("argv cap clamped to the sensor's maximum", "requested", argvMax, "bytes", argvCap)
+		argvMax = argvCap
+	}
+	if err := spec.Variables["argv_max"].Set(uint32(argvMax)); err != nil {
+		return nil, fmt.Errorf("set argv_max: %w", err)
+	}
+
+	// One exit program is loaded: the group_dead argument of
+	// sched_process_exit (6.16+) is exact; the signal->live test is racy
+	// when threads exit together, so it is only the fallback.
+	exitProg := "handle_exit"
+	if !exitTracepointHasGroupDead() {
+		exitProg = "handle_exit_legacy"
+		log.Info("sched_process_exit has no group_dead argument; using signal->live")
+	}
+	for name := range spec.Programs {
+		if (name == "handle_exit" || name == "handle_exit_legacy") && name != exitProg {
+			delete(spec.Programs, name)
+		}
+	}
+
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			// The full log is long; operators need it to report a kernel
+			// that refuses us, so it goes to the log, not the error.
+			log.Warn("ebpf verifier refused the sensor", "log", verifierTail(ve, 60))
+		}
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+			return nil, fmt.Errorf("load ebpf sensor (needs root or CAP_BPF+CAP_PERFMON): %w: %w", err, ErrUnsupported)
+		}
+		return nil, fmt.Errorf("load ebpf sensor: %w: %w", err, ErrUnsupported)
+	}
+
+	s := &EBPFSource{log: log, coll: coll, drops: coll.Maps["drops"]}
+	s.dec.bootToWall.Store(bootToWallOffset())
+
+	// Order matters little, but attaching sys_exit last keeps the window in
+	// which every syscall pays for us as short as possible on failure.
+	for _, name := range []string{"handle_fork", "handle_exec", exitProg, "handle_set_state", "handle_sys_exit"} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs[name]})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("attach %s: %w: %w", name, err, ErrUnsupported)
+		}
+		s.links = append(s.links, l)
+	}
+
+	rd, err := ringbuf.NewReader(coll.Maps["events"])
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open ebpf ring buffer: %w: %w", err, ErrUnsupported)
+	}
+	s.rd = rd
+	log.Info("ebpf sensor attached", "ring_bytes", ring, "argv_max", argvMax, "exit_program", exitProg)
+	return s, nil
+}
+
+// verifierTail returns the last n lines of a verifier log: where it gave up
+// and why. The whole log can be megabytes.
+func verifierTail(ve *ebpf.VerifierError, n int) string {
+	lines := ve.Log
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return fmt.Sprintf("%v\n%s", ve.Cause, strings.Join(lines, "\n"))
+}
+
+// ringSize returns the smallest power of two that is at least n and at
+// least one page, as BPF_MAP_TYPE_RINGBUF requires.
+func ringSize(n int) int {
+	size := os.Getpagesize()
+	for size < n && size < 1<<30 {
+		size <<= 1
+	}
+	return size
+}
+
+// exitTracepointHasGroupDead reports whether the kernel's sched_process_exit
+// tracepoint passes group_dead (btf_trace_sched_process_exit has three
+// parameters: the hidden context, the task, group_dead).
+func exitTracepointHasGroupDead() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var td *btf.Typedef
+	if err := spec.TypeByName("btf_trace_sched_process_exit", &td); err != nil {
+		return false
+	}
+	ptr, ok := td.Type.(*btf.Pointer)
+	if !ok {
+		return false
+	}
+	proto, ok := ptr.Target.(*btf.FuncProto)
+	return ok && len(proto.Params) >= 3
+}
+
+// bootToWallOffset returns CLOCK_REALTIME - CLOCK_BOOTTIME in nanoseconds.
+// The kernel stamps records with bpf_ktime_get_boot_ns, which keeps counting
+// through suspend like start_boottime does; adding this gives Unix time.
+// The boot clock is read between two wall-clock reads to halve the error.
+func bootToWallOffset() int64 {
+	var rt0, bt, rt1 unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_REALTIME, &rt0)
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &bt)
+	_ = unix.ClockGettime(unix.CLOCK_REALTIME, &rt1)
+	return rt0.Nano() + (rt1.Nano()-rt0.Nano())/2 - bt.Nano()
+}
+
+// Name implements Source.
+func (s *EBPFSource) Name() string { return "ebpf" }
+
+// Run implements Source: it decodes ring-buffer records and sends them on out
+// until ctx ends. When ctx ends it delivers what is already in the ring and
+// returns nil.
+func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("ebpf source: run called twice")
+	}
+	if s.closed.Load() {
+		return errors.New("ebpf source: run after close")
+	}
+
+	// Flush makes a blocked read return what is pending, then ErrFlushed:
+	// a clean end without waiting for the next event.
+	stop := context.AfterFunc(ctx, func() { _ = s.rd.Flush() })
+	defer stop()
+
+	// Follow wall-clock steps (NTP, operator) for event times.
+	clockDone := make(chan struct{})
+	defer close(clockDone)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-clockDone:
+				return
+			case <-t.C:
+				s.dec.bootToWall.Store(bootToWallOffset())
+			}
+		}
+	}()
+
+	var rec ringbuf.Record
+	var ev Event
+	for {
+		if err := s.rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, ringbuf.ErrFlushed) || errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read ebpf ring buffer: %w", err)
+		}
+		if err := s.dec.decode(rec.RawSample, &ev); err != nil {
+			if s.decodeErrs.Add(1) == 1 {
+				s.log.Warn("undecodable ebpf record", "err", err, "bytes", len(rec.RawSample))
+			}
+			continue
+		}
+		select {
+		case out <- ev:
+			s.delivered.Add(1)
+		default:
+			// Never wait for the consumer: the ring would fill and the
+			// kernel side would drop instead, blind to what was lost.
+			s.backpressure.Add(1)
+		}
+	}
+}
+
+// Lost implements Source. Kernel-side reservation failures (the ring was
+// full) are read from the per-CPU drops map.
+func (s *EBPFSource) Lost() map[string]uint64 {
+	lost := map[string]uint64{
+		LossRingFull:     s.ringDrops(),
+		LossBackpressure: s.backpressure.Load(),
+		LossDecode:       s.decodeErrs.Load(),
+	}
+	return lost
+}
+
+func (s *EBPFSource) ringDrops() uint64 {
+	if s.closed.Load() || s.drops == nil {
+		return 0
+	}
+	var total uint64
+	for cause := uint32(0); cause < dropCauses; cause++ {
+		var perCPU []uint64
+		if err := s.drops.Lookup(cause, &perCPU); err != nil {
+			continue
+		}
+		for _, n := range perCPU {
+			total += n
+		}
+	}
+	return total
+}
+
+// Blind implements Source: what this sensor does not report.
+func (s *EBPFSource) Blind() []string {
+	return []string{
+		BlindUDP,
+		BlindConnectionsOpenAtStart,
+		// Only established connections are reported: a connect that fails
+		// (refused, timed out) leaves no event.
+		"tcp-connect-failed",
+		// accept through io_uring or the 32-bit compat syscalls does not
+		// return through the hooked sys_exit numbers.
+		"tcp-accept-io_uring-compat",
+		// A failed execve replaces no image and is not reported.
+		"exec-failed",
+		// Paths are resolved to the root of the process's mount namespace
+		// (not its chroot); a path deeper than 64 components or longer than
+		// PATH_MAX is cut at the root end.
+		"path-mntns-relative",
+	}
+}
+
+// Delivered returns how many events Run has handed to its consumer; tests
+// and benchmarks compare it with what they spawned.
+func (s *EBPFSource) Delivered() uint64 { return s.delivered.Load() }
+
+// Close detaches the programs and frees the maps and the ring buffer. It is
+// safe to call more than once and while Run is running (Run then returns).
+func (s *EBPFSource) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	var errs []error
+	s.mu.Lock()
+	for _, l := range s.links {
+		errs = append(errs, l.Close())
+	}
+	s.links = nil
+	s.mu.Unlock()
+	if s.rd != nil {
+		errs = append(errs, s.rd.Close())
+	}
+	if s.coll != nil {
+		s.coll.Close()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,242 @@
+package capture
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+)
+
+// Ring-buffer record layout written by bpf/sensor.bpf.c (struct ev_* in
+// bpf/sensor.h). The offsets are spelled out rather than read through
+// unsafe casts so a short or hostile record is an error, never a crash;
+// TestEBPFRecordLayout pins them to the bpf2go-generated mirrors.
+const (
+	evKindFork    = 1
+	evKindExec    = 2
+	evKindExit    = 3
+	evKindConnect = 4
+	evKindAccept  = 5
+	evKindClose   = 6
+
+	evfArgvTrunc = 1 << 0
+	evfExeTrunc  = 1 << 1
+	evfCwdTrunc  = 1 << 2
+	evfTTYPts    = 1 << 3
+	evfArgvFault = 1 << 4
+
+	hdrKind     = 0
+	hdrFlags    = 1
+	hdrPID      = 4
+	hdrStart    = 8
+	hdrTime     = 16
+	hdrPPID     = 24
+	hdrPStart   = 32
+	hdrComm     = 40
+	hdrSize     = 56
+	exitCode    = hdrSize
+	exitSize    = 64
+	connFamily  = hdrSize
+	connSport   = hdrSize + 2
+	connDport   = hdrSize + 4
+	connSaddr   = hdrSize + 8
+	connDaddr   = hdrSize + 24
+	connSize    = 96
+	execUID     = hdrSize
+	execGID     = hdrSize + 4
+	execEUID    = hdrSize + 8
+	execEGID    = hdrSize + 12
+	execCgroup  = hdrSize + 16
+	execPidNS   = hdrSize + 24
+	execNetNS   = hdrSize + 28
+	execMntNS   = hdrSize + 32
+	execTTYIdx  = hdrSize + 36
+	execExeLen  = hdrSize + 40
+	execCwdLen  = hdrSize + 42
+	execTTYLen  = hdrSize + 44
+	execArgvLen = hdrSize + 46
+	execData    = hdrSize + 48
+
+	afInet  = 2
+	afInet6 = 10
+
+	// nsPerTick converts task start_boottime to the clock ticks (USER_HZ,
+	// 100 on every Linux ABI) of /proc/PID/stat field 22, exactly as the
+	// kernel's nsec_to_clock_t does: a truncating division.
+	nsPerTick = 1_000_000_000 / 100
+)
+
+var errShortRecord = errors.New("short ebpf record")
+
+// le is the byte order of the records: every architecture we build the
+// sensor for (bpfel) is little-endian.
+var le = binary.LittleEndian
+
+// recordDecoder turns ring-buffer records into Events. It is used by one
+// goroutine; only bootToWall is shared.
+type recordDecoder struct {
+	// bootToWall is added to a CLOCK_BOOTTIME nanosecond stamp to get Unix
+	// nanoseconds; refreshed while running so wall-clock steps are followed.
+	bootToWall atomic.Int64
+	// comms interns task names: a host runs few distinct ones, and fork and
+	// exit records would otherwise allocate one string each.
+	comms map[[16]byte]string
+}
+
+const maxInternedComms = 4096
+
+func (d *recordDecoder) comm(b []byte) string {
+	var k [16]byte
+	copy(k[:], b)
+	if s, ok := d.comms[k]; ok {
+		return s
+	}
+	n := 0
+	for n < len(k) && k[n] != 0 {
+		n++
+	}
+	s := string(k[:n])
+	if d.comms == nil || len(d.comms) >= maxInternedComms {
+		d.comms = make(map[[16]byte]string, 256)
+	}
+	d.comms[k] = s
+	return s
+}
+
+// decode fills ev from one record. ev is overwritten entirely.
+func (d *recordDecoder) decode(b []byte, ev *Event) error {
+	if len(b) < hdrSize {
+		return fmt.Errorf("%w: %d bytes", errShortRecord, len(b))
+	}
+	*ev = Event{
+		Time:   int64(le.Uint64(b[hdrTime:])) + d.bootToWall.Load(),
+		Proc:   ProcKey{PID: le.Uint32(b[hdrPID:]), Start: le.Uint64(b[hdrStart:]) / nsPerTick},
+		Comm:   d.comm(b[hdrComm : hdrComm+16]),
+		Source: "ebpf",
+	}
+	if ppid := le.Uint32(b[hdrPPID:]); ppid != 0 {
+		ev.Parent = ProcKey{PID: ppid, Start: le.Uint64(b[hdrPStart:]) / nsPerTick}
+	}
+	flags := b[hdrFlags]
+	switch kind := b[hdrKind]; kind {
+	case evKindFork:
+		ev.Kind = KindFork
+	case evKindExit:
+		if len(b) < exitSize {
+			return fmt.Errorf("%w: exit record of %d bytes", errShortRecord, len(b))
+		}
+		ev.Kind = KindExit
+		ev.Exit = decodeExitStatus(le.Uint32(b[exitCode:]))
+	case evKindConnect, evKindAccept, evKindClose:
+		if len(b) < connSize {
+			return fmt.Errorf("%w: connection record of %d bytes", errShortRecord, len(b))
+		}
+		ev.Kind = Kind(kind) // enum ev_kind mirrors Kind
+		c, err := decodeConn(b)
+		if err != nil {
+			return err
+		}
+		ev.Conn = c
+	case evKindExec:
+		ev.Kind = KindExec
+		x, err := decodeExec(b, flags)
+		if err != nil {
+			return err
+		}
+		ev.Exec = x
+	default:
+		return fmt.Errorf("unknown ebpf record kind %d", kind)
+	}
+	return nil
+}
+
+// decodeExitStatus splits a wait status the way WEXITSTATUS, WTERMSIG and
+// WCOREDUMP do.
+func decodeExitStatus(status uint32) *Exit {
+	return &Exit{
+		Code:   int32(status>>8) & 0xff,
+		Signal: int32(status & 0x7f),
+		Core:   status&0x80 != 0,
+	}
+}
+
+func decodeConn(b []byte) (*Conn, error) {
+	var src, dst netip.Addr
+	switch fam := le.Uint16(b[connFamily:]); fam {
+	case afInet:
+		src = netip.AddrFrom4([4]byte(b[connSaddr : connSaddr+4]))
+		dst = netip.AddrFrom4([4]byte(b[connDaddr : connDaddr+4]))
+	case afInet6:
+		// A v6 socket talking IPv4 holds v4-mapped addresses; the rest of
+		// the system (and sock_diag) names those peers as plain IPv4.
+		src = netip.AddrFrom16([16]byte(b[connSaddr : connSaddr+16])).Unmap()
+		dst = netip.AddrFrom16([16]byte(b[connDaddr : connDaddr+16])).Unmap()
+	default:
+		return nil, fmt.Errorf("connection record with address family %d", fam)
+	}
+	return &Conn{
+		Proto: ProtoTCP,
+		Src:   netip.AddrPortFrom(src, le.Uint16(b[connSport:])),
+		Dst:   netip.AddrPortFrom(dst, le.Uint16(b[connDport:])),
+	}, nil
+}
+
+func decodeExec(b []byte, flags byte) (*Exec, error) {
+	if len(b) < execData {
+		return nil, fmt.Errorf("%w: exec record of %d bytes", errShortRecord, len(b))
+	}
+	exeLen := int(le.Uint16(b[execExeLen:]))
+	cwdLen := int(le.Uint16(b[execCwdLen:]))
+	ttyLen := int(le.Uint16(b[execTTYLen:]))
+	argvLen := int(le.Uint16(b[execArgvLen:]))
+	total := exeLen + cwdLen + ttyLen + argvLen
+	if len(b) < execData+total {
+		return nil, fmt.Errorf("%w: exec record of %d bytes holds %d bytes of strings", errShortRecord, len(b), total)
+	}
+	// One allocation for all strings of the record; the fields are slices
+	// of it. Bytes pass through unchanged (argv may be any bytes but NUL).
+	data := string(b[execData : execData+total])
+	x := &Exec{
+		UID:           le.Uint32(b[execUID:]),
+		GID:           le.Uint32(b[execGID:]),
+		EUID:          le.Uint32(b[execEUID:]),
+		EGID:          le.Uint32(b[execEGID:]),
+		CgroupID:      le.Uint64(b[execCgroup:]),
+		PidNS:         le.Uint32(b[execPidNS:]),
+		NetNS:         le.Uint32(b[execNetNS:]),
+		MntNS:         le.Uint32(b[execMntNS:]),
+		Exe:           data[:exeLen],
+		Cwd:           data[exeLen : exeLen+cwdLen],
+		TTY:           data[exeLen+cwdLen : exeLen+cwdLen+ttyLen],
+		ArgvTruncated: flags&evfArgvTrunc != 0,
+	}
+	if flags&evfTTYPts != 0 {
+		x.TTY = "pts/" + strconv.FormatUint(uint64(le.Uint32(b[execTTYIdx:])), 10)
+	}
+	x.Argv = splitArgv(data[total-argvLen:])
+	return x, nil
+}
+
+// splitArgv splits the argv area of a process (NUL-terminated strings back
+// to back). The terminator of the last string is dropped; when the area was
+// cut the last element is the partial string.
+func splitArgv(s string) []string {
+	if s == "" {
+		return nil
+	}
+	if s[len(s)-1] == 0 {
+		s = s[:len(s)-1]
+	}
+	argv := make([]string, 0, strings.Count(s, "\x00")+1)
+	for {
+		i := strings.IndexByte(s, 0)
+		if i < 0 {
+			return append(argv, s)
+		}
+		argv = append(argv, s[:i])
+		s = s[i+1:]
+	}
+}
