@@ -269,6 +269,9 @@ func (c *collector) all(match func(Event) bool) []Event {
 func (c *collector) waitFor(t *testing.T, what string, pids []uint32, match func(Event) bool) Event {
 	t.Helper()
 	if ev, ok := c.find(conformanceWait, match); ok {
+		if testing.Verbose() {
+			t.Logf("%s: %s", what, fmtEvent(ev))
+		}
 		return ev
 	}
 	c.failIfStopped(t)

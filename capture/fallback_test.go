@@ -1,0 +1,167 @@
+//go:build linux
+
+package capture
+
+import (
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func openProc(t *testing.T) Source {
+	t.Helper()
+	s, err := NewProc(DefaultOptions(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		if errors.Is(err, ErrUnsupported) && os.Getenv("CI") == "" {
+			t.Skipf("proc source unsupported here: %v", err)
+		}
+		t.Fatalf("NewProc: %v", err)
+	}
+	s.PollInterval = 100 * time.Millisecond
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+func TestProcConformance(t *testing.T) {
+	runConformance(t, openProc)
+}
+
+func TestDecodeWaitStatus(t *testing.T) {
+	tests := []struct {
+		st   uint32
+		want Exit
+	}{
+		{0, Exit{}},
+		{7 << 8, Exit{Code: 7}},
+		{255 << 8, Exit{Code: 255}},
+		{9, Exit{Signal: 9}},
+		{11 | 0x80, Exit{Signal: 11, Core: true}},
+	}
+	for _, tc := range tests {
+		if got := decodeWaitStatus(tc.st); *got != tc.want {
+			t.Errorf("decodeWaitStatus(%#x) = %+v, want %+v", tc.st, *got, tc.want)
+		}
+	}
+}
+
+// connectorMsg builds one proc connector datagram.
+func connectorMsg(what, cpu, seq uint32, ts uint64, data ...uint32) []byte {
+	ne := binary.NativeEndian
+	ev := make([]byte, procEvHdr+4*len(data))
+	ne.PutUint32(ev, what)
+	ne.PutUint32(ev[4:], cpu)
+	ne.PutUint64(ev[8:], ts)
+	for i, v := range data {
+		ne.PutUint32(ev[procEvHdr+4*i:], v)
+	}
+	b := make([]byte, nlmsgHdrLen+cnMsgLen+len(ev))
+	ne.PutUint32(b, uint32(len(b)))
+	ne.PutUint16(b[4:], unix.NLMSG_DONE)
+	c := b[nlmsgHdrLen:]
+	ne.PutUint32(c, cnIdxProc)
+	ne.PutUint32(c[4:], cnValProc)
+	ne.PutUint32(c[8:], seq)
+	ne.PutUint16(c[16:], uint16(len(ev)))
+	copy(c[cnMsgLen:], ev)
+	return b
+}
+
+func TestConnectorDecode(t *testing.T) {
+	s := &ProcSource{starts: map[uint32]startEntry{}, log: slog.New(slog.DiscardHandler), boot: bootWallNs()}
+	out := make(chan Event, 16)
+	h := &connHandler{s: s, out: out, reader: newProcReader(t.TempDir(), 64, "", s.boot)}
+	s.setStart(500, startEntry{ticks: 4242})
+
+	// A thread exit, a leader exit of a known process, a killed unknown one.
+	h.datagram(connectorMsg(procEventExit, 0, 10, 1, 501, 500, 0, 17, 1, 1))
+	h.datagram(connectorMsg(procEventExit, 0, 11, 1, 500, 500, 3<<8, 17, 1, 1))
+	h.datagram(connectorMsg(procEventExit, 1, 5, 1, 600, 600, 9, 17, 1, 1))
+	// A thread fork is ignored; a process fork of a vanished child is kept
+	// with an estimated start. Sequence 13 skips 12 on CPU 0.
+	h.datagram(connectorMsg(procEventFork, 0, 13, 2e9, 1, 1, 701, 700))
+	h.datagram(connectorMsg(procEventFork, 0, 14, 2e9, 1, 1, 700, 700))
+	// Truncated and foreign messages.
+	h.datagram([]byte{1, 2, 3})
+	bad := connectorMsg(procEventFork, 0, 15, 1, 1)
+	h.datagram(bad)
+
+	var got []Event
+	for len(out) > 0 {
+		got = append(got, <-out)
+	}
+	if len(got) != 3 {
+		t.Fatalf("got %d events, want 3: %+v", len(got), got)
+	}
+	if e := got[0]; e.Kind != KindExit || e.Proc != (ProcKey{500, 4242}) || *e.Exit != (Exit{Code: 3}) {
+		t.Errorf("event 0 = %s, want exit 500@4242 code 3", fmtEvent(e))
+	}
+	if e := got[1]; e.Kind != KindExit || e.Proc.PID != 600 || *e.Exit != (Exit{Signal: 9}) {
+		t.Errorf("event 1 = %s, want exit of 600 by signal 9", fmtEvent(e))
+	}
+	if e := got[2]; e.Kind != KindFork || e.Proc.PID != 700 || e.Parent.PID != 1 || e.Source != "proc" {
+		t.Errorf("event 2 = %s, want fork of 700 from 1", fmtEvent(e))
+	}
+	if _, ok := s.lookupStart(500); ok {
+		t.Error("start of exited 500 still in the table")
+	}
+	lost := s.Lost()
+	if lost[LossSeqGap] != 1 || lost[LossDecode] != 2 || lost[LossRaced] != 2 {
+		t.Errorf("Lost() = %v, want seq_gap 1, decode 2, raced 2", lost)
+	}
+}
+
+func TestParseInetDiagMsg(t *testing.T) {
+	b := make([]byte, inetDiagMsgLen)
+	b[0], b[1] = unix.AF_INET6, tcpEstablished
+	binary.BigEndian.PutUint16(b[4:], 443)
+	binary.BigEndian.PutUint16(b[6:], 50000)
+	src := netip.MustParseAddr("::ffff:10.0.0.1").As16()
+	dst := netip.MustParseAddr("2001:db8::2").As16()
+	copy(b[8:], src[:])
+	copy(b[24:], dst[:])
+	binary.NativeEndian.PutUint32(b[44:], 0xdeadbeef)
+	binary.NativeEndian.PutUint32(b[48:], 1)
+	binary.NativeEndian.PutUint32(b[68:], 12345)
+	d, ok := parseInetDiagMsg(b)
+	if !ok {
+		t.Fatal("parseInetDiagMsg failed")
+	}
+	if d.local != netip.MustParseAddrPort("10.0.0.1:443") || d.remote != netip.MustParseAddrPort("[2001:db8::2]:50000") ||
+		d.inode != 12345 || d.cookie != 1<<32|0xdeadbeef || d.state != tcpEstablished {
+		t.Errorf("parseInetDiagMsg = %+v", d)
+	}
+	if _, ok := parseInetDiagMsg(b[:71]); ok {
+		t.Error("short inet_diag_msg parsed")
+	}
+	b[0] = 99
+	if _, ok := parseInetDiagMsg(b); ok {
+		t.Error("unknown family parsed")
+	}
+	if ino, ok := parseSocketLink([]byte("socket:[77]")); !ok || ino != 77 {
+		t.Errorf("parseSocketLink = %d %v", ino, ok)
+	}
+	for _, bad := range []string{"pipe:[77]", "socket:[]", "/dev/null", "socket:[99999999999]"} {
+		if _, ok := parseSocketLink([]byte(bad)); ok {
+			t.Errorf("parseSocketLink(%q) ok", bad)
+		}
+	}
+}
+
+func TestNewProcNotRoot(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("runs only as non-root")
+	}
+	if _, err := NewProc(DefaultOptions(), nil); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("NewProc as non-root: %v, want ErrUnsupported", err)
+	}
+}
