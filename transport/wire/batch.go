@@ -1,0 +1,413 @@
+package wire
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/fxamacker/cbor/v2"
+	"github.com/klauspost/compress/zstd"
+	"github.com/veraison/go-cose"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Content types of a sealed batch's payload, in the COSE protected header.
+const (
+	ContentTypeBatch     = "application/vnd.daemoneye.batch+cbor"
+	ContentTypeBatchZstd = "application/vnd.daemoneye.batch+cbor+zstd"
+)
+
+// HeaderLabelSeq is the COSE header label carrying the batch seq. It is in
+// the private-use range (below -65536). The agent id travels as the
+// standard kid (label 4): it names the certificate whose key verifies.
+const HeaderLabelSeq int64 = -70001
+
+// batchBody is the signed payload (the concept's EventBatch; batch_sig is
+// the COSE signature around it). Events are kept as the exact CBOR the
+// agent hashed into Root.
+type batchBody struct {
+	AgentID string            `cbor:"1,keyasint"`
+	Seq     uint64            `cbor:"2,keyasint"`
+	TSStart int64             `cbor:"3,keyasint"`
+	TSEnd   int64             `cbor:"4,keyasint"`
+	Events  []cbor.RawMessage `cbor:"5,keyasint"`
+	Root    []byte            `cbor:"6,keyasint"` // RFC 6962 Merkle tree hash over Events
+}
+
+// Batch is an opened, verified batch.
+type Batch struct {
+	AgentID string
+	Seq     uint64
+	TSStart int64 // earliest event Time, Unix nanoseconds
+	TSEnd   int64 // latest event Time
+	Events  []capture.Event
+	Root    [32]byte // Merkle tree hash over the events' canonical CBOR
+
+	raw    [][]byte    // canonical CBOR of each event: the Merkle leaves
+	hashes []tlog.Hash // the tree in tlog's stored-hash layout
+}
+
+// EventCBOR returns the canonical CBOR of event i, the data of its Merkle
+// leaf. It equals EncodeEvent(b.Events[i]). The caller must not modify it.
+func (b *Batch) EventCBOR(i int) []byte { return b.raw[i] }
+
+// EventProof returns the inclusion proof of event i in b.Root, for
+// VerifyEventProof(b.Root, b.EventCBOR(i), i, len(b.Events), proof).
+func (b *Batch) EventProof(i int) ([][32]byte, error) {
+	n := len(b.raw)
+	if i < 0 || i >= n {
+		return nil, fmt.Errorf("wire: event proof: index %d out of range [0,%d)", i, n)
+	}
+	p, err := tlog.ProveRecord(int64(n), int64(i), hashReader(b.hashes))
+	if err != nil {
+		return nil, fmt.Errorf("wire: event proof: %w", err)
+	}
+	out := make([][32]byte, len(p))
+	for j, h := range p {
+		out[j] = h
+	}
+	return out, nil
+}
+
+// VerifyEventProof checks that eventCBOR is leaf i of the n-leaf Merkle tree
+// whose hash is root. Hashing is RFC 6962 (leaf SHA-256(0x00||data), node
+// SHA-256(0x01||l||r)), as in golang.org/x/mod/sumdb/tlog.
+func VerifyEventProof(root [32]byte, eventCBOR []byte, i, n int, proof [][32]byte) error {
+	if n < 1 || i < 0 || i >= n {
+		return fmt.Errorf("%w: index %d of %d", ErrBadProof, i, n)
+	}
+	p := make(tlog.RecordProof, len(proof))
+	for j, h := range proof {
+		p[j] = h
+	}
+	if err := tlog.CheckRecord(p, int64(n), root, int64(i), tlog.RecordHash(eventCBOR)); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadProof, err)
+	}
+	return nil
+}
+
+// EncodeEvent returns the canonical CBOR of e: core deterministic encoding
+// with strings as byte strings. It is the leaf data of e's Merkle leaf.
+func EncodeEvent(e capture.Event) ([]byte, error) {
+	b, err := encMode.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("wire: encode event: %w", err)
+	}
+	return b, nil
+}
+
+type hashReader []tlog.Hash
+
+func (h hashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		if x < 0 || x >= int64(len(h)) {
+			return nil, fmt.Errorf("hash index %d out of range", x)
+		}
+		out[i] = h[x]
+	}
+	return out, nil
+}
+
+// merkle builds the tree over leaves in tlog's stored-hash layout and
+// returns its root hash.
+func merkle(leaves [][]byte) (tlog.Hash, []tlog.Hash, error) {
+	hashes := make(hashReader, 0, 2*len(leaves))
+	for i, leaf := range leaves {
+		hs, err := tlog.StoredHashes(int64(i), leaf, hashes)
+		if err != nil {
+			return tlog.Hash{}, nil, err
+		}
+		hashes = append(hashes, hs...)
+	}
+	root, err := tlog.TreeHash(int64(len(leaves)), hashes)
+	return root, hashes, err
+}
+
+var zenc = sync.OnceValues(func() (*zstd.Encoder, error) {
+	return zstd.NewWriter(nil,
+		// A batch is a few hundred KiB; a larger window buys nothing and
+		// would make receivers keep more history.
+		zstd.WithWindowSize(1<<20),
+		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+		zstd.WithZeroFrames(true),
+	)
+})
+
+// SealBatch encodes events as a batch body, optionally zstd-compresses it
+// and signs it as a COSE_Sign1 (EdDSA) message with key. The protected
+// header carries alg, content type, kid (= agentID) and seq, so receivers
+// can pick the certificate and dedup before decoding the payload. Event
+// seqs are encoded as given. A sealed batch larger than
+// DefaultMaxSealedSize is refused with ErrTooLarge: cut smaller batches.
+func SealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.PrivateKey, compress bool) ([]byte, error) {
+	if agentID == "" {
+		return nil, errors.New("wire: seal batch: empty agent id")
+	}
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("wire: seal batch: private key is %d bytes, want %d", len(key), ed25519.PrivateKeySize)
+	}
+	if len(events) == 0 {
+		return nil, errors.New("wire: seal batch: no events")
+	}
+	if len(events) > DefaultMaxEvents {
+		return nil, fmt.Errorf("wire: seal batch: %d events > %d: %w", len(events), DefaultMaxEvents, ErrTooLarge)
+	}
+
+	// Encode every event into one buffer, then slice it: one allocation
+	// for all leaves instead of one per event.
+	var buf bytes.Buffer
+	ends := make([]int, len(events))
+	enc := encMode.NewEncoder(&buf)
+	body := batchBody{AgentID: agentID, Seq: seq, TSStart: events[0].Time, TSEnd: events[0].Time}
+	for i := range events {
+		if err := enc.Encode(&events[i]); err != nil {
+			return nil, fmt.Errorf("wire: seal batch: event %d: %w", i, err)
+		}
+		ends[i] = buf.Len()
+		body.TSStart = min(body.TSStart, events[i].Time)
+		body.TSEnd = max(body.TSEnd, events[i].Time)
+	}
+	all := buf.Bytes()
+	leaves := make([][]byte, len(events))
+	body.Events = make([]cbor.RawMessage, len(events))
+	start := 0
+	for i, end := range ends {
+		leaves[i] = all[start:end:end]
+		body.Events[i] = leaves[i]
+		start = end
+	}
+	root, _, err := merkle(leaves)
+	if err != nil {
+		return nil, fmt.Errorf("wire: seal batch: merkle: %w", err)
+	}
+	body.Root = root[:]
+	payload, err := encMode.Marshal(&body)
+	if err != nil {
+		return nil, fmt.Errorf("wire: seal batch: %w", err)
+	}
+
+	ct := ContentTypeBatch
+	if compress {
+		z, err := zenc()
+		if err != nil {
+			return nil, fmt.Errorf("wire: seal batch: zstd: %w", err)
+		}
+		payload = z.EncodeAll(payload, make([]byte, 0, len(payload)/4))
+		ct = ContentTypeBatchZstd
+	}
+
+	msg := cose.Sign1Message{
+		Headers: cose.Headers{
+			Protected: cose.ProtectedHeader{
+				cose.HeaderLabelAlgorithm:   cose.AlgorithmEdDSA,
+				cose.HeaderLabelContentType: ct,
+				cose.HeaderLabelKeyID:       []byte(agentID),
+				HeaderLabelSeq:              seq,
+			},
+			Unprotected: cose.UnprotectedHeader{},
+		},
+		Payload: payload,
+	}
+	signer, err := cose.NewSigner(cose.AlgorithmEdDSA, key)
+	if err != nil {
+		return nil, fmt.Errorf("wire: seal batch: %w", err)
+	}
+	if err := msg.Sign(nil, nil, signer); err != nil { // Ed25519 needs no randomness
+		return nil, fmt.Errorf("wire: seal batch: sign: %w", err)
+	}
+	sealed, err := msg.MarshalCBOR()
+	if err != nil {
+		return nil, fmt.Errorf("wire: seal batch: %w", err)
+	}
+	if len(sealed) > DefaultMaxSealedSize {
+		return nil, fmt.Errorf("wire: seal batch: %d bytes > %d: %w", len(sealed), DefaultMaxSealedSize, ErrTooLarge)
+	}
+	return sealed, nil
+}
+
+// protected is what we read from a batch's protected header. Other labels
+// are ignored.
+type protected struct {
+	Alg         int64   `cbor:"1,keyasint"`
+	ContentType string  `cbor:"3,keyasint"`
+	KeyID       []byte  `cbor:"4,keyasint"`
+	Seq         *uint64 `cbor:"-70001,keyasint"`
+}
+
+type header struct {
+	agentID     string
+	seq         uint64
+	contentType string
+}
+
+// parseProtected reads our fields from the serialized protected header.
+// PeekBatch and OpenBatch both use it, so a proxy and the center can never
+// disagree about which (agent, seq) a batch is.
+func (c *codec) parseProtected(raw []byte) (header, error) {
+	var bstr []byte
+	if err := c.strict.Unmarshal(raw, &bstr); err != nil {
+		return header{}, decodeErr("batch protected header", err)
+	}
+	var p protected
+	if err := c.lenient.Unmarshal(bstr, &p); err != nil {
+		return header{}, decodeErr("batch protected header", err)
+	}
+	switch {
+	case p.Alg != int64(cose.AlgorithmEdDSA):
+		return header{}, malformed("batch: algorithm %d, want EdDSA", p.Alg)
+	case len(p.KeyID) == 0:
+		return header{}, malformed("batch: no kid (agent id)")
+	case p.Seq == nil:
+		return header{}, malformed("batch: no seq header")
+	}
+	return header{agentID: string(p.KeyID), seq: *p.Seq, contentType: p.ContentType}, nil
+}
+
+// decodeSign1 parses the COSE_Sign1 envelope after a size check.
+func (c *codec) decodeSign1(sealed []byte) (*cose.Sign1Message, header, error) {
+	if len(sealed) > c.lim.MaxSealedSize {
+		return nil, header{}, fmt.Errorf("%w: sealed batch %d bytes > %d", ErrTooLarge, len(sealed), c.lim.MaxSealedSize)
+	}
+	// go-cose's own decoder refuses duplicate keys and indefinite lengths
+	// and applies the CBOR library's default depth and length limits; the
+	// size check above bounds the rest.
+	var msg cose.Sign1Message
+	if err := msg.UnmarshalCBOR(sealed); err != nil {
+		return nil, header{}, malformed("batch: cose: %w", err)
+	}
+	if msg.Payload == nil {
+		return nil, header{}, malformed("batch: detached payload")
+	}
+	h, err := c.parseProtected(msg.Headers.RawProtected)
+	if err != nil {
+		return nil, header{}, err
+	}
+	return &msg, h, nil
+}
+
+// PeekBatch returns the agent id and seq from a sealed batch's protected
+// header WITHOUT verifying the signature: for proxies keying their WAL and
+// for dedup before the expensive work. The values are only as trustworthy
+// as the link until OpenBatch verifies them. Input above
+// DefaultMaxSealedSize is refused.
+func PeekBatch(sealed []byte) (agentID string, seq uint64, err error) {
+	c, err := codecFor(Limits{})
+	if err != nil {
+		return "", 0, err
+	}
+	_, h, err := c.decodeSign1(sealed)
+	if err != nil {
+		return "", 0, err
+	}
+	return h.agentID, h.seq, nil
+}
+
+// OpenBatch verifies and decodes a sealed batch. Order matters: the
+// signature is checked first (ErrBadSignature), before any decompression or
+// payload decoding; then the payload is decompressed under
+// lim.MaxBodySize (ErrTooLarge), decoded under lim (ErrMalformed), checked
+// against the signed header, each event is checked to be in canonical
+// encoding, and the Merkle root is recomputed and compared.
+func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error) {
+	c, err := codecFor(lim)
+	if err != nil {
+		return nil, err
+	}
+	if len(pub) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("wire: open batch: public key is %d bytes, want %d", len(pub), ed25519.PublicKeySize)
+	}
+	msg, h, err := c.decodeSign1(sealed)
+	if err != nil {
+		return nil, err
+	}
+	verifier, err := cose.NewVerifier(cose.AlgorithmEdDSA, pub)
+	if err != nil {
+		return nil, fmt.Errorf("wire: open batch: %w", err)
+	}
+	if err := msg.Verify(nil, verifier); err != nil {
+		return nil, fmt.Errorf("%w: agent %q seq %d: %w", ErrBadSignature, h.agentID, h.seq, err)
+	}
+
+	payload := msg.Payload
+	switch h.contentType {
+	case ContentTypeBatch:
+		if len(payload) > c.lim.MaxBodySize {
+			return nil, fmt.Errorf("%w: batch body %d bytes > %d", ErrTooLarge, len(payload), c.lim.MaxBodySize)
+		}
+	case ContentTypeBatchZstd:
+		zd, err := c.zstdDecoder()
+		if err != nil {
+			return nil, fmt.Errorf("wire: open batch: zstd: %w", err)
+		}
+		payload, err = zd.DecodeAll(payload, nil)
+		if err != nil {
+			if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) ||
+				errors.Is(err, zstd.ErrFrameSizeExceeded) {
+				return nil, fmt.Errorf("%w: batch body over %d bytes: %w", ErrTooLarge, c.lim.MaxBodySize, err)
+			}
+			return nil, malformed("batch: zstd: %w", err)
+		}
+	default:
+		return nil, malformed("batch: content type %q", h.contentType)
+	}
+
+	var body batchBody
+	if err := c.strict.Unmarshal(payload, &body); err != nil {
+		return nil, decodeErr("batch body", err)
+	}
+	switch {
+	case body.AgentID != h.agentID || body.Seq != h.seq:
+		return nil, malformed("batch: header says %q/%d, body says %q/%d", h.agentID, h.seq, body.AgentID, body.Seq)
+	case len(body.Events) == 0:
+		return nil, malformed("batch: no events")
+	case len(body.Events) > c.lim.MaxEvents:
+		return nil, fmt.Errorf("%w: %d events > %d", ErrTooLarge, len(body.Events), c.lim.MaxEvents)
+	case len(body.Root) != 32:
+		return nil, malformed("batch: root is %d bytes", len(body.Root))
+	case body.TSStart > body.TSEnd:
+		return nil, malformed("batch: ts_start after ts_end")
+	}
+
+	b := &Batch{
+		AgentID: body.AgentID,
+		Seq:     body.Seq,
+		TSStart: body.TSStart,
+		TSEnd:   body.TSEnd,
+		Events:  make([]capture.Event, len(body.Events)),
+		raw:     make([][]byte, len(body.Events)),
+	}
+	copy(b.Root[:], body.Root)
+	var check bytes.Buffer
+	enc := encMode.NewEncoder(&check)
+	for i, raw := range body.Events {
+		if err := c.strict.Unmarshal(raw, &b.Events[i]); err != nil {
+			return nil, decodeErr(fmt.Sprintf("batch event %d", i), err)
+		}
+		// The leaf hashes the bytes as sent; insisting they are the
+		// canonical encoding means anyone holding just the decoded event
+		// can rebuild the leaf (EncodeEvent) and its proof later.
+		check.Reset()
+		if err := enc.Encode(&b.Events[i]); err != nil {
+			return nil, malformed("batch event %d: re-encode: %w", i, err)
+		}
+		if !bytes.Equal(check.Bytes(), raw) {
+			return nil, malformed("batch event %d: not in canonical encoding", i)
+		}
+		b.raw[i] = raw
+	}
+	root, hashes, err := merkle(b.raw)
+	if err != nil {
+		return nil, malformed("batch: merkle: %w", err)
+	}
+	if root != b.Root {
+		return nil, malformed("batch: merkle root does not match events")
+	}
+	b.hashes = hashes
+	return b, nil
+}
