@@ -221,32 +221,48 @@ func (w *WAL) load() error {
 // Append queues data on lane and returns once it is durable. meta entries
 // (a cursor, a sequence counter) are written in the same atomic batch.
 func (w *WAL) Append(lane uint8, data []byte, meta map[string][]byte) (uint64, error) {
-	if lane < 1 || lane > maxLane {
-		return 0, fmt.Errorf("wal: bad lane %d", lane)
-	}
+	return w.AppendAsync(lane, data, meta).Wait()
+}
+
+// Pending is an append in flight.
+type Pending struct{ c chan result }
+
+// Wait blocks until the append is durable (or failed) and returns its id.
+func (p Pending) Wait() (uint64, error) {
+	r := <-p.c
+	p.c <- r // Wait may be called again
+	return r.id, r.err
+}
+
+// AppendAsync queues an append and returns at once. Appends become durable in
+// the order they were queued, so a receiver can pipeline many and acknowledge
+// them in order as each Wait returns.
+func (w *WAL) AppendAsync(lane uint8, data []byte, meta map[string][]byte) Pending {
 	done := make(chan result, 1)
+	fail := func(err error) Pending {
+		done <- result{err: err}
+		return Pending{done}
+	}
+	if lane < 1 || lane > maxLane {
+		return fail(fmt.Errorf("wal: bad lane %d", lane))
+	}
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.closed {
-		w.mu.Unlock()
-		return 0, ErrClosed
+		return fail(ErrClosed)
 	}
 	if w.werr != nil {
-		err := w.werr
-		w.mu.Unlock()
-		return 0, err
+		return fail(w.werr)
 	}
 	if lane == LaneBulk && w.overWatermark() {
-		w.mu.Unlock()
-		return 0, ErrOverWatermark
+		return fail(ErrOverWatermark)
 	}
 	w.queue = append(w.queue, pending{lane: lane, data: data, meta: meta, done: done})
 	if lane != LaneBulk {
 		w.urgent = true
 	}
 	w.cond.Broadcast()
-	w.mu.Unlock()
-	r := <-done
-	return r.id, r.err
+	return Pending{done}
 }
 
 // overWatermark is checked with hysteresis; the caller holds w.mu.
