@@ -89,6 +89,15 @@ struct sock_owner {
 	__u32 state;
 	__u64 start_ns;
 	char comm[16];
+	/* The tuple as reported at connect/accept. By the time a socket
+	 * reaches TCP_CLOSE the kernel may have released its local port
+	 * (skc_num reads 0), so close reports this copy. */
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u16 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
 };
 
 struct {
@@ -390,26 +399,27 @@ int BPF_PROG(handle_exit_legacy, struct task_struct *p)
 	return 0;
 }
 
-static __always_inline void fill_tuple(struct ev_conn *c, const struct sock *sk)
+/* Read the 4-tuple of sk into o. */
+static __always_inline void owner_tuple(struct sock_owner *o, const struct sock *sk)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	c->family = family;
-	c->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	c->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	c->_pad = 0;
-	__builtin_memset(c->saddr, 0, sizeof(c->saddr));
-	__builtin_memset(c->daddr, 0, sizeof(c->daddr));
+	o->family = family;
+	o->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	o->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	o->_pad = 0;
+	__builtin_memset(o->saddr, 0, sizeof(o->saddr));
+	__builtin_memset(o->daddr, 0, sizeof(o->daddr));
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO((__u32 *)c->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)c->daddr, sk, __sk_common.skc_daddr);
+		BPF_CORE_READ_INTO((__u32 *)o->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)o->daddr, sk, __sk_common.skc_daddr);
 	} else {
-		BPF_CORE_READ_INTO((struct in6_addr *)c->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO((struct in6_addr *)c->daddr, sk, __sk_common.skc_v6_daddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)o->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)o->daddr, sk, __sk_common.skc_v6_daddr);
 	}
 }
 
-static __always_inline void emit_conn(__u8 kind, const struct sock *sk, const struct sock_owner *o)
+static __always_inline void emit_conn(__u8 kind, const struct sock_owner *o)
 {
 	struct ev_conn *c = bpf_ringbuf_reserve(&events, sizeof(*c), 0);
 	if (!c) {
@@ -420,7 +430,12 @@ static __always_inline void emit_conn(__u8 kind, const struct sock *sk, const st
 	c->h.pid = o->pid;
 	c->h.start_ns = o->start_ns;
 	__builtin_memcpy(c->h.comm, o->comm, sizeof(c->h.comm));
-	fill_tuple(c, sk);
+	c->family = o->family;
+	c->sport = o->sport;
+	c->dport = o->dport;
+	c->_pad = 0;
+	__builtin_memcpy(c->saddr, o->saddr, sizeof(c->saddr));
+	__builtin_memcpy(c->daddr, o->daddr, sizeof(c->daddr));
 	bpf_ringbuf_submit(c, 0);
 }
 
@@ -463,7 +478,8 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
 		if (!o || o->state != OWN_CONNECTING)
 			return 0; /* passive side: reported by the accept hook */
 		o->state = OWN_CONNECTED;
-		emit_conn(EV_CONNECT, sk, o);
+		owner_tuple(o, sk);
+		emit_conn(EV_CONNECT, o);
 		return 0;
 	}
 	case TCP_CLOSE: {
@@ -472,7 +488,7 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
 			return 0;
 		/* A connect that never got established was never reported. */
 		if (o->state != OWN_CONNECTING)
-			emit_conn(EV_CLOSE, sk, o);
+			emit_conn(EV_CLOSE, o);
 		bpf_map_delete_elem(&socks, &key);
 		return 0;
 	}
@@ -526,12 +542,13 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 
 	struct sock_owner o = {};
 	owner_current(&o, OWN_ACCEPTED);
-	emit_conn(EV_ACCEPT, sk, &o);
+	owner_tuple(&o, sk);
+	emit_conn(EV_ACCEPT, &o);
 
 	__u64 key = (__u64)sk;
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE) {
 		/* Reset before accept returned: no close transition will come. */
-		emit_conn(EV_CLOSE, sk, &o);
+		emit_conn(EV_CLOSE, &o);
 		return 0;
 	}
 	bpf_map_update_elem(&socks, &key, &o, BPF_ANY);

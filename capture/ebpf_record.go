@@ -71,9 +71,9 @@ const (
 
 var errShortRecord = errors.New("short ebpf record")
 
-// le is the byte order of the records: every architecture we build the
+// recordOrder is the byte order of the records: every architecture we build the
 // sensor for (bpfel) is little-endian.
-var le = binary.LittleEndian
+var recordOrder = binary.LittleEndian
 
 // recordDecoder turns ring-buffer records into Events. It is used by one
 // goroutine; only bootToWall is shared.
@@ -112,13 +112,13 @@ func (d *recordDecoder) decode(b []byte, ev *Event) error {
 		return fmt.Errorf("%w: %d bytes", errShortRecord, len(b))
 	}
 	*ev = Event{
-		Time:   int64(le.Uint64(b[hdrTime:])) + d.bootToWall.Load(),
-		Proc:   ProcKey{PID: le.Uint32(b[hdrPID:]), Start: le.Uint64(b[hdrStart:]) / nsPerTick},
+		Time:   int64(recordOrder.Uint64(b[hdrTime:])) + d.bootToWall.Load(),
+		Proc:   ProcKey{PID: recordOrder.Uint32(b[hdrPID:]), Start: recordOrder.Uint64(b[hdrStart:]) / nsPerTick},
 		Comm:   d.comm(b[hdrComm : hdrComm+16]),
 		Source: "ebpf",
 	}
-	if ppid := le.Uint32(b[hdrPPID:]); ppid != 0 {
-		ev.Parent = ProcKey{PID: ppid, Start: le.Uint64(b[hdrPStart:]) / nsPerTick}
+	if ppid := recordOrder.Uint32(b[hdrPPID:]); ppid != 0 {
+		ev.Parent = ProcKey{PID: ppid, Start: recordOrder.Uint64(b[hdrPStart:]) / nsPerTick}
 	}
 	flags := b[hdrFlags]
 	switch kind := b[hdrKind]; kind {
@@ -129,7 +129,7 @@ func (d *recordDecoder) decode(b []byte, ev *Event) error {
 			return fmt.Errorf("%w: exit record of %d bytes", errShortRecord, len(b))
 		}
 		ev.Kind = KindExit
-		ev.Exit = decodeExitStatus(le.Uint32(b[exitCode:]))
+		ev.Exit = decodeExitStatus(recordOrder.Uint32(b[exitCode:]))
 	case evKindConnect, evKindAccept, evKindClose:
 		if len(b) < connSize {
 			return fmt.Errorf("%w: connection record of %d bytes", errShortRecord, len(b))
@@ -165,7 +165,7 @@ func decodeExitStatus(status uint32) *Exit {
 
 func decodeConn(b []byte) (*Conn, error) {
 	var src, dst netip.Addr
-	switch fam := le.Uint16(b[connFamily:]); fam {
+	switch fam := recordOrder.Uint16(b[connFamily:]); fam {
 	case afInet:
 		src = netip.AddrFrom4([4]byte(b[connSaddr : connSaddr+4]))
 		dst = netip.AddrFrom4([4]byte(b[connDaddr : connDaddr+4]))
@@ -179,8 +179,8 @@ func decodeConn(b []byte) (*Conn, error) {
 	}
 	return &Conn{
 		Proto: ProtoTCP,
-		Src:   netip.AddrPortFrom(src, le.Uint16(b[connSport:])),
-		Dst:   netip.AddrPortFrom(dst, le.Uint16(b[connDport:])),
+		Src:   netip.AddrPortFrom(src, recordOrder.Uint16(b[connSport:])),
+		Dst:   netip.AddrPortFrom(dst, recordOrder.Uint16(b[connDport:])),
 	}, nil
 }
 
@@ -188,10 +188,10 @@ func decodeExec(b []byte, flags byte) (*Exec, error) {
 	if len(b) < execData {
 		return nil, fmt.Errorf("%w: exec record of %d bytes", errShortRecord, len(b))
 	}
-	exeLen := int(le.Uint16(b[execExeLen:]))
-	cwdLen := int(le.Uint16(b[execCwdLen:]))
-	ttyLen := int(le.Uint16(b[execTTYLen:]))
-	argvLen := int(le.Uint16(b[execArgvLen:]))
+	exeLen := int(recordOrder.Uint16(b[execExeLen:]))
+	cwdLen := int(recordOrder.Uint16(b[execCwdLen:]))
+	ttyLen := int(recordOrder.Uint16(b[execTTYLen:]))
+	argvLen := int(recordOrder.Uint16(b[execArgvLen:]))
 	total := exeLen + cwdLen + ttyLen + argvLen
 	if len(b) < execData+total {
 		return nil, fmt.Errorf("%w: exec record of %d bytes holds %d bytes of strings", errShortRecord, len(b), total)
@@ -200,21 +200,21 @@ func decodeExec(b []byte, flags byte) (*Exec, error) {
 	// of it. Bytes pass through unchanged (argv may be any bytes but NUL).
 	data := string(b[execData : execData+total])
 	x := &Exec{
-		UID:           le.Uint32(b[execUID:]),
-		GID:           le.Uint32(b[execGID:]),
-		EUID:          le.Uint32(b[execEUID:]),
-		EGID:          le.Uint32(b[execEGID:]),
-		CgroupID:      le.Uint64(b[execCgroup:]),
-		PidNS:         le.Uint32(b[execPidNS:]),
-		NetNS:         le.Uint32(b[execNetNS:]),
-		MntNS:         le.Uint32(b[execMntNS:]),
+		UID:           recordOrder.Uint32(b[execUID:]),
+		GID:           recordOrder.Uint32(b[execGID:]),
+		EUID:          recordOrder.Uint32(b[execEUID:]),
+		EGID:          recordOrder.Uint32(b[execEGID:]),
+		CgroupID:      recordOrder.Uint64(b[execCgroup:]),
+		PidNS:         recordOrder.Uint32(b[execPidNS:]),
+		NetNS:         recordOrder.Uint32(b[execNetNS:]),
+		MntNS:         recordOrder.Uint32(b[execMntNS:]),
 		Exe:           data[:exeLen],
 		Cwd:           data[exeLen : exeLen+cwdLen],
 		TTY:           data[exeLen+cwdLen : exeLen+cwdLen+ttyLen],
 		ArgvTruncated: flags&evfArgvTrunc != 0,
 	}
 	if flags&evfTTYPts != 0 {
-		x.TTY = "pts/" + strconv.FormatUint(uint64(le.Uint32(b[execTTYIdx:])), 10)
+		x.TTY = "pts/" + strconv.FormatUint(uint64(recordOrder.Uint32(b[execTTYIdx:])), 10)
 	}
 	x.Argv = splitArgv(data[total-argvLen:])
 	return x, nil

@@ -80,6 +80,12 @@ type sensorSockOwner struct {
 	State   uint32
 	StartNs uint64
 	Comm    [16]int8
+	Family  uint16
+	Sport   uint16
+	Dport   uint16
+	Pad     uint16
+	Saddr   [16]uint8
+	Daddr   [16]uint8
 }
 
 // Names of all BPF objects in the ELF.
