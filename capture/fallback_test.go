@@ -165,3 +165,25 @@ func TestNewProcNotRoot(t *testing.T) {
 		t.Errorf("NewProc as non-root: %v, want ErrUnsupported", err)
 	}
 }
+
+// FuzzConnectorDatagram feeds arbitrary datagrams to the connector decoder:
+// the kernel is trusted, but a decoder must not panic on a short read.
+func FuzzConnectorDatagram(f *testing.F) {
+	f.Add(connectorMsg(procEventFork, 0, 1, 1, 1, 1, 2, 2))
+	f.Add(connectorMsg(procEventExit, 1, 2, 1, 2, 2, 7<<8, 17, 1, 1))
+	f.Add(connectorMsg(procEventExec, 1, 3, 1, 2, 2))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s := &ProcSource{starts: map[uint32]startEntry{}, log: slog.New(slog.DiscardHandler)}
+		out := make(chan Event, 4)
+		h := &connHandler{s: s, out: out, reader: newProcReader(dir, 64, "", 0)}
+		h.datagram(b)
+	})
+}
+
+func FuzzInetDiagMsg(f *testing.F) {
+	f.Add(make([]byte, inetDiagMsgLen))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = parseInetDiagMsg(b)
+	})
+}
