@@ -86,11 +86,11 @@ func testAgentRecordsLineage(t *testing.T, mode string) {
 	c := testConfig(t, mode)
 	mountsBefore := mounts(t)
 	tmpBefore := listings(t)
-	a := startAgent(t, c)
+	startAgent(t, c)
 
-	// sh -> sleep with a secret in its arguments; it lives long enough for
-	// the /proc fallback to read it.
-	cmd := exec.Command("/bin/sh", "-c", "/bin/sleep 2.5 --secret=hunter2; exit 0")
+	// sh (with a secret in its arguments) -> sleep; they live long enough
+	// for the /proc fallback to read them.
+	cmd := exec.Command("/bin/sh", "-c", "/bin/sleep 1.5 1; echo hunter2 >/dev/null; exit 0")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func testAgentRecordsLineage(t *testing.T, mode string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := lin.Descendants[0].Command(); got != "/bin/sleep 2.5 --secret=hunter2" {
+	if got := lin.Descendants[0].Command(); got != "/bin/sleep 1.5 1" {
 		t.Errorf("revealed command = %q", got)
 	}
 	audit, err := os.ReadFile(filepath.Join(c.DataDir, "audit.log"))
@@ -223,8 +223,9 @@ func listings(t *testing.T) string {
 	for _, d := range []string{"/tmp", "/var/tmp", "/dev/shm", "/run"} {
 		es, _ := os.ReadDir(d)
 		for _, e := range es {
-			if strings.HasPrefix(e.Name(), "TestAgent") || strings.HasPrefix(e.Name(), "go-build") {
-				continue // the test's own temp dirs
+			if strings.HasPrefix(e.Name(), "Test") || strings.HasPrefix(e.Name(), "Fuzz") ||
+				strings.HasPrefix(e.Name(), "Benchmark") || strings.HasPrefix(e.Name(), "go-build") {
+				continue // temp dirs of this and other test binaries running in parallel
 			}
 			b.WriteString(filepath.Join(d, e.Name()) + " ")
 		}
