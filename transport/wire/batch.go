@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"sync"
 
@@ -341,17 +342,8 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 			return nil, fmt.Errorf("%w: batch body %d bytes > %d", ErrTooLarge, len(payload), c.lim.MaxBodySize)
 		}
 	case ContentTypeBatchZstd:
-		zd, err := c.zstdDecoder()
-		if err != nil {
-			return nil, fmt.Errorf("wire: open batch: zstd: %w", err)
-		}
-		payload, err = zd.DecodeAll(payload, nil)
-		if err != nil {
-			if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) ||
-				errors.Is(err, zstd.ErrFrameSizeExceeded) {
-				return nil, fmt.Errorf("%w: batch body over %d bytes: %w", ErrTooLarge, c.lim.MaxBodySize, err)
-			}
-			return nil, malformed("batch: zstd: %w", err)
+		if payload, err = c.decompress(payload); err != nil {
+			return nil, err
 		}
 	default:
 		return nil, malformed("batch: content type %q", h.contentType)
@@ -410,4 +402,86 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 	}
 	b.hashes = hashes
 	return b, nil
+}
+
+// decompress inflates a zstd payload without ever holding more than
+// MaxBodySize of output. SealBatch writes one frame that declares its size,
+// so the common path allocates exactly that once. A payload without a
+// declared size (another encoder, or an attacker) is streamed into chunks
+// and refused as soon as it passes the cap; growing one slice instead would
+// allocate several times the cap, and DecodeAll over many small frames
+// reallocates its output per frame.
+func (c *codec) decompress(payload []byte) ([]byte, error) {
+	tooLarge := func(err error) error {
+		return fmt.Errorf("%w: batch body over %d bytes (or over its declared size): %w", ErrTooLarge, c.lim.MaxBodySize, err)
+	}
+	var h zstd.Header
+	if err := h.Decode(payload); err != nil {
+		return nil, malformed("batch: zstd header: %w", err)
+	}
+	if h.HasFCS && !h.Skippable {
+		if h.FrameContentSize > uint64(c.lim.MaxBodySize) {
+			return nil, tooLarge(fmt.Errorf("frame declares %d bytes", h.FrameContentSize))
+		}
+		zd, err := c.zstdDecoder()
+		if err != nil {
+			return nil, fmt.Errorf("wire: open batch: zstd: %w", err)
+		}
+		out, err := zd.DecodeAll(payload, make([]byte, 0, h.FrameContentSize))
+		if err != nil {
+			if isZstdLimit(err) {
+				return nil, tooLarge(err)
+			}
+			return nil, malformed("batch: zstd: %w", err)
+		}
+		return out, nil
+	}
+
+	zd, err := c.streamDecoder()
+	if err != nil {
+		return nil, fmt.Errorf("wire: open batch: zstd: %w", err)
+	}
+	if err := zd.Reset(bytes.NewReader(payload)); err != nil {
+		return nil, malformed("batch: zstd: %w", err)
+	}
+	defer func() {
+		_ = zd.Reset(nil) // drop the reference to payload before pooling
+		c.zstream.Put(zd)
+	}()
+	const chunk = 256 << 10
+	var (
+		chunks [][]byte
+		total  int
+	)
+	for {
+		b := make([]byte, chunk)
+		n, err := io.ReadFull(zd, b)
+		total += n
+		if total > c.lim.MaxBodySize {
+			return nil, tooLarge(fmt.Errorf("stream passed the cap"))
+		}
+		chunks = append(chunks, b[:n])
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			if isZstdLimit(err) {
+				return nil, tooLarge(err)
+			}
+			return nil, malformed("batch: zstd: %w", err)
+		}
+	}
+	if len(chunks) == 1 {
+		return chunks[0], nil
+	}
+	out := make([]byte, 0, total)
+	for _, b := range chunks {
+		out = append(out, b...)
+	}
+	return out, nil
+}
+
+func isZstdLimit(err error) bool {
+	return errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) ||
+		errors.Is(err, zstd.ErrFrameSizeExceeded)
 }

@@ -19,9 +19,9 @@ const (
 	DefaultMaxNestedLevels  = 16                          // our deepest message nests 5 levels
 	DefaultMaxArrayElements = 1 << 17                     // agents announced by one proxy, argv elements
 	DefaultMaxMapPairs      = 64                          // our widest struct has 13 fields
+	DefaultMaxWindow        = 8 << 20                     // zstd history window a sender may demand
 	maxFrameSizeCeiling     = math.MaxUint32              // what a 4-byte prefix can say
 	minWindow               = zstd.MinWindowSize          // zstd refuses smaller windows
-	maxWindowCeiling        = 1 << 30                     // never let a frame header ask for more history
 	cborMinLevels           = 4                           // fxamacker/cbor lower bounds
 	cborMinElems            = 16                          //
 	cacheLimit              = 16                          // distinct Limits values whose codecs we keep
@@ -84,9 +84,10 @@ type codec struct {
 	// to control messages; everything else is as strict.
 	lenient cbor.DecMode
 
-	zonce sync.Once
-	zdec  *zstd.Decoder
-	zerr  error
+	zonce   sync.Once
+	zdec    *zstd.Decoder
+	zerr    error
+	zstream sync.Pool // *zstd.Decoder, streaming
 }
 
 var (
@@ -145,18 +146,37 @@ func newCodec(l Limits) (*codec, error) {
 	return &codec{lim: l, strict: strict, lenient: lenient}, nil
 }
 
-// zstdDecoder returns a decoder that refuses to produce more than
-// MaxBodySize bytes or to keep a larger history window, so a small
-// compressed bomb cannot make us allocate its expanded size.
+// zstdDecoder returns the shared DecodeAll decoder. It never writes past
+// the capacity of the dst it is given (WithDecodeAllCapLimit) nor produces
+// more than MaxBodySize, and refuses history windows above maxWindow.
 func (c *codec) zstdDecoder() (*zstd.Decoder, error) {
 	c.zonce.Do(func() {
 		c.zdec, c.zerr = zstd.NewReader(nil,
 			zstd.WithDecoderMaxMemory(uint64(c.lim.MaxBodySize)),
-			zstd.WithDecoderMaxWindow(uint64(min(c.lim.MaxBodySize, maxWindowCeiling))),
+			zstd.WithDecoderMaxWindow(uint64(c.maxWindow())),
+			zstd.WithDecodeAllCapLimit(true),
 			zstd.WithDecoderConcurrency(0), // one per CPU for concurrent DecodeAll
 		)
 	})
 	return c.zdec, c.zerr
+}
+
+// maxWindow is the largest zstd history window a sender may ask for. Our
+// encoder uses 1 MiB; the window is memory the decoder must hold.
+func (c *codec) maxWindow() int { return max(minWindow, min(c.lim.MaxBodySize, DefaultMaxWindow)) }
+
+// streamDecoder returns a pooled single-goroutine streaming decoder with the
+// same caps, for payloads that do not declare their size.
+func (c *codec) streamDecoder() (*zstd.Decoder, error) {
+	if d, ok := c.zstream.Get().(*zstd.Decoder); ok {
+		return d, nil
+	}
+	return zstd.NewReader(nil,
+		zstd.WithDecoderMaxMemory(uint64(c.lim.MaxBodySize)),
+		zstd.WithDecoderMaxWindow(uint64(c.maxWindow())),
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderLowmem(true),
+	)
 }
 
 // encMode is core deterministic encoding (RFC 8949 section 4.2.1: shortest

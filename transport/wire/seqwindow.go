@@ -75,7 +75,9 @@ func (w *SeqWindow) Check(agentID string, seq uint64) SeqVerdict {
 }
 
 // Mark records (agentID, seq) as seen (call it once the batch is durable).
-// Marking twice is harmless.
+// Marking twice is harmless. Marking below the forgotten floor is a no-op:
+// there the caller's store answers, and remembering it would evict newer
+// runs.
 func (w *SeqWindow) Mark(agentID string, seq uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -138,7 +140,7 @@ func (s *seqSet) check(seq uint64) SeqVerdict {
 
 func (s *seqSet) mark(seq uint64, maxRanges int) {
 	i, ok := s.find(seq)
-	if ok {
+	if ok || seq < s.floor {
 		return
 	}
 	// runs[i-1].hi < seq < runs[i].lo (when they exist)
