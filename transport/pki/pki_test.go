@@ -935,3 +935,47 @@ func TestDescribe(t *testing.T) {
 		t.Errorf("Describe of a multi-line error = %q, want one line", got)
 	}
 }
+
+func TestLoadVerifierAndSaveCRL(t *testing.T) {
+	ca := newCA(t)
+	node := t.TempDir()
+	caFile, crlFile := filepath.Join(node, "ca.crt"), filepath.Join(node, "crl.pem")
+	os.WriteFile(caFile, ca.CertPEM(), 0o644)
+
+	v, err := LoadVerifier(caFile, crlFile) // no CRL received yet
+	if err != nil || v.CRL() != nil {
+		t.Fatalf("LoadVerifier without a crl file = %v, %v; want an empty verifier", v, err)
+	}
+	agent := issue(t, ca, RoleAgent, "web-1", IssueOptions{})
+	ca.Revoke(agent.Leaf.SerialNumber, ReasonKeyCompromise)
+	pushed, err := ParseCRL(ca.CRLPEM(), ca.Certificate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.SetCRL(pushed); err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveCRL(crlFile, pushed); err != nil {
+		t.Fatalf("SaveCRL: %v", err)
+	}
+	// After a restart the node still refuses the revoked agent.
+	v2, err := LoadVerifier(caFile, crlFile)
+	if err != nil {
+		t.Fatalf("LoadVerifier: %v", err)
+	}
+	if err := v2.VerifyCertificate(agent.Leaf); !errors.Is(err, ErrRevoked) {
+		t.Errorf("after reload: err = %v, want ErrRevoked", err)
+	}
+	os.WriteFile(crlFile, newCA(t).CRLPEM(), 0o644)
+	if _, err := LoadVerifier(caFile, crlFile); !errors.Is(err, ErrBadCRL) {
+		t.Errorf("LoadVerifier with a foreign crl: err = %v, want ErrBadCRL", err)
+	}
+	if _, err := LoadVerifier(filepath.Join(node, "nope.crt"), crlFile); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LoadVerifier without ca.crt: err = %v, want not exist", err)
+	}
+	// An empty holder makes the handshake fail on our side, not send nothing.
+	cfg := v.TLSConfig(NewCertHolder(nil), false, nil)
+	if _, err := cfg.GetClientCertificate(nil); err == nil {
+		t.Error("GetClientCertificate with an empty holder succeeded")
+	}
+}

@@ -6,7 +6,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -287,4 +289,46 @@ func containsRole(roles []Role, r Role) bool {
 func NeedsRenewal(cert *x509.Certificate, now time.Time) bool {
 	life := cert.NotAfter.Sub(cert.NotBefore)
 	return cert.NotAfter.Sub(now) < life/3
+}
+
+// LoadCRL reads a CRL file as saved by SaveCRL (or the CA's crl.pem) and
+// checks it against ca.
+func LoadCRL(path string, ca *x509.Certificate) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load crl: %w", err)
+	}
+	crl, err := ParseCRL(b, ca)
+	if err != nil {
+		return nil, fmt.Errorf("load crl %s: %w", path, err)
+	}
+	return crl, nil
+}
+
+// SaveCRL writes crl to path atomically (PEM, mode 0644). A node saves each
+// CRL it accepts with SetCRL, so a restart does not fall back to an older
+// list and un-revoke anything until the next push.
+func SaveCRL(path string, crl *x509.RevocationList) error {
+	if crl == nil || len(crl.Raw) == 0 {
+		return errors.New("save crl: empty crl")
+	}
+	return writeFileAtomic(path, encodeCRL(crl.Raw), certMode, false)
+}
+
+// LoadVerifier builds a node's Verifier from its ca.crt and the last CRL it
+// saved. A missing CRL file is not an error (a node enrolled before any
+// revocation has none yet); an unreadable or foreign one is.
+func LoadVerifier(caFile, crlFile string) (*Verifier, error) {
+	ca, err := LoadCACert(caFile)
+	if err != nil {
+		return nil, err
+	}
+	var crl *x509.RevocationList
+	if crlFile != "" {
+		crl, err = LoadCRL(crlFile, ca)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return NewVerifier(ca, crl)
 }
