@@ -467,3 +467,12 @@ func TestZstdBomb(t *testing.T) {
 		})
 	}
 }
+
+// sign1Payload returns the payload of a sealed batch.
+func sign1Payload(sealed []byte) ([]byte, error) {
+	var m cose.Sign1Message
+	if err := m.UnmarshalCBOR(sealed); err != nil {
+		return nil, err
+	}
+	return m.Payload, nil
+}
