@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
@@ -186,4 +188,37 @@ func FuzzInetDiagMsg(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseInetDiagMsg(b)
 	})
+}
+
+// TestProcExecStorm checks that a burst of short-lived processes is fully
+// reported: a fork and an exit for every child, with matching keys.
+func TestProcExecStorm(t *testing.T) {
+	requireRoot(t)
+	c := startCollector(t, openProc)
+	const n = 2000
+	ch := startChild(t, exec.Command("/bin/sh", "-c",
+		"read x; i=0; while [ $i -lt "+strconv.Itoa(n)+" ]; do /bin/true; i=$((i+1)); done"), false)
+	begin := time.Now()
+	ch.finish(t)
+	took := time.Since(begin)
+	// Wait for the sh's own exit: events arrive in order.
+	c.waitFor(t, "exit of the storm's sh", []uint32{ch.pid}, func(ev Event) bool {
+		return ev.Kind == KindExit && ev.Proc.PID == ch.pid
+	})
+	forks := make(map[ProcKey]bool)
+	for _, ev := range c.all(func(ev Event) bool { return ev.Kind == KindFork && ev.Parent.PID == ch.pid }) {
+		forks[ev.Proc] = true
+	}
+	exits := 0
+	for _, ev := range c.all(func(ev Event) bool { return ev.Kind == KindExit }) {
+		if forks[ev.Proc] {
+			exits++
+		}
+	}
+	execs := len(c.all(func(ev Event) bool { return ev.Kind == KindExec && forks[ev.Proc] }))
+	t.Logf("%d execs in %v (%.0f/s): %d forks, %d execs, %d exits seen; lost %v",
+		n, took, float64(n)/took.Seconds(), len(forks), execs, exits, c.src.Lost())
+	if len(forks) != n || exits != n || execs != n {
+		t.Errorf("saw %d forks, %d execs, %d exits with matching keys; want %d of each", len(forks), execs, exits, n)
+	}
 }

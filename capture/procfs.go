@@ -357,7 +357,8 @@ func goneOr(err error) error {
 	return err
 }
 
-// readAt reads a whole file below dirfd into buf (at most len(buf) bytes).
+// readAt reads a whole /proc file below dirfd into buf (at most len(buf)
+// bytes).
 func readAt(dirfd int, name string, buf []byte) ([]byte, error) {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -373,10 +374,13 @@ func readAt(dirfd int, name string, buf []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if m == 0 {
+		n += m
+		// Files in /proc are generated whole: a read that did not fill the
+		// buffer reached the end, and asking again would only cost a
+		// syscall per file.
+		if m == 0 || n < len(buf) {
 			break
 		}
-		n += m
 	}
 	return buf[:n], nil
 }
