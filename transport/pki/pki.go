@@ -30,10 +30,13 @@
 //     builds a TLS 1.3-only config for either side of a link (TCP or QUIC)
 //     that runs these checks and takes its own certificate from a CertHolder,
 //     so a renewed certificate is used by the next handshake without
-//     restarting anything.
+//     restarting anything. The checks run in VerifyConnection, which Go also
+//     calls on resumed sessions (VerifyPeerCertificate is not). A node keeps
+//     ca.crt and the last accepted CRL on disk (LoadVerifier, SaveCRL).
 //   - Errors: rejections are *CertError values that wrap one of the sentinels
 //     (ErrUnknownCA, ErrExpired, ErrNotYetValid, ErrRevoked, ErrWrongRole,
-//     ErrNoCertificate, ErrBadCertificate); Describe turns any error from a
+//     ErrNoCertificate, ErrBadCertificate, and ErrWrongIdentity for a
+//     renewal naming someone else); Describe turns any error from a
 //     handshake into the one-line reason for a log line.
 //
 // Only the standard library's crypto/x509, crypto/ed25519 and crypto/tls are
