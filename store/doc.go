@@ -1,0 +1,8 @@
+// Package store persists what DaemonEye records. On the agent, Local is the
+// Pebble store that sits between capture and the uplink: the agent appends the
+// Events its capture.Source produces, Local numbers them with the agent's
+// persistent sequence (the (agent_id, seq) the center deduplicates on), keeps
+// them by seq and by time for batching, replay and local queries, and applies
+// them to the process table that answers lineage questions. Retention bounds it
+// by age and size. The center's SQLite store lives here too.
+package store

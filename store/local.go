@@ -1,0 +1,523 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/evilbitlabs/daemoneye/capture"
+)
+
+// Defaults for LocalOptions left zero.
+const (
+	DefaultRetainAge    = 7 * 24 * time.Hour
+	DefaultRetainBytes  = 1 << 30
+	DefaultExitedRetain = time.Hour
+)
+
+// Pebble memory: the agent's whole RSS target is below 64 MiB, so the block
+// cache and memtables are kept small. At most MemTableStopWritesThreshold (2)
+// memtables are queued, so memtables cost at most 8 MiB.
+const (
+	cacheBytes    = 8 << 20
+	memTableBytes = 4 << 20
+	maxOpenFiles  = 256
+)
+
+// Bounds on queries that walk the process graph, so that a corrupt or cyclic
+// table cannot make one request unbounded.
+const (
+	maxAncestors   = 4096
+	maxDescendants = 1 << 16
+	defaultDepth   = 64
+)
+
+var (
+	// ErrLocked is returned by OpenLocal and OpenLocalReadOnly when another
+	// process (normally the running agent) holds the store. Pebble locks the
+	// directory exclusively even for a read-only open.
+	ErrLocked = errors.New("store is locked by a running agent: query the agent through its socket instead")
+	// ErrReadOnly is returned by writes on a store opened with OpenLocalReadOnly.
+	ErrReadOnly = errors.New("store is open read-only")
+	// ErrClosed is returned by any call after Close.
+	ErrClosed = errors.New("store is closed")
+)
+
+// LocalOptions configure a Local store. Zero fields take the defaults.
+type LocalOptions struct {
+	// RetainAge is how long events are kept (DefaultRetainAge).
+	RetainAge time.Duration
+	// RetainBytes bounds the summed size of stored event values
+	// (DefaultRetainBytes). Indexes, the process table and Pebble's own
+	// overhead come on top; see Stats.DiskBytes for the real footprint.
+	RetainBytes int64
+	// ExitedRetain is how long an exited process stays in the table
+	// (DefaultExitedRetain).
+	ExitedRetain time.Duration
+	// Sync makes every Append wait for fsync. Without it an Append is
+	// durable only after the next Flush (the agent group-commits with Flush
+	// before it ships events upstream).
+	Sync bool
+	// Now is the clock for what has no time of its own (Seed marking
+	// processes exited). Defaults to time.Now.
+	Now func() time.Time
+
+	// fs replaces the filesystem in tests (a crashable in-memory FS).
+	fs vfs.FS
+}
+
+func (o LocalOptions) withDefaults() LocalOptions {
+	if o.RetainAge <= 0 {
+		o.RetainAge = DefaultRetainAge
+	}
+	if o.RetainBytes <= 0 {
+		o.RetainBytes = DefaultRetainBytes
+	}
+	if o.ExitedRetain <= 0 {
+		o.ExitedRetain = DefaultExitedRetain
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.fs == nil {
+		o.fs = vfs.Default
+	}
+	return o
+}
+
+// Local is the agent's event store and process table on Pebble. It is safe
+// for concurrent use; writes are serialized.
+type Local struct {
+	dir      string
+	opts     LocalOptions
+	log      *slog.Logger
+	db       *pebble.DB
+	lock     *pebble.Lock
+	wo       *pebble.WriteOptions
+	readOnly bool
+
+	// rw is held shared by every call and exclusively by Close, so no call
+	// ever touches a closed Pebble (which panics).
+	rw     sync.RWMutex
+	closed bool
+
+	// wmu serializes writers: Append, Seed and Retain read the table, decide,
+	// and write, and the counters below must follow exactly.
+	wmu     sync.Mutex
+	lastSeq uint64
+	events  uint64 // stored events
+	bytes   uint64 // summed size of stored event values
+	live    int64  // entries in the live index
+	exited  int64  // entries in the exited index
+}
+
+// OpenLocal opens (creating it if needed) the store in dir for writing.
+func OpenLocal(dir string, opts LocalOptions, log *slog.Logger) (*Local, error) {
+	return openLocal(dir, opts, log, false)
+}
+
+// OpenLocalReadOnly opens the store in dir for inspection by another process
+// (the CLI while the agent is stopped).
+//
+// Pebble v2 takes the directory's LOCK file (an exclusive fcntl lock) on every
+// Open, ReadOnly included, so a read-only open cannot run beside the agent:
+// it fails with ErrLocked and the caller should ask the agent through its
+// socket instead. While a read-only open holds the store the agent cannot
+// start either, so inspectors should Close promptly.
+func OpenLocalReadOnly(dir string) (*Local, error) {
+	return openLocal(dir, LocalOptions{}, nil, true)
+}
+
+func openLocal(dir string, opts LocalOptions, log *slog.Logger, readOnly bool) (*Local, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "store")
+	opts = opts.withDefaults()
+	fsys := opts.fs
+	if readOnly {
+		if _, err := fsys.Stat(dir); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+	} else if err := fsys.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create store dir: %w", err)
+	}
+	// Taking the lock ourselves lets us tell "someone else has it" apart
+	// from every other failure; Pebble then reuses it through Options.Lock.
+	lock, err := pebble.LockDirectory(dir, fsys)
+	if err != nil {
+		if lockHeld(err) {
+			return nil, fmt.Errorf("open store %s: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock store %s: %w", dir, err)
+	}
+	po := &pebble.Options{
+		FS:                 fsys,
+		Lock:               lock,
+		ReadOnly:           readOnly,
+		ErrorIfNotExists:   readOnly,
+		CacheSize:          cacheBytes,
+		MemTableSize:       memTableBytes,
+		MaxOpenFiles:       maxOpenFiles,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             pebbleLogger{log.With("engine", "pebble")},
+		EventListener:      eventListener(log.With("engine", "pebble")),
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		lock.Close()
+		if readOnly && errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open store %s: no store there: %w", dir, err)
+		}
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	l := &Local{dir: dir, opts: opts, log: log, db: db, lock: lock, readOnly: readOnly, wo: pebble.NoSync}
+	if opts.Sync {
+		l.wo = pebble.Sync
+	}
+	if err := l.load(); err != nil {
+		db.Close()
+		lock.Close()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	log.Debug("store opened", "dir", dir, "read_only", readOnly, "last_seq", l.lastSeq,
+		"events", l.events, "event_bytes", l.bytes, "live", l.live, "exited", l.exited)
+	return l, nil
+}
+
+// lockHeld reports whether err from locking means another holder. Within
+// one process Pebble refuses a second lock itself; across processes fcntl
+// fails with EAGAIN or EACCES.
+func lockHeld(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) ||
+		strings.Contains(err.Error(), "lock held by current process")
+}
+
+// load reads the counters and checks the layout version.
+func (l *Local) load() error {
+	v, err := l.getMeta(metaVersion)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		if !l.readOnly {
+			if err := l.db.Set(metaVersion, putUint64(formatVersion), pebble.Sync); err != nil {
+				return fmt.Errorf("write format version: %w", err)
+			}
+		}
+	case err != nil:
+		return fmt.Errorf("read format version: %w", err)
+	case v != formatVersion:
+		return fmt.Errorf("store format version %d, this build reads %d", v, formatVersion)
+	}
+	for _, m := range []struct {
+		key []byte
+		dst *uint64
+	}{{metaLastSeq, &l.lastSeq}, {metaEvents, &l.events}, {metaBytes, &l.bytes}} {
+		v, err := l.getMeta(m.key)
+		if err != nil && !errors.Is(err, pebble.ErrNotFound) {
+			return fmt.Errorf("read %s: %w", m.key[1:], err)
+		}
+		*m.dst = v
+	}
+	// The counter and the events are written in one batch, so they agree;
+	// taking the larger of the two still guards against ever reusing a seq.
+	if last, ok, err := l.edgeSeq(l.db, false); err != nil {
+		return err
+	} else if ok && last > l.lastSeq {
+		l.log.Warn("seq counter behind stored events", "counter", l.lastSeq, "last_event", last)
+		l.lastSeq = last
+	}
+	if l.live, err = countSpace(l.db, spaceLive); err != nil {
+		return err
+	}
+	if l.exited, err = countSpace(l.db, spaceExited); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (l *Local) getMeta(key []byte) (uint64, error) {
+	v, closer, err := l.db.Get(key)
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	return readUint64(v)
+}
+
+func countSpace(r pebble.Reader, space byte) (int64, error) {
+	it, err := r.NewIter(spaceBounds(space))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	if err := it.Close(); err != nil {
+		return 0, fmt.Errorf("count %c keys: %w", space, err)
+	}
+	return n, nil
+}
+
+func spaceBounds(space byte) *pebble.IterOptions {
+	return &pebble.IterOptions{LowerBound: []byte{space}, UpperBound: []byte{space + 1}}
+}
+
+func prefixBounds(p []byte) *pebble.IterOptions {
+	return &pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)}
+}
+
+// edgeSeq returns the first (or last) stored event seq.
+func (l *Local) edgeSeq(r pebble.Reader, first bool) (uint64, bool, error) {
+	it, err := r.NewIter(spaceBounds(spaceEvent))
+	if err != nil {
+		return 0, false, err
+	}
+	var ok bool
+	if first {
+		ok = it.First()
+	} else {
+		ok = it.Last()
+	}
+	var seq uint64
+	if ok {
+		seq, ok = seqOfEventKey(it.Key())
+	}
+	if err := it.Close(); err != nil {
+		return 0, false, fmt.Errorf("read event bounds: %w", err)
+	}
+	return seq, ok, nil
+}
+
+// Close releases the store. Calls after Close return ErrClosed.
+func (l *Local) Close() error {
+	l.rw.Lock()
+	defer l.rw.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	err := l.db.Close()
+	if lerr := l.lock.Close(); err == nil && lerr != nil {
+		err = lerr
+	}
+	if err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	return nil
+}
+
+// enter takes the shared lock for one call.
+func (l *Local) enter(write bool) error {
+	l.rw.RLock()
+	if l.closed {
+		l.rw.RUnlock()
+		return ErrClosed
+	}
+	if write && l.readOnly {
+		l.rw.RUnlock()
+		return ErrReadOnly
+	}
+	return nil
+}
+
+func (l *Local) leave() { l.rw.RUnlock() }
+
+// Flush makes every Append so far durable (fsync of the write-ahead log).
+// Callers that ship seqs upstream must Flush first: after a crash an
+// unsynced Append is lost together with its seq, and the seq is handed out
+// again.
+func (l *Local) Flush() error {
+	if err := l.enter(true); err != nil {
+		return err
+	}
+	defer l.leave()
+	if err := l.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("sync store: %w", err)
+	}
+	return nil
+}
+
+// LastSeq returns the last seq assigned (0 before the first Append).
+func (l *Local) LastSeq() uint64 {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	return l.lastSeq
+}
+
+// Append stores evs under consecutive new seqs, sets each event's Seq in
+// place, and applies them to the process table, all in one atomic batch: after
+// a crash either the events and their table changes are both there or
+// neither is. It returns the first and last seq assigned (0, 0 for none).
+func (l *Local) Append(evs []capture.Event) (first, last uint64, err error) {
+	if len(evs) == 0 {
+		return 0, 0, nil
+	}
+	if err := l.enter(true); err != nil {
+		return 0, 0, err
+	}
+	defer l.leave()
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+
+	b := l.db.NewBatch()
+	defer b.Close()
+	tx := newTableTx(l.db, l.opts.Now)
+	first = l.lastSeq + 1
+	var (
+		buf   bytes.Buffer
+		ekey  [9]byte
+		tkey  [17]byte
+		size  [binary.MaxVarintLen64]byte
+		added uint64
+	)
+	ekey[0], tkey[0] = spaceEvent, spaceTime
+	for i := range evs {
+		ev := evs[i]
+		ev.Seq = first + uint64(i)
+		if err := appendEvent(&buf, &ev); err != nil {
+			return 0, 0, fmt.Errorf("append seq %d: %w", ev.Seq, err)
+		}
+		binary.BigEndian.PutUint64(ekey[1:], ev.Seq)
+		binary.BigEndian.PutUint64(tkey[1:], orderedTime(ev.Time))
+		binary.BigEndian.PutUint64(tkey[9:], ev.Seq)
+		if err := b.Set(ekey[:], buf.Bytes(), nil); err != nil {
+			return 0, 0, fmt.Errorf("append: %w", err)
+		}
+		n := binary.PutUvarint(size[:], uint64(buf.Len()))
+		if err := b.Set(tkey[:], size[:n], nil); err != nil {
+			return 0, 0, fmt.Errorf("append: %w", err)
+		}
+		added += uint64(buf.Len())
+		if err := tx.apply(&ev); err != nil {
+			return 0, 0, fmt.Errorf("append seq %d: %w", ev.Seq, err)
+		}
+	}
+	last = first + uint64(len(evs)) - 1
+	if err := tx.write(b); err != nil {
+		return 0, 0, fmt.Errorf("append: %w", err)
+	}
+	b.Set(metaLastSeq, putUint64(last), nil)
+	b.Set(metaEvents, putUint64(l.events+uint64(len(evs))), nil)
+	b.Set(metaBytes, putUint64(l.bytes+added), nil)
+	if err := b.Commit(l.wo); err != nil {
+		return 0, 0, fmt.Errorf("append %d events: %w", len(evs), err)
+	}
+	l.lastSeq = last
+	l.events += uint64(len(evs))
+	l.bytes += added
+	l.live += tx.dLive
+	l.exited += tx.dExited
+	for i := range evs {
+		evs[i].Seq = first + uint64(i)
+	}
+	return first, last, nil
+}
+
+// EventsBySeq calls fn for each stored event with Seq >= from, in seq order,
+// until fn returns false. fn must not call Close.
+func (l *Local) EventsBySeq(from uint64, fn func(capture.Event) bool) error {
+	if err := l.enter(false); err != nil {
+		return err
+	}
+	defer l.leave()
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: []byte{spaceEvent + 1}})
+	if err != nil {
+		return fmt.Errorf("events by seq: %w", err)
+	}
+	for it.First(); it.Valid(); it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("events by seq: %w", err)
+		}
+		ev, err := DecodeEvent(v)
+		if err != nil {
+			seq, _ := seqOfEventKey(it.Key())
+			it.Close()
+			return fmt.Errorf("seq %d: %w", seq, err)
+		}
+		if !fn(ev) {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("events by seq: %w", err)
+	}
+	return nil
+}
+
+// EventsByTime calls fn for each stored event with from <= Time < to, in
+// time order (seq order among equal times), until fn returns false. A zero
+// from or to leaves that end open. fn must not call Close.
+func (l *Local) EventsByTime(from, to time.Time, fn func(capture.Event) bool) error {
+	if err := l.enter(false); err != nil {
+		return err
+	}
+	defer l.leave()
+	io := &pebble.IterOptions{LowerBound: []byte{spaceTime}, UpperBound: []byte{spaceTime + 1}}
+	if !from.IsZero() {
+		io.LowerBound = timePrefix(unixNano(from))
+	}
+	if !to.IsZero() {
+		io.UpperBound = timePrefix(unixNano(to))
+	}
+	// One snapshot for the index walk and the event reads, so that a
+	// concurrent Retain cannot leave the index pointing at nothing.
+	snap := l.db.NewSnapshot()
+	defer snap.Close()
+	it, err := snap.NewIter(io)
+	if err != nil {
+		return fmt.Errorf("events by time: %w", err)
+	}
+	for it.First(); it.Valid(); it.Next() {
+		_, seq, ok := parseTimeKey(it.Key())
+		if !ok {
+			continue
+		}
+		v, closer, err := snap.Get(eventKey(seq))
+		if errors.Is(err, pebble.ErrNotFound) {
+			l.log.Warn("time index names a missing event", "seq", seq)
+			continue
+		}
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("events by time: seq %d: %w", seq, err)
+		}
+		ev, err := DecodeEvent(v)
+		closer.Close()
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("seq %d: %w", seq, err)
+		}
+		if !fn(ev) {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("events by time: %w", err)
+	}
+	return nil
+}
+
+// unixNano is t in Unix nanoseconds, clamped to the int64 range (t.UnixNano
+// is undefined outside years 1678..2262).
+func unixNano(t time.Time) int64 {
+	if t.Before(time.Unix(0, math.MinInt64)) {
+		return math.MinInt64
+	}
+	if t.After(time.Unix(0, math.MaxInt64)) {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
