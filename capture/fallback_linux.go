@@ -3,6 +3,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -43,6 +44,7 @@ const (
 	procEventNone = 0x00000000
 	procEventFork = 0x00000001
 	procEventExec = 0x00000002
+	procEventComm = 0x00000200
 	procEventExit = 0x80000000
 
 	nlmsgHdrLen = 16 // struct nlmsghdr
@@ -80,8 +82,11 @@ type ProcSource struct {
 	lostOverrun, lostRaced, lostBackpressure, lostDecode, lostGap atomic.Uint64
 }
 
+// startEntry is what the fallback remembers of a live process, so that its
+// exit can be reported with the right key and comm after it is gone.
 type startEntry struct {
 	ticks     uint64
+	comm      string
 	estimated bool // from the fork event's timestamp, /proc was too late
 }
 
@@ -352,7 +357,7 @@ func (s *ProcSource) seedStarts() {
 		if st, err := r.readStat(pid); err == nil {
 			s.startsMu.Lock()
 			if _, ok := s.starts[uint32(pid)]; !ok {
-				s.starts[uint32(pid)] = startEntry{ticks: st.Start}
+				s.starts[uint32(pid)] = startEntry{ticks: st.Start, comm: string(st.Comm)}
 			}
 			s.startsMu.Unlock()
 		}
@@ -453,7 +458,19 @@ func (h *connHandler) event(cn, ev []byte) {
 		if pid != tgid {
 			return // a thread, not the thread group leader
 		}
-		h.exit(ts, tgid, ne.Uint32(d[8:]))
+		h.exit(ts, tgid, ne.Uint32(d[8:]), ne.Uint32(d[20:]))
+	case procEventComm:
+		if len(d) < 24 {
+			h.s.lostDecode.Add(1)
+			return
+		}
+		if pid, tgid := ne.Uint32(d), ne.Uint32(d[4:]); pid == tgid {
+			comm := d[8:24]
+			if i := bytes.IndexByte(comm, 0); i >= 0 {
+				comm = comm[:i]
+			}
+			h.s.setComm(tgid, string(comm))
+		}
 	}
 }
 
@@ -484,7 +501,7 @@ func (h *connHandler) fork(ts int64, parentTgid, childPid, childTgid uint32) {
 	if st, err := h.reader.readStat(int(childTgid)); err == nil {
 		ev.Proc.Start = st.Start
 		ev.Comm = string(st.Comm)
-		s.setStart(childTgid, startEntry{ticks: st.Start})
+		s.setStart(childTgid, startEntry{ticks: st.Start, comm: ev.Comm})
 	} else {
 		// Gone already: the kernel stamped the event just after setting
 		// the child's start time, so the stamp in ticks is the start time
@@ -512,14 +529,14 @@ func (h *connHandler) exec(ts int64, tgid uint32) {
 	if !p.Execed {
 		s.lostRaced.Add(1) // a zombie by now: no argv to read
 	}
-	s.setStart(tgid, startEntry{ticks: p.Key.Start})
+	s.setStart(tgid, startEntry{ticks: p.Key.Start, comm: p.Comm})
 	if p.Parent.PID != 0 {
 		p.Parent.Start = s.startOf(h.reader, p.Parent.PID)
 	}
 	s.emit(h.out, Event{Time: h.wall(ts), Kind: KindExec, Proc: p.Key, Parent: p.Parent, Comm: p.Comm, Exec: &p.Exec})
 }
 
-func (h *connHandler) exit(ts int64, tgid, status uint32) {
+func (h *connHandler) exit(ts int64, tgid, status, parentTgid uint32) {
 	s := h.s
 	ev := Event{Time: h.wall(ts), Kind: KindExit, Proc: ProcKey{PID: tgid}, Exit: decodeWaitStatus(status)}
 	s.startsMu.Lock()
@@ -527,11 +544,14 @@ func (h *connHandler) exit(ts int64, tgid, status uint32) {
 	delete(s.starts, tgid)
 	s.startsMu.Unlock()
 	if ok {
-		ev.Proc.Start = e.ticks
+		ev.Proc.Start, ev.Comm = e.ticks, e.comm
 	} else if st, err := h.reader.readStat(int(tgid)); err == nil {
-		ev.Proc.Start = st.Start // a zombie not yet reaped
+		ev.Proc.Start, ev.Comm = st.Start, string(st.Comm) // a zombie not yet reaped
 	} else {
 		s.lostRaced.Add(1)
+	}
+	if parentTgid != 0 {
+		ev.Parent = ProcKey{PID: parentTgid, Start: s.startOf(h.reader, parentTgid)}
 	}
 	s.emit(h.out, ev)
 }
@@ -549,6 +569,15 @@ func decodeWaitStatus(st uint32) *Exit {
 func (s *ProcSource) setStart(pid uint32, e startEntry) {
 	s.startsMu.Lock()
 	s.starts[pid] = e
+	s.startsMu.Unlock()
+}
+
+func (s *ProcSource) setComm(pid uint32, comm string) {
+	s.startsMu.Lock()
+	if e, ok := s.starts[pid]; ok {
+		e.comm = comm
+		s.starts[pid] = e
+	}
 	s.startsMu.Unlock()
 }
 
@@ -573,7 +602,7 @@ func (s *ProcSource) startOf(r *procReader, pid uint32) uint64 {
 	}
 	s.startsMu.Lock()
 	if _, ok := s.starts[pid]; !ok {
-		s.starts[pid] = startEntry{ticks: st.Start}
+		s.starts[pid] = startEntry{ticks: st.Start, comm: string(st.Comm)}
 	}
 	s.startsMu.Unlock()
 	return st.Start
