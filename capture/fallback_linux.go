@@ -87,6 +87,7 @@ type ProcSource struct {
 type startEntry struct {
 	ticks     uint64
 	comm      string
+	parent    ProcKey // from the fork event, for an exec /proc was too late for
 	estimated bool // from the fork event's timestamp, /proc was too late
 }
 
@@ -511,6 +512,12 @@ func (h *connHandler) fork(ts int64, parentTgid, childPid, childTgid uint32) {
 		s.setStart(childTgid, startEntry{ticks: ev.Proc.Start, estimated: true})
 	}
 	ev.Parent = ProcKey{PID: parentTgid, Start: s.startOf(h.reader, parentTgid)}
+	s.startsMu.Lock()
+	if e, ok := s.starts[childTgid]; ok && e.ticks == ev.Proc.Start {
+		e.parent = ev.Parent
+		s.starts[childTgid] = e
+	}
+	s.startsMu.Unlock()
 	s.emit(h.out, ev)
 }
 
@@ -523,7 +530,8 @@ func (h *connHandler) exec(ts int64, tgid uint32) {
 	}
 	if err != nil {
 		s.lostRaced.Add(1)
-		s.emit(h.out, Event{Time: h.wall(ts), Kind: KindExec, Proc: ProcKey{PID: tgid, Start: known.ticks}, Exec: &Exec{}})
+		s.emit(h.out, Event{Time: h.wall(ts), Kind: KindExec, Proc: ProcKey{PID: tgid, Start: known.ticks},
+			Parent: known.parent, Exec: &Exec{}})
 		return
 	}
 	if !p.Execed {
