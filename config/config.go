@@ -90,6 +90,15 @@ type Proxy struct {
 	Flow             Flow     `yaml:"flow"`
 	TLS              TLS      `yaml:"tls"`
 	Metrics          Metrics  `yaml:"metrics"`
+	// Watermarks are fractions of the WAL's filesystem in use: above High
+	// bulk is refused (children keep it), below Low it is accepted again.
+	Watermarks Watermarks `yaml:"watermarks"`
+}
+
+// Watermarks bound a WAL's disk use.
+type Watermarks struct {
+	High float64 `yaml:"high"`
+	Low  float64 `yaml:"low"`
 }
 
 // Flow sets lane priorities and compression on a link.
@@ -138,6 +147,7 @@ func Default() Config {
 			FsyncIntervalMS: 100,
 			Flow:            Flow{Priorities: []string{"trace", "alert", "bulk"}, Compression: "zstd"},
 			Metrics:         Metrics{Listen: "127.0.0.1:9465"},
+			Watermarks:      Watermarks{High: 0.90, Low: 0.85},
 		},
 		Center: Center{
 			Listen:  "0.0.0.0:7443",
@@ -181,6 +191,9 @@ func (c *Config) Validate() error {
 		default:
 			errs = append(errs, fmt.Sprintf("proxy.flow.priorities: unknown lane %q (want trace, alert, bulk)", p))
 		}
+	}
+	if w := c.Proxy.Watermarks; w.High <= 0 || w.High > 1 || w.Low <= 0 || w.Low >= w.High {
+		errs = append(errs, fmt.Sprintf("proxy.watermarks: want 0 < low < high <= 1, got low %v high %v", w.Low, w.High))
 	}
 	switch c.Proxy.Flow.Compression {
 	case "zstd", "none":

@@ -27,7 +27,7 @@ type ServerConfig struct {
 	// OnBatch takes one batch from a child, in lane order, and returns at
 	// once with a Verdict; verdicts are awaited in order, so a slow store
 	// slows the child (backpressure) without serialising on each fsync.
-	OnBatch func(c *Child, lane wire.Lane, sealed []byte) Verdict
+	OnBatch func(c *Child, lane wire.Lane, agentID string, seq uint64, sealed []byte) Verdict
 	// OnControl receives control frames from children (command acks,
 	// announces after they are applied, renewal requests).
 	OnControl func(c *Child, f wire.Frame)
@@ -383,7 +383,7 @@ func (s *Server) lane(ctx context.Context, c *Child, ln Lane) {
 			return nil
 		}
 		select {
-		case jobs <- job{agentID, seq, s.cfg.OnBatch(c, wire.Lane(ln), bf.Sealed)}:
+		case jobs <- job{agentID, seq, s.cfg.OnBatch(c, wire.Lane(ln), agentID, seq, bf.Sealed)}:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()

@@ -1,0 +1,198 @@
+// Package proxy is the store-and-forward node of the tree. Children (agents
+// and lower proxies) connect to it; every batch they send is written to its
+// per-lane WAL and acknowledged only once durable, then forwarded upstream
+// byte for byte (agent signatures stay valid) and deleted when the parent
+// acknowledges it. Commands travel the other way through a durable outbox and
+// the routing table that children announce.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/store/wal"
+	"github.com/evilbitlabs/daemoneye/transport"
+	"github.com/evilbitlabs/daemoneye/transport/pki"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// Proxy is a running proxy.
+type Proxy struct {
+	cfg  config.Proxy
+	log  *slog.Logger
+	id   *transport.Identity
+	wal  *wal.WAL
+	srv  *transport.Server
+	up   *transport.Uplink
+	disp *transport.Dispatcher
+
+	announceMu sync.Mutex
+	announced  []string
+
+	batchesIn  [4]atomic.Uint64
+	bytesIn    [4]atomic.Uint64
+	refused    map[string]*atomic.Uint64 // by cause
+	crlApplied atomic.Uint64
+}
+
+// New opens the WAL and the listener.
+func New(cfg config.Proxy, log *slog.Logger) (*Proxy, error) {
+	if cfg.Upstream == "" {
+		return nil, errors.New("proxy: upstream is not set")
+	}
+	id, err := transport.LoadIdentity(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA, filepath.Join(filepath.Dir(filepath.Clean(cfg.WALPath)), "crl.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if id.Role != pki.RoleProxy {
+		return nil, fmt.Errorf("proxy: certificate is for a %s, not a proxy", id.Role)
+	}
+	log = log.With("component", "proxy", "node", id.Name)
+	w, err := wal.Open(cfg.WALPath, wal.Options{
+		FsyncInterval: time.Duration(cfg.FsyncIntervalMS) * time.Millisecond,
+		HighWatermark: cfg.Watermarks.High, LowWatermark: cfg.Watermarks.Low,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p := &Proxy{cfg: cfg, log: log, id: id, wal: w, refused: map[string]*atomic.Uint64{
+		"over_watermark": {}, "disk_full": {}, "wal_error": {},
+	}}
+	p.srv, err = transport.NewServer(transport.ServerConfig{
+		NodeID:    id.Name,
+		Listen:    cfg.Listen,
+		TLS:       id.ServerTLS(pki.RoleAgent, pki.RoleProxy),
+		OnBatch:   p.onBatch,
+		OnControl: p.onControl,
+		OnChange:  p.onChange,
+		Log:       log,
+	})
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p.up, err = transport.NewUplink(transport.UplinkConfig{
+		NodeID:  id.Name,
+		Role:    wire.RoleProxy,
+		Addrs:   append([]string{cfg.Upstream}, cfg.UpstreamFallback...),
+		TLS:     id.ClientTLS(pki.RoleProxy, pki.RoleCenter),
+		WAL:     w,
+		Below:   p.srv.Below,
+		Agents:  p.srv.Agents,
+		OnFrame: p.fromParent,
+		Log:     log,
+	})
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p.disp = transport.NewDispatcher(p.srv, w, func(a wire.CommandAck) { p.up.SendControl(a) }, log)
+	return p, nil
+}
+
+// Addr is the address children connect to.
+func (p *Proxy) Addr() string { return p.srv.Addr() }
+
+// Name is the proxy's node id.
+func (p *Proxy) Name() string { return p.id.Name }
+
+// Run serves until ctx ends.
+func (p *Proxy) Run(ctx context.Context) error {
+	defer p.wal.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.srv.Run(gctx) })
+	g.Go(func() error { return p.up.Run(gctx) })
+	g.Go(func() error { return p.disp.Run(gctx) })
+	if p.cfg.Metrics.Listen != "" {
+		g.Go(func() error { return p.serveMetrics(gctx) })
+	}
+	return g.Wait()
+}
+
+func (p *Proxy) onBatch(c *transport.Child, lane wire.Lane, agentID string, seq uint64, sealed []byte) transport.Verdict {
+	pend := p.wal.AppendAsync(uint8(lane), sealed, nil)
+	return func() *wire.Nack {
+		_, err := pend.Wait()
+		if err == nil {
+			p.batchesIn[lane].Add(1)
+			p.bytesIn[lane].Add(uint64(len(sealed)))
+			p.up.Kick()
+			return nil
+		}
+		cause := "wal_error"
+		switch {
+		case errors.Is(err, wal.ErrOverWatermark):
+			cause = "over_watermark"
+		case errors.Is(err, wal.ErrDiskFull):
+			cause = "disk_full"
+		}
+		p.refused[cause].Add(1)
+		// The child keeps the batch and retries after a pause: nothing is
+		// lost, the child just slows down.
+		return &wire.Nack{Lane: lane, AgentID: agentID, Seq: seq, Code: wire.NackOverWatermark, Reason: err.Error()}
+	}
+}
+
+func (p *Proxy) onControl(c *transport.Child, f wire.Frame) {
+	switch m := f.(type) {
+	case *wire.CommandAck:
+		p.disp.Acked(*m)
+	case *wire.RenewRequest:
+		p.up.SendControl(*m)
+	}
+}
+
+// onChange tells the parent which agents appeared or left below us, and
+// delivers commands that waited for a route.
+func (p *Proxy) onChange() {
+	p.announceMu.Lock()
+	now := p.srv.Agents()
+	var added, removed []string
+	for _, a := range now {
+		if !slices.Contains(p.announced, a) {
+			added = append(added, a)
+		}
+	}
+	for _, a := range p.announced {
+		if !slices.Contains(now, a) {
+			removed = append(removed, a)
+		}
+	}
+	p.announced = now
+	p.announceMu.Unlock()
+	if len(added)+len(removed) > 0 {
+		p.up.SendControl(wire.Announce{Added: added, Removed: removed})
+	}
+	go p.disp.Flush(context.Background())
+}
+
+// fromParent handles what comes down: commands, CRLs.
+func (p *Proxy) fromParent(f wire.Frame) {
+	switch m := f.(type) {
+	case *wire.Command:
+		if err := p.disp.Submit(context.Background(), *m); err != nil {
+			p.log.Error("queue command", "command", m.CommandID, "err", err)
+		}
+	case *wire.CRL:
+		changed, err := p.id.ApplyCRL(m.DER)
+		if err != nil {
+			p.log.Error("CRL from parent refused", "err", err)
+			return
+		}
+		if changed {
+			p.crlApplied.Add(1)
+			p.log.Info("CRL applied; pushing it down", "children", len(p.srv.Children()))
+		}
+		p.srv.Broadcast(context.Background(), *m)
+	}
+}
