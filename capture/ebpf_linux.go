@@ -26,6 +26,11 @@ import (
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target amd64 -tags linux -cflags "-O2 -g -Wall -I../bpf/include" -type ev_hdr -type ev_exit -type ev_conn -type ev_exec sensor ../bpf/sensor.bpf.c
 
 const (
+	// ringPollInterval is how long records may wait in the ring when the
+	// kernel side did not wake the reader (see wake_bytes in
+	// bpf/sensor.bpf.c): it bounds the sensor's added latency.
+	ringPollInterval = 20 * time.Millisecond
+
 	// argvCap is ARGV_CAP in bpf/sensor.h: the scratch space the kernel side
 	// has for argv. Larger Options.ArgvMaxBytes are clamped to it.
 	argvCap = 32768
@@ -46,8 +51,9 @@ type EBPFSource struct {
 	coll *ebpf.Collection
 	rd   *ringbuf.Reader
 
-	mu    sync.Mutex // guards links and closed
+	mu    sync.Mutex // guards links
 	links []link.Link
+	progs []string // attached in this order
 	drops *ebpf.Map
 
 	dec recordDecoder
@@ -102,6 +108,11 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 	if err := spec.Variables["argv_max"].Set(uint32(argvMax)); err != nil {
 		return nil, fmt.Errorf("set argv_max: %w", err)
 	}
+	// A burst that fills an eighth of the ring wakes the reader early;
+	// below that the reader's poll (ringPollInterval) collects records.
+	if err := spec.Variables["wake_bytes"].Set(uint64(ring / 8)); err != nil {
+		return nil, fmt.Errorf("set wake_bytes: %w", err)
+	}
 
 	// One exit program is loaded: the group_dead argument of
 	// sched_process_exit (6.16+) is exact; the signal->live test is racy
@@ -134,15 +145,10 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 	s := &EBPFSource{log: log, coll: coll, drops: coll.Maps["drops"]}
 	s.dec.bootToWall.Store(bootToWallOffset())
 
-	// Order matters little, but attaching sys_exit last keeps the window in
-	// which every syscall pays for us as short as possible on failure.
-	for _, name := range []string{"handle_fork", "handle_exec", exitProg, "handle_set_state", "handle_sys_exit"} {
-		l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs[name]})
-		if err != nil {
-			s.Close()
-			return nil, fmt.Errorf("attach %s: %w: %w", name, err, ErrUnsupported)
-		}
-		s.links = append(s.links, l)
+	s.progs = []string{"handle_fork", "handle_exec", exitProg, "handle_set_state", "handle_sys_exit"}
+	if err := s.attach(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("%w: %w", err, ErrUnsupported)
 	}
 
 	rd, err := ringbuf.NewReader(coll.Maps["events"])
@@ -163,6 +169,43 @@ func verifierTail(ve *ebpf.VerifierError, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return fmt.Sprintf("%v\n%s", ve.Cause, strings.Join(lines, "\n"))
+}
+
+// attach links every program to its tracepoint. Order matters little, but
+// sys_exit goes last: on failure, the window in which every syscall on the
+// host pays for us stays as short as possible.
+func (s *EBPFSource) attach() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.links) > 0 {
+		return nil
+	}
+	for _, name := range s.progs {
+		l, err := link.AttachTracing(link.TracingOptions{Program: s.coll.Programs[name]})
+		if err != nil {
+			for _, l := range s.links {
+				l.Close()
+			}
+			s.links = nil
+			return fmt.Errorf("attach %s: %w", name, err)
+		}
+		s.links = append(s.links, l)
+	}
+	return nil
+}
+
+// detach unlinks the programs but keeps them and the maps loaded, so that
+// attach can resume; the benchmark uses it to time the host with and
+// without the sensor in alternation.
+func (s *EBPFSource) detach() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, l := range s.links {
+		errs = append(errs, l.Close())
+	}
+	s.links = nil
+	return errors.Join(errs...)
 }
 
 // ringSize returns the smallest power of two that is at least n and at
@@ -244,9 +287,16 @@ func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
 
 	var rec ringbuf.Record
 	var ev Event
+	s.rd.SetDeadline(time.Now().Add(ringPollInterval))
 	for {
 		if err := s.rd.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrFlushed) || errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// The ring is drained; sleep until the next poll or an
+				// early wakeup from the kernel side.
+				s.rd.SetDeadline(time.Now().Add(ringPollInterval))
+				continue
+			case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, os.ErrClosed), errors.Is(err, ringbuf.ErrClosed):
 				return nil
 			}
 			return fmt.Errorf("read ebpf ring buffer: %w", err)
@@ -326,13 +376,7 @@ func (s *EBPFSource) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	var errs []error
-	s.mu.Lock()
-	for _, l := range s.links {
-		errs = append(errs, l.Close())
-	}
-	s.links = nil
-	s.mu.Unlock()
+	errs := []error{s.detach()}
 	if s.rd != nil {
 		errs = append(errs, s.rd.Close())
 	}

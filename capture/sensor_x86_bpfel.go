@@ -103,6 +103,7 @@ const (
 	sensorProgHandleSetState   = "handle_set_state"
 	sensorProgHandleSysExit    = "handle_sys_exit"
 	sensorVarArgvMax           = "argv_max"
+	sensorVarWakeBytes         = "wake_bytes"
 )
 
 // loadSensor returns the embedded CollectionSpec for sensor.
@@ -169,7 +170,8 @@ type sensorMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sensorVariableSpecs struct {
-	ArgvMax *ebpf.VariableSpec `ebpf:"argv_max"`
+	ArgvMax   *ebpf.VariableSpec `ebpf:"argv_max"`
+	WakeBytes *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
 
 // sensorObjects contains all objects after they have been loaded into the kernel.
@@ -211,7 +213,8 @@ func (m *sensorMaps) Close() error {
 //
 // It can be passed to loadSensorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sensorVariables struct {
-	ArgvMax *ebpf.Variable `ebpf:"argv_max"`
+	ArgvMax   *ebpf.Variable `ebpf:"argv_max"`
+	WakeBytes *ebpf.Variable `ebpf:"wake_bytes"`
 }
 
 // sensorPrograms contains all programs after they have been loaded into the kernel.

@@ -1,0 +1,201 @@
+package capture
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The committed eBPF objects must match bpf/: bpf/generate.sh writes
+// bpf_sources.sha256 (inputs, the generate directive, the object), and these
+// tests fail with "run make generate" when a source changed without it.
+
+const bpfManifest = "bpf_sources.sha256"
+
+// bpfManifestEntries reads the manifest: path (or "go:generate") -> digest,
+// and the clang version line it was built with.
+func bpfManifestEntries(t *testing.T) (map[string]string, string) {
+	t.Helper()
+	f, err := os.Open(bpfManifest)
+	if err != nil {
+		t.Fatalf("read %s: %v (run make generate)", bpfManifest, err)
+	}
+	defer f.Close()
+	entries := map[string]string{}
+	var clang string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "# clang: "); ok {
+			clang = v
+			continue
+		}
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		sum, path, ok := strings.Cut(line, "  ")
+		if !ok {
+			t.Fatalf("%s: malformed line %q", bpfManifest, line)
+		}
+		entries[path] = sum
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return entries, clang
+}
+
+func sha256File(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// generateDirective returns the //go:generate bpf2go line of ebpf_linux.go.
+func generateDirective(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("ebpf_linux.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "//go:generate ") && strings.Contains(line, "bpf2go") {
+			return line
+		}
+	}
+	t.Fatal("ebpf_linux.go has no //go:generate bpf2go line")
+	return ""
+}
+
+func TestBPFGeneratedObjectsCurrent(t *testing.T) {
+	want, _ := bpfManifestEntries(t)
+	got := map[string]string{}
+	err := filepath.WalkDir("../bpf", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if strings.HasSuffix(path, ".c") || strings.HasSuffix(path, ".h") {
+			rel := filepath.ToSlash(strings.TrimPrefix(path, "../"))
+			got[rel] = sha256File(t, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sha256sum of the line as generate.sh's grep prints it (with "\n").
+	sum := sha256.Sum256([]byte(generateDirective(t) + "\n"))
+	got["go:generate"] = hex.EncodeToString(sum[:])
+	got["capture/sensor_x86_bpfel.o"] = sha256File(t, "sensor_x86_bpfel.o")
+
+	var stale []string
+	for path, sum := range got {
+		if want[path] != sum {
+			stale = append(stale, path)
+		}
+	}
+	for path := range want {
+		if _, ok := got[path]; !ok {
+			stale = append(stale, path+" (gone)")
+		}
+	}
+	slices.Sort(stale)
+	if len(stale) > 0 {
+		t.Fatalf("eBPF objects are stale; run make generate (changed since %s was written: %s)",
+			bpfManifest, strings.Join(stale, ", "))
+	}
+}
+
+// splitDirective splits a go:generate line into words the way go generate
+// does: on spaces, with double-quoted words kept whole.
+func splitDirective(line string) []string {
+	var words []string
+	var cur strings.Builder
+	inQuote, inWord := false, false
+	for _, r := range line {
+		switch {
+		case r == '"':
+			inQuote = !inQuote
+			inWord = true
+		case r == ' ' && !inQuote:
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words
+}
+
+// TestBPFGeneratedObjectsRebuild recompiles the sensor with the committed
+// directive into a temporary directory and compares the bytes. clang output
+// is deterministic for a given clang (bpf2go maps away the source directory
+// and the compiler ident), so this only runs with the clang version recorded
+// in the manifest.
+func TestBPFGeneratedObjectsRebuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("rebuilds the eBPF objects")
+	}
+	for _, tool := range []string{"clang", "llvm-strip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not on PATH", tool)
+		}
+	}
+	_, wantClang := bpfManifestEntries(t)
+	out, err := exec.Command("clang", "--version").Output()
+	if err != nil {
+		t.Skipf("clang --version: %v", err)
+	}
+	haveClang, _, _ := strings.Cut(string(out), "\n")
+	if haveClang != wantClang {
+		t.Skipf("objects were built with %q, this host has %q: byte comparison would not mean anything", wantClang, haveClang)
+	}
+
+	words := splitDirective(strings.TrimPrefix(generateDirective(t), "//go:generate "))
+	if len(words) < 3 || words[0] != "go" {
+		t.Fatalf("unexpected directive %q", words)
+	}
+	dir := t.TempDir()
+	args := append(slices.Clone(words[1:len(words)-2]), "-output-dir", dir)
+	args = append(args, words[len(words)-2:]...)
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), "GOPACKAGE=capture", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bpf2go: %v\n%s", err, out)
+	}
+	for _, name := range []string{"sensor_x86_bpfel.o", "sensor_x86_bpfel.go"} {
+		fresh, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fresh, committed) {
+			t.Errorf("%s differs from a rebuild of bpf/ (%d vs %d bytes): run make generate", name, len(committed), len(fresh))
+		}
+	}
+	if t.Failed() {
+		t.Logf("rebuilt with: go %s", strings.Join(args, " "))
+	}
+}
