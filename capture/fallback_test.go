@@ -232,3 +232,27 @@ func TestProcExecStorm(t *testing.T) {
 		t.Errorf("saw %d forks, %d execs, %d exits with matching keys; want %d of each", len(forks), execs, exits, n)
 	}
 }
+
+// TestProcOverrun overflows the connector socket on purpose: the source
+// must count the loss (ENOBUFS and the sequence gap) and keep going.
+func TestProcOverrun(t *testing.T) {
+	requireRoot(t)
+	src := openProc(t).(*ProcSource)
+	// The smallest buffer the kernel allows holds a handful of messages.
+	_ = src.cnRaw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1)
+	})
+	for range 100 { // nobody reads yet: the socket overflows
+		if err := exec.Command("/bin/true").Run(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = src.cnRaw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, connectorRcvBuf)
+	})
+	c := startCollector(t, func(*testing.T) Source { return src }) // waits until events flow again
+	lost := c.src.Lost()
+	if lost[LossOverrun] == 0 || lost[LossSeqGap] == 0 {
+		t.Errorf("Lost() = %v after overflowing the socket, want overrun and seq_gap counted", lost)
+	}
+}
