@@ -215,12 +215,9 @@ static __always_inline bool path_resolve(struct scratch *s, const struct path *p
 	for (int i = 0; i < PATH_DEPTH; i++) {
 		struct dentry *parent = BPF_CORE_READ(d, d_parent);
 
-		if (d == root || d == parent) {
-			if (d != root) {
-				/* Root of a filesystem that is not a mount root here. */
-				done = true;
-				break;
-			}
+		bool last = false;
+
+		if (d == root) {
 			struct mount *mp = BPF_CORE_READ(m, mnt_parent);
 			if (mp == m) {
 				/* The namespace's root mount. */
@@ -231,6 +228,12 @@ static __always_inline bool path_resolve(struct scratch *s, const struct path *p
 			m = mp;
 			root = BPF_CORE_READ(m, mnt.mnt_root);
 			continue;
+		}
+		if (d == parent) {
+			/* A dentry outside any mounted tree (memfd, a file of a
+			 * lazily unmounted fs): like d_path, name it by itself,
+			 * so fileless execution shows as /memfd:NAME. */
+			last = true;
 		}
 
 		__u32 len = BPF_CORE_READ(d, d_name.len);
@@ -246,6 +249,10 @@ static __always_inline bool path_resolve(struct scratch *s, const struct path *p
 		pos -= 1;
 		s->pbuf[pos & (PATH_CAP - 1)] = '/';
 		s->pos = pos;
+		if (last) {
+			done = true;
+			break;
+		}
 		d = parent;
 	}
 	if (s->pos >= PATH_CAP) {
@@ -306,8 +313,13 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 
 	/* bprm->file is what mm->exe_file (and /proc/PID/exe) now points to:
 	 * for a script it is the interpreter. */
-	if (path_resolve(s, &bprm->file->f_path))
+	struct file *exe = BPF_CORE_READ(bprm, file);
+	if (path_resolve(s, &exe->f_path))
 		flags |= EVF_EXE_TRUNC;
+	/* Unhashed: unlinked since it was opened, or never linked (memfd);
+	 * /proc/PID/exe says "(deleted)" then, and so do we. */
+	if (!BPF_CORE_READ(exe, f_path.dentry, d_hash.pprev))
+		flags |= EVF_EXE_DELETED;
 	n = path_copy(s, off);
 	e->exe_len = n;
 	off += n;

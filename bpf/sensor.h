@@ -28,6 +28,7 @@ enum ev_flag {
 	EVF_CWD_TRUNC = 1 << 2,  /* cwd path deeper/longer than the walk allows */
 	EVF_TTY_PTS = 1 << 3,    /* tty is a unix98 pty slave: name is pts/<tty_index> */
 	EVF_ARGV_FAULT = 1 << 4, /* argv pages could not be read */
+	EVF_EXE_DELETED = 1 << 5, /* exe dentry unhashed: deleted or memfd */
 };
 
 /* Causes counted in the drops map; the Go side reports them all as ring_full. */

@@ -27,6 +27,7 @@ const (
 	evfCwdTrunc  = 1 << 2
 	evfTTYPts    = 1 << 3
 	evfArgvFault = 1 << 4
+	evfExeGone   = 1 << 5
 
 	hdrKind     = 0
 	hdrFlags    = 1
@@ -211,7 +212,18 @@ func decodeExec(b []byte, flags byte) (*Exec, error) {
 		Exe:           data[:exeLen],
 		Cwd:           data[exeLen : exeLen+cwdLen],
 		TTY:           data[exeLen+cwdLen : exeLen+cwdLen+ttyLen],
-		ArgvTruncated: flags&evfArgvTrunc != 0,
+		ArgvTruncated: flags&(evfArgvTrunc|evfArgvFault) != 0, // a fault loses all of argv
+	}
+	// A cut path is only the tail of the real one: it must not pass for
+	// an absolute path, so it starts with "..." rather than "/".
+	if flags&evfExeTrunc != 0 {
+		x.Exe = "..." + x.Exe
+	}
+	if flags&evfCwdTrunc != 0 {
+		x.Cwd = "..." + x.Cwd
+	}
+	if flags&evfExeGone != 0 {
+		x.Exe += " (deleted)" // as /proc/PID/exe and d_path say
 	}
 	if flags&evfTTYPts != 0 {
 		x.TTY = "pts/" + strconv.FormatUint(uint64(recordOrder.Uint32(b[execTTYIdx:])), 10)

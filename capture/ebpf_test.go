@@ -282,6 +282,119 @@ func TestEBPFExecFields(t *testing.T) {
 	}
 }
 
+// TestEBPFPaths checks exe and cwd against /proc for paths that cross
+// mounts, executables that are gone (unlinked, memfd), and a cwd deeper than
+// the kernel-side walk, which must not pass for an absolute path.
+func TestEBPFPaths(t *testing.T) {
+	r := startEBPF(t, DefaultOptions())
+	sh, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// run starts cmd blocked in "read x" and returns its exec event.
+	run := func(t *testing.T, cmd *exec.Cmd) (Event, int) {
+		t.Helper()
+		stdin := startBlocked(t, cmd)
+		t.Cleanup(func() { stdin.Close() })
+		pid := cmd.Process.Pid
+		ev := r.wait(t, "exec", func(ev Event) bool { return ev.Kind == KindExec && ev.Proc.PID == uint32(pid) })
+		t.Logf("exe %q cwd %q", ev.Exec.Exe, ev.Exec.Cwd)
+		return ev, pid
+	}
+	readlink := func(t *testing.T, pid int, what string) string {
+		t.Helper()
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/%s", pid, what))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+
+	t.Run("other mount", func(t *testing.T) {
+		// /dev/shm is a tmpfs mounted on /dev, itself a mount: two
+		// crossings on the way to the root.
+		dir, err := os.MkdirTemp("/dev/shm", "daemoneye-ebpf-")
+		if err != nil {
+			t.Skipf("no /dev/shm: %v", err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.WriteFile(filepath.Join(dir, "sh"), sh, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(filepath.Join(dir, "sh"), "-c", "read x")
+		cmd.Dir = dir
+		ev, pid := run(t, cmd)
+		if err := unix.Access(filepath.Join(dir, "sh"), unix.X_OK); err != nil {
+			t.Skipf("/dev/shm is noexec: %v", err)
+		}
+		if want := readlink(t, pid, "exe"); ev.Exec.Exe != want {
+			t.Errorf("Exe = %q, want %q", ev.Exec.Exe, want)
+		}
+		if want := readlink(t, pid, "cwd"); ev.Exec.Cwd != want {
+			t.Errorf("Cwd = %q, want %q", ev.Exec.Cwd, want)
+		}
+	})
+
+	t.Run("unlinked", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "gone-sh")
+		if err := os.WriteFile(path, sh, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		// fexecve: the child runs the unlinked file through its fd 3.
+		cmd := &exec.Cmd{Path: "/proc/self/fd/3", Args: []string{"sh", "-c", "read x"}, ExtraFiles: []*os.File{f}}
+		ev, pid := run(t, cmd)
+		want := readlink(t, pid, "exe")
+		if ev.Exec.Exe != want || !strings.HasSuffix(want, " (deleted)") {
+			t.Errorf("Exe = %q, want %q (as /proc says, marked deleted)", ev.Exec.Exe, want)
+		}
+	})
+
+	t.Run("memfd", func(t *testing.T) {
+		fd, err := unix.MemfdCreate("daemoneye-test", 0)
+		if err != nil {
+			t.Skipf("memfd_create: %v", err)
+		}
+		f := os.NewFile(uintptr(fd), "memfd")
+		defer f.Close()
+		if _, err := f.Write(sh); err != nil {
+			t.Fatal(err)
+		}
+		cmd := &exec.Cmd{Path: "/proc/self/fd/3", Args: []string{"sh", "-c", "read x"}, ExtraFiles: []*os.File{f}}
+		ev, pid := run(t, cmd)
+		if want := readlink(t, pid, "exe"); ev.Exec.Exe != want {
+			t.Errorf("Exe = %q, want %q (as /proc says)", ev.Exec.Exe, want)
+		}
+	})
+
+	t.Run("deep cwd", func(t *testing.T) {
+		deep := t.TempDir()
+		for i := 0; i < 80; i++ {
+			deep = filepath.Join(deep, fmt.Sprintf("d%02d", i))
+		}
+		if err := os.MkdirAll(deep, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("/bin/sh", "-c", "read x")
+		cmd.Dir = deep
+		ev, _ := run(t, cmd)
+		cwd := ev.Exec.Cwd
+		tail, cut := strings.CutPrefix(cwd, "...")
+		if !cut || !strings.HasSuffix(deep, tail) || !strings.HasPrefix(tail, "/") {
+			t.Errorf("Cwd = %q, want \"...\" and then a tail of %q", cwd, deep)
+		}
+	})
+}
+
 func TestEBPFExitSignal(t *testing.T) {
 	r := startEBPF(t, DefaultOptions())
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
