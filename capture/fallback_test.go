@@ -256,3 +256,62 @@ func TestProcOverrun(t *testing.T) {
 		t.Errorf("Lost() = %v after overflowing the socket, want overrun and seq_gap counted", lost)
 	}
 }
+
+func TestSockTrackerDiff(t *testing.T) {
+	root := t.TempDir() // no processes: owners stay unknown
+	s := &ProcSource{opts: Options{ProcRoot: root}, starts: map[uint32]startEntry{}, log: slog.New(slog.DiscardHandler)}
+	tr := &sockTracker{s: s, reader: newProcReader(root, 1, "", 0), socks: map[uint64]*trackedSock{}, link: make([]byte, 64)}
+	out := make(chan Event, 16)
+	ap := netip.MustParseAddrPort
+	est := func(cookie uint64, inode uint32, l, r string) diagSock {
+		return diagSock{state: tcpEstablished, local: ap(l), remote: ap(r), inode: inode, cookie: cookie}
+	}
+	lis := func(l string) diagSock { return diagSock{state: tcpListen, local: ap(l), inode: 1, cookie: 999} }
+	drain := func() []Event {
+		var evs []Event
+		for len(out) > 0 {
+			evs = append(evs, <-out)
+		}
+		return evs
+	}
+
+	old := est(1, 10, "10.0.0.1:22", "10.0.0.9:40000")
+	tr.apply([]diagSock{lis("0.0.0.0:22"), old}, out, true, 1)
+	if evs := drain(); len(evs) != 0 {
+		t.Fatalf("baseline listing reported %d events, want none", len(evs))
+	}
+
+	conn := est(2, 11, "10.0.0.1:50000", "10.0.0.7:443") // connect: no listener on 50000
+	acc := est(3, 12, "10.0.0.1:22", "10.0.0.8:41000")   // accept: wildcard listener on 22
+	acc6 := est(4, 13, "[::1]:8080", "[::1]:41000")      // accept: exact listener
+	queued := est(5, 0, "10.0.0.1:22", "10.0.0.8:41001") // not accepted yet
+	tr.apply([]diagSock{lis("0.0.0.0:22"), lis("[::1]:8080"), old, conn, acc, acc6, queued}, out, false, 2)
+	got := map[netip.AddrPort]Kind{}
+	for _, ev := range drain() {
+		got[ev.Conn.Dst] = ev.Kind
+		if ev.Time != 2 || ev.Conn.Proto != ProtoTCP {
+			t.Errorf("event %s: time %d proto %d, want 2 and TCP", fmtEvent(ev), ev.Time, ev.Conn.Proto)
+		}
+	}
+	want := map[netip.AddrPort]Kind{conn.remote: KindConnect, acc.remote: KindAccept, acc6.remote: KindAccept}
+	if len(got) != len(want) {
+		t.Errorf("got events %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("connection to %s: kind %v, want %v", k, got[k], v)
+		}
+	}
+
+	// The queued socket is accepted; the connect and the old socket close.
+	queued.inode = 14
+	tr.apply([]diagSock{lis("0.0.0.0:22"), acc, acc6, queued}, out, false, 3)
+	evs := drain()
+	kinds := map[Kind]int{}
+	for _, ev := range evs {
+		kinds[ev.Kind]++
+	}
+	if kinds[KindAccept] != 1 || kinds[KindClose] != 1 || len(evs) != 2 {
+		t.Errorf("third listing: %d events %v, want one accept and one close (none for the baseline socket)", len(evs), kinds)
+	}
+}

@@ -122,7 +122,8 @@ func (s *ProcSource) runSockets(ctx context.Context, out chan<- Event) error {
 	if interval <= 0 {
 		interval = DefaultPollInterval
 	}
-	t.poll(out, true)
+	// The first good listing is the baseline: what was open before.
+	baseline := !t.poll(out, true)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -130,14 +131,16 @@ func (s *ProcSource) runSockets(ctx context.Context, out chan<- Event) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			t.poll(out, false)
+			if t.poll(out, baseline) {
+				baseline = false
+			}
 		}
 	}
 }
 
-// poll lists sockets once and reports what changed. The first poll only
-// learns the sockets already open.
-func (t *sockTracker) poll(out chan<- Event, baseline bool) {
+// poll lists sockets once and reports what changed; a baseline poll only
+// learns the sockets already open. It reports whether the listing worked.
+func (t *sockTracker) poll(out chan<- Event, baseline bool) bool {
 	var all []diagSock
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		socks, err := dumpTCP(t.s.diag, fam)
@@ -146,11 +149,17 @@ func (t *sockTracker) poll(out chan<- Event, baseline bool) {
 				t.errLog = time.Now()
 				t.s.log.Warn("list TCP sockets", "family", fam, "err", err)
 			}
-			return // a partial listing would look like closes
+			return false // a partial listing would look like closes
 		}
 		all = append(all, socks...)
 	}
-	now := time.Now().UnixNano()
+	t.apply(all, out, baseline, time.Now().UnixNano())
+	return true
+}
+
+// apply diffs one complete listing against the last and reports the new
+// and vanished established sockets.
+func (t *sockTracker) apply(all []diagSock, out chan<- Event, baseline bool, now int64) {
 	t.gen++
 
 	listeners := make(map[netip.AddrPort]bool)
