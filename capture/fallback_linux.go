@@ -88,7 +88,7 @@ type startEntry struct {
 	ticks     uint64
 	comm      string
 	parent    ProcKey // from the fork event, for an exec /proc was too late for
-	estimated bool // from the fork event's timestamp, /proc was too late
+	estimated bool    // from the fork event's timestamp, /proc was too late
 }
 
 // NewProc opens the fallback source. It subscribes to the proc connector at
