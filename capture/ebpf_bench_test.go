@@ -184,3 +184,27 @@ func BenchmarkExecStorm(b *testing.B) {
 		b.ReportMetric(float64(len(ratios)), "pairs")
 	})
 }
+
+// BenchmarkEBPFDecode measures the userspace cost per record: an exec with a
+// typical argv, and the fixed-size fork record.
+func BenchmarkEBPFDecode(b *testing.B) {
+	exec := execRecord(0, "/usr/bin/git", "/home/user/src/project", "", []byte("git\x00status\x00--short\x00"))
+	fork := make([]byte, hdrSize)
+	fork[hdrKind] = evKindFork
+	copy(fork[hdrComm:], "bash")
+	for _, bc := range []struct {
+		name string
+		rec  []byte
+	}{{"exec", exec}, {"fork", fork}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var d recordDecoder
+			var ev Event
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := d.decode(bc.rec, &ev); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -51,10 +51,11 @@ type EBPFSource struct {
 	coll *ebpf.Collection
 	rd   *ringbuf.Reader
 
-	mu    sync.Mutex // guards links
-	links []link.Link
-	progs []string // attached in this order
-	drops *ebpf.Map
+	mu         sync.Mutex // guards links, drops and finalDrops
+	links      []link.Link
+	progs      []string  // attached in this order
+	drops      *ebpf.Map // nil once closed
+	finalDrops uint64    // drops counted when the map was closed
 
 	dec recordDecoder
 
@@ -330,9 +331,15 @@ func (s *EBPFSource) Lost() map[string]uint64 {
 }
 
 func (s *EBPFSource) ringDrops() uint64 {
-	if s.closed.Load() || s.drops == nil {
-		return 0
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drops == nil {
+		return s.finalDrops
 	}
+	return s.readDrops()
+}
+
+func (s *EBPFSource) readDrops() uint64 {
 	var total uint64
 	for cause := uint32(0); cause < dropCauses; cause++ {
 		var perCPU []uint64
@@ -377,6 +384,13 @@ func (s *EBPFSource) Close() error {
 		return nil
 	}
 	errs := []error{s.detach()}
+	// The counters die with the map; keep their last value for Lost.
+	s.mu.Lock()
+	if s.drops != nil {
+		s.finalDrops = s.readDrops()
+		s.drops = nil
+	}
+	s.mu.Unlock()
 	if s.rd != nil {
 		errs = append(errs, s.rd.Close())
 	}

@@ -686,6 +686,28 @@ func TestEBPFExecStorm(t *testing.T) {
 	}
 }
 
+// TestEBPFRingFullCounted: with a one-page ring and nobody reading, the
+// kernel side must count what it could not reserve, and Lost must still say
+// so after Close.
+func TestEBPFRingFullCounted(t *testing.T) {
+	opts := DefaultOptions()
+	opts.RingBytes = os.Getpagesize()
+	src := openEBPF(t, opts)
+	for i := 0; i < 50; i++ {
+		_ = exec.Command("/bin/true").Run()
+	}
+	n := src.Lost()[LossRingFull]
+	if n == 0 {
+		t.Fatal("50 execs into an unread one-page ring lost nothing, want ring_full > 0")
+	}
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := src.Lost()[LossRingFull]; after < n {
+		t.Errorf("ring_full after Close = %d, want at least %d", after, n)
+	}
+}
+
 func TestEBPFRunTwiceAndClose(t *testing.T) {
 	src := openEBPF(t, DefaultOptions())
 	ctx, cancel := context.WithCancel(context.Background())
