@@ -465,8 +465,9 @@ func TestEBPFArgvTruncated(t *testing.T) {
 
 // TestEBPFHelperProcess is the body of helper processes, not a test.
 //
-//	threads   start threads, let half of them exit on their own, print
-//	          "ready", exit 5 when stdin ends
+//	threads           start threads, let half of them exit on their own,
+//	                  print "ready", exit 5 when stdin ends
+//	exec-from-thread  exec sh from a thread other than the leader
 func TestEBPFHelperProcess(t *testing.T) {
 	switch os.Getenv(ebpfHelperEnv) {
 	case "":
@@ -491,6 +492,25 @@ func TestEBPFHelperProcess(t *testing.T) {
 		fmt.Println("ready")
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(5)
+	case "exec-from-thread":
+		// Exec from a thread that is not the group leader: the kernel
+		// kills the other threads and the execing thread takes over the
+		// leader's pid and start time.
+		done := make(chan error)
+		var try func()
+		try = func() {
+			runtime.LockOSThread()
+			if unix.Gettid() == os.Getpid() {
+				// Landed on the leader: keep it busy so that the
+				// next goroutine cannot, and try again.
+				go try()
+				select {}
+			}
+			done <- syscall.Exec("/bin/sh", []string{"sh", "-c", "read x; exit 6"}, os.Environ())
+		}
+		go try()
+		fmt.Fprintln(os.Stderr, <-done)
+		os.Exit(2)
 	}
 }
 
@@ -536,17 +556,52 @@ func TestEBPFThreadGroupExitOnce(t *testing.T) {
 	}
 }
 
+func TestEBPFExecFromThread(t *testing.T) {
+	r := startEBPF(t, DefaultOptions())
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestEBPFHelperProcess$")
+	cmd.Env = append(os.Environ(), ebpfHelperEnv+"=exec-from-thread")
+	cmd.Stderr = os.Stderr
+	stdin := startBlocked(t, cmd)
+	pid := uint32(cmd.Process.Pid)
+	sh := r.wait(t, "exec of sh from a thread", func(ev Event) bool {
+		return ev.Kind == KindExec && ev.Proc.PID == pid && ev.Comm == "sh"
+	})
+	key := ProcKey{PID: pid, Start: procStart(t, int(pid))}
+	if sh.Proc != key {
+		t.Errorf("exec Proc = %s, want %s (the leader's pid and start)", sh.Proc, key)
+	}
+	stdin.Close()
+	waitExit(t, cmd)
+	r.wait(t, "exit", func(ev Event) bool { return ev.Kind == KindExit && ev.Proc.PID == pid })
+	time.Sleep(100 * time.Millisecond)
+	exits := r.all(func(ev Event) bool { return ev.Kind == KindExit && ev.Proc.PID == pid })
+	if len(exits) != 1 || exits[0].Proc != key || *exits[0].Exit != (Exit{Code: 6}) {
+		t.Errorf("exit events = %+v, want one for %s with code 6 (threads killed by the exec are not exits)", exits, key)
+	}
+}
+
 func TestEBPFTCP(t *testing.T) {
 	r := startEBPF(t, DefaultOptions())
 	self := ProcKey{PID: uint32(os.Getpid()), Start: procStart(t, os.Getpid())}
-	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
-		t.Run(tc.network, func(t *testing.T) {
-			ln, err := net.Listen(tc.network, tc.addr)
+	for _, tc := range []struct{ name, lnNet, lnAddr, dialNet, dialHost string }{
+		{"v4", "tcp4", "127.0.0.1:0", "tcp4", "127.0.0.1"},
+		{"v6", "tcp6", "[::1]:0", "tcp6", "::1"},
+		// A dual-stack listener accepts IPv4 on an AF_INET6 socket with
+		// v4-mapped addresses: reported as plain IPv4.
+		{"v4 on dual-stack", "tcp", "[::]:0", "tcp4", "127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen(tc.lnNet, tc.lnAddr)
 			if err != nil {
-				t.Skipf("listen %s: %v", tc.addr, err)
+				t.Skipf("listen %s: %v", tc.lnAddr, err)
 			}
 			defer ln.Close()
-			cli, err := net.Dial(tc.network, ln.Addr().String())
+			port := ln.Addr().(*net.TCPAddr).Port
+			cli, err := net.Dial(tc.dialNet, net.JoinHostPort(tc.dialHost, strconv.Itoa(port)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -555,7 +610,7 @@ func TestEBPFTCP(t *testing.T) {
 				t.Fatal(err)
 			}
 			local := netip.MustParseAddrPort(cli.LocalAddr().String())
-			remote := netip.MustParseAddrPort(ln.Addr().String())
+			remote := netip.AddrPortFrom(netip.MustParseAddr(tc.dialHost), uint16(port))
 			out := Conn{Proto: ProtoTCP, Src: local, Dst: remote}
 			in := Conn{Proto: ProtoTCP, Src: remote, Dst: local}
 			match := func(k Kind, c Conn) func(Event) bool {
