@@ -251,9 +251,10 @@ func TestProcOverrun(t *testing.T) {
 		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, connectorRcvBuf)
 	})
 	c := startCollector(t, func(*testing.T) Source { return src }) // waits until events flow again
-	lost := c.src.Lost()
-	if lost[LossOverrun] == 0 || lost[LossSeqGap] == 0 {
-		t.Errorf("Lost() = %v after overflowing the socket, want overrun and seq_gap counted", lost)
+	// The sequence gap is counted only on a CPU with a message delivered
+	// before the loss, so it may or may not show; the overrun must.
+	if lost := c.src.Lost(); lost[LossOverrun] == 0 {
+		t.Errorf("Lost() = %v after overflowing the socket, want overrun counted", lost)
 	}
 }
 
