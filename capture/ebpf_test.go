@@ -25,6 +25,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -739,6 +741,37 @@ func TestEBPFExecStorm(t *testing.T) {
 			t.Errorf("lost %d events to %s, want none", n, cause)
 		}
 	}
+}
+
+// TestEBPFLegacyExitProgramLoads: the signal->live exit program, used on
+// kernels whose sched_process_exit has no group_dead argument, must pass the
+// verifier too, though this kernel does not need it.
+func TestEBPFLegacyExitProgramLoads(t *testing.T) {
+	openEBPF(t, DefaultOptions()) // root check
+	spec, err := loadSensor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range spec.Programs {
+		if name != "handle_exit_legacy" {
+			delete(spec.Programs, name)
+		}
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps["scratch"].MaxEntries = uint32(cpus)
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		t.Fatalf("load handle_exit_legacy: %v", err)
+	}
+	defer coll.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs["handle_exit_legacy"]})
+	if err != nil {
+		t.Fatalf("attach handle_exit_legacy: %v", err)
+	}
+	l.Close()
 }
 
 // TestEBPFRingFullCounted: with a one-page ring and nobody reading, the
