@@ -412,9 +412,11 @@ static __always_inline void emit_exit(struct task_struct *p)
 }
 
 /*
- * Linux >= 6.16 passes group_dead, computed in do_exit by
- * atomic_dec_and_test(&signal->live): exactly one exiting thread sees it,
- * even when threads exit concurrently.
+ * Recent kernels (this one: see btf_trace_sched_process_exit) pass
+ * group_dead, computed in do_exit by atomic_dec_and_test(&signal->live)
+ * before the tracepoint: exactly one exiting thread sees it true, even when
+ * threads exit concurrently. The loader picks this program when the
+ * argument exists.
  */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)

@@ -87,6 +87,15 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 		return nil, fmt.Errorf("parse embedded ebpf sensor: %w", err)
 	}
 
+	// Zero values mean the defaults, as for every Options user; a negative
+	// ArgvMaxBytes turns argv capture off.
+	def := DefaultOptions()
+	if opts.RingBytes <= 0 {
+		opts.RingBytes = def.RingBytes
+	}
+	if opts.ArgvMaxBytes == 0 {
+		opts.ArgvMaxBytes = def.ArgvMaxBytes
+	}
 	ring := ringSize(opts.RingBytes)
 	if ring != opts.RingBytes {
 		log.Info("ring buffer size adjusted", "requested", opts.RingBytes, "bytes", ring)
@@ -115,9 +124,9 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 		return nil, fmt.Errorf("set wake_bytes: %w", err)
 	}
 
-	// One exit program is loaded: the group_dead argument of
-	// sched_process_exit (6.16+) is exact; the signal->live test is racy
-	// when threads exit together, so it is only the fallback.
+	// One exit program is loaded: the group_dead argument that recent
+	// kernels pass to sched_process_exit is exact; the signal->live test
+	// is racy when threads exit together, so it is only the fallback.
 	exitProg := "handle_exit"
 	if !exitTracepointHasGroupDead() {
 		exitProg = "handle_exit_legacy"
