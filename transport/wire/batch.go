@@ -3,9 +3,11 @@ package wire
 import (
 	"bytes"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"runtime"
 	"sync"
 
@@ -48,8 +50,11 @@ type Batch struct {
 	Events  []capture.Event
 	Root    [32]byte // Merkle tree hash over the events' canonical CBOR
 
-	raw    [][]byte    // canonical CBOR of each event: the Merkle leaves
-	hashes []tlog.Hash // the tree in tlog's stored-hash layout
+	raw [][]byte // canonical CBOR of each event: the Merkle leaves
+
+	proofOnce sync.Once
+	hashes    hashReader // the tree in tlog's stored-hash layout, built on first proof
+	hashErr   error
 }
 
 // EventCBOR returns the canonical CBOR of event i, the data of its Merkle
@@ -63,7 +68,11 @@ func (b *Batch) EventProof(i int) ([][32]byte, error) {
 	if i < 0 || i >= n {
 		return nil, fmt.Errorf("wire: event proof: index %d out of range [0,%d)", i, n)
 	}
-	p, err := tlog.ProveRecord(int64(n), int64(i), hashReader(b.hashes))
+	b.proofOnce.Do(func() { b.hashes, b.hashErr = storedHashes(b.raw) })
+	if b.hashErr != nil {
+		return nil, fmt.Errorf("wire: event proof: %w", b.hashErr)
+	}
+	p, err := tlog.ProveRecord(int64(n), int64(i), b.hashes)
 	if err != nil {
 		return nil, fmt.Errorf("wire: event proof: %w", err)
 	}
@@ -114,19 +123,43 @@ func (h hashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
-// merkle builds the tree over leaves in tlog's stored-hash layout and
-// returns its root hash.
-func merkle(leaves [][]byte) (tlog.Hash, []tlog.Hash, error) {
+// merkleRoot is the RFC 6962 Merkle tree hash over leaves, computed level
+// by level: pairs are hashed, an odd last node moves up unchanged, which
+// yields the same root as RFC 6962's split at the largest power of two.
+func merkleRoot(leaves [][]byte) tlog.Hash {
+	level := make([]tlog.Hash, len(leaves))
+	for i, l := range leaves {
+		level[i] = tlog.RecordHash(l)
+	}
+	for len(level) > 1 {
+		next := level[:0]
+		for i := 0; i < len(level); i += 2 {
+			if i+1 == len(level) {
+				next = append(next, level[i])
+			} else {
+				next = append(next, tlog.NodeHash(level[i], level[i+1]))
+			}
+		}
+		level = next
+	}
+	if len(level) == 0 {
+		return tlog.Hash{}
+	}
+	return level[0]
+}
+
+// storedHashes builds the tree over leaves in tlog's stored-hash layout,
+// from which tlog.ProveRecord reads proofs.
+func storedHashes(leaves [][]byte) (hashReader, error) {
 	hashes := make(hashReader, 0, 2*len(leaves))
 	for i, leaf := range leaves {
 		hs, err := tlog.StoredHashes(int64(i), leaf, hashes)
 		if err != nil {
-			return tlog.Hash{}, nil, err
+			return nil, err
 		}
 		hashes = append(hashes, hs...)
 	}
-	root, err := tlog.TreeHash(int64(len(leaves)), hashes)
-	return root, hashes, err
+	return hashes, nil
 }
 
 var zenc = sync.OnceValues(func() (*zstd.Encoder, error) {
@@ -134,7 +167,7 @@ var zenc = sync.OnceValues(func() (*zstd.Encoder, error) {
 		// A batch is a few hundred KiB; a larger window buys nothing and
 		// would make receivers keep more history.
 		zstd.WithWindowSize(1<<20),
-		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderLevel(zstd.SpeedFastest), // agent CPU matters more than 5% of bytes
 		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
 		zstd.WithZeroFrames(true),
 	)
@@ -146,6 +179,7 @@ var zenc = sync.OnceValues(func() (*zstd.Encoder, error) {
 // can pick the certificate and dedup before decoding the payload. Event
 // seqs are encoded as given. A sealed batch larger than
 // DefaultMaxSealedSize is refused with ErrTooLarge: cut smaller batches.
+// seq must stay below 2^63.
 func SealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.PrivateKey, compress bool) ([]byte, error) {
 	if agentID == "" {
 		return nil, errors.New("wire: seal batch: empty agent id")
@@ -156,37 +190,28 @@ func SealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.P
 	if len(events) == 0 {
 		return nil, errors.New("wire: seal batch: no events")
 	}
+	if seq > math.MaxInt64 {
+		// go-cose decodes header integers as int64; no agent gets near.
+		return nil, fmt.Errorf("wire: seal batch: seq %d above 2^63-1", seq)
+	}
 	if len(events) > DefaultMaxEvents {
 		return nil, fmt.Errorf("wire: seal batch: %d events > %d: %w", len(events), DefaultMaxEvents, ErrTooLarge)
 	}
 
-	// Encode every event into one buffer, then slice it: one allocation
-	// for all leaves instead of one per event.
-	var buf bytes.Buffer
-	ends := make([]int, len(events))
-	enc := encMode.NewEncoder(&buf)
 	body := batchBody{AgentID: agentID, Seq: seq, TSStart: events[0].Time, TSEnd: events[0].Time}
 	for i := range events {
-		if err := enc.Encode(&events[i]); err != nil {
-			return nil, fmt.Errorf("wire: seal batch: event %d: %w", i, err)
-		}
-		ends[i] = buf.Len()
 		body.TSStart = min(body.TSStart, events[i].Time)
 		body.TSEnd = max(body.TSEnd, events[i].Time)
 	}
-	all := buf.Bytes()
-	leaves := make([][]byte, len(events))
-	body.Events = make([]cbor.RawMessage, len(events))
-	start := 0
-	for i, end := range ends {
-		leaves[i] = all[start:end:end]
-		body.Events[i] = leaves[i]
-		start = end
+	var err error
+	if body.Events, err = encodeEvents(events, 160*len(events)); err != nil {
+		return nil, fmt.Errorf("wire: seal batch: %w", err)
 	}
-	root, _, err := merkle(leaves)
-	if err != nil {
-		return nil, fmt.Errorf("wire: seal batch: merkle: %w", err)
+	leaves := make([][]byte, len(body.Events))
+	for i, l := range body.Events {
+		leaves[i] = l
 	}
+	root := merkleRoot(leaves)
 	body.Root = root[:]
 	payload, err := encMode.Marshal(&body)
 	if err != nil {
@@ -349,7 +374,7 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 		return nil, malformed("batch: content type %q", h.contentType)
 	}
 
-	var body batchBody
+	var body openBody
 	if err := c.strict.Unmarshal(payload, &body); err != nil {
 		return nil, decodeErr("batch body", err)
 	}
@@ -366,42 +391,123 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 		return nil, malformed("batch: ts_start after ts_end")
 	}
 
+	// Re-encode the events and then the body, and insist the result is the
+	// payload byte for byte. The Merkle leaves are then exactly what the
+	// agent hashed, anyone holding a decoded event can rebuild its leaf
+	// (EncodeEvent), and no second encoding of the same batch (duplicate
+	// keys, long integer forms, text strings, unknown fields) is accepted.
+	leaves, err := encodeEvents(body.Events, len(payload))
+	if err != nil {
+		return nil, malformed("batch: re-encode: %w", err)
+	}
+	if !isCanonicalBody(payload, &body, leaves) {
+		return nil, malformed("batch: body is not in canonical encoding")
+	}
 	b := &Batch{
 		AgentID: body.AgentID,
 		Seq:     body.Seq,
 		TSStart: body.TSStart,
 		TSEnd:   body.TSEnd,
-		Events:  make([]capture.Event, len(body.Events)),
-		raw:     make([][]byte, len(body.Events)),
+		Events:  body.Events,
+		raw:     make([][]byte, len(leaves)),
+	}
+	for i, l := range leaves {
+		b.raw[i] = l
 	}
 	copy(b.Root[:], body.Root)
-	var check bytes.Buffer
-	enc := encMode.NewEncoder(&check)
-	for i, raw := range body.Events {
-		if err := c.strict.Unmarshal(raw, &b.Events[i]); err != nil {
-			return nil, decodeErr(fmt.Sprintf("batch event %d", i), err)
-		}
-		// The leaf hashes the bytes as sent; insisting they are the
-		// canonical encoding means anyone holding just the decoded event
-		// can rebuild the leaf (EncodeEvent) and its proof later.
-		check.Reset()
-		if err := enc.Encode(&b.Events[i]); err != nil {
-			return nil, malformed("batch event %d: re-encode: %w", i, err)
-		}
-		if !bytes.Equal(check.Bytes(), raw) {
-			return nil, malformed("batch event %d: not in canonical encoding", i)
-		}
-		b.raw[i] = raw
-	}
-	root, hashes, err := merkle(b.raw)
-	if err != nil {
-		return nil, malformed("batch: merkle: %w", err)
-	}
-	if root != b.Root {
+	if merkleRoot(b.raw) != b.Root {
 		return nil, malformed("batch: merkle root does not match events")
 	}
-	b.hashes = hashes
 	return b, nil
+}
+
+// isCanonicalBody reports whether payload is exactly the canonical encoding
+// of body with the given (canonical) event encodings. It compares piece by
+// piece instead of encoding the whole body again.
+func isCanonicalBody(payload []byte, body *openBody, leaves []cbor.RawMessage) bool {
+	var scratch [64]byte
+	expect := func(b []byte) bool {
+		if !bytes.HasPrefix(payload, b) {
+			return false
+		}
+		payload = payload[len(b):]
+		return true
+	}
+	ok := expect(appendHead(scratch[:0], majorMap, 6)) &&
+		expect(appendHead(scratch[:0], majorUint, 1)) && expect(appendHead(scratch[:0], majorBytes, uint64(len(body.AgentID)))) && expect([]byte(body.AgentID)) &&
+		expect(appendHead(scratch[:0], majorUint, 2)) && expect(appendHead(scratch[:0], majorUint, body.Seq)) &&
+		expect(appendHead(scratch[:0], majorUint, 3)) && expect(appendInt(scratch[:0], body.TSStart)) &&
+		expect(appendHead(scratch[:0], majorUint, 4)) && expect(appendInt(scratch[:0], body.TSEnd)) &&
+		expect(appendHead(scratch[:0], majorUint, 5)) && expect(appendHead(scratch[:0], majorArray, uint64(len(leaves))))
+	for _, l := range leaves {
+		ok = ok && expect(l)
+	}
+	ok = ok && expect(appendHead(scratch[:0], majorUint, 6)) && expect(appendHead(scratch[:0], majorBytes, uint64(len(body.Root)))) && expect(body.Root)
+	return ok && len(payload) == 0
+}
+
+const (
+	majorUint  = 0
+	majorNeg   = 1
+	majorBytes = 2
+	majorArray = 4
+	majorMap   = 5
+)
+
+// appendHead appends a CBOR head in its shortest (canonical) form.
+func appendHead(b []byte, major byte, n uint64) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(b, m|byte(n))
+	case n <= math.MaxUint8:
+		return append(b, m|24, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
+	case n <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
+	}
+	return binary.BigEndian.AppendUint64(append(b, m|27), n)
+}
+
+func appendInt(b []byte, v int64) []byte {
+	if v < 0 {
+		return appendHead(b, majorNeg, uint64(-(v + 1)))
+	}
+	return appendHead(b, majorUint, uint64(v))
+}
+
+// openBody is batchBody decoded straight into events, in one pass.
+type openBody struct {
+	AgentID string          `cbor:"1,keyasint"`
+	Seq     uint64          `cbor:"2,keyasint"`
+	TSStart int64           `cbor:"3,keyasint"`
+	TSEnd   int64           `cbor:"4,keyasint"`
+	Events  []capture.Event `cbor:"5,keyasint"`
+	Root    []byte          `cbor:"6,keyasint"`
+}
+
+// encodeEvents encodes events canonically into one buffer and returns each
+// event's slice of it.
+func encodeEvents(events []capture.Event, sizeHint int) ([]cbor.RawMessage, error) {
+	var buf bytes.Buffer
+	buf.Grow(sizeHint)
+	ends := make([]int, len(events))
+	enc := encMode.NewEncoder(&buf)
+	for i := range events {
+		if err := enc.Encode(&events[i]); err != nil {
+			return nil, fmt.Errorf("event %d: %w", i, err)
+		}
+		ends[i] = buf.Len()
+	}
+	all := buf.Bytes()
+	out := make([]cbor.RawMessage, len(events))
+	start := 0
+	for i, end := range ends {
+		out[i] = all[start:end:end]
+		start = end
+	}
+	return out, nil
 }
 
 // decompress inflates a zstd payload without ever holding more than

@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"math"
 	"net/netip"
 	"reflect"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -265,18 +267,18 @@ func TestOpenBatchSignedGarbage(t *testing.T) {
 	textComm := good
 	textComm.Events = []cbor.RawMessage{cat(head(5, 4), cuint(2), cuint(100), cuint(3), cuint(1), cuint(4), cmap(cuint(1), cuint(1), cuint(2), cuint(1)), cuint(6), ctext("sh"))}
 	textComm.TSStart, textComm.TSEnd = 100, 100
-	root, _, _ := merkle([][]byte{textComm.Events[0]})
+	root := merkleRoot([][]byte{textComm.Events[0]})
 	textComm.Root = root[:]
 
 	// Non-shortest integer encoding.
 	longInt := textComm
 	longInt.Events = []cbor.RawMessage{cat(head(5, 3), cuint(2), []byte{0x19, 0x00, 0x64}, cuint(3), cuint(1), cuint(4), cmap(cuint(1), cuint(1), cuint(2), cuint(1)))}
-	root, _, _ = merkle([][]byte{longInt.Events[0]})
+	root = merkleRoot([][]byte{longInt.Events[0]})
 	longInt.Root = root[:]
 
 	unknownField := textComm
 	unknownField.Events = []cbor.RawMessage{cat(head(5, 4), cuint(2), cuint(100), cuint(3), cuint(1), cuint(4), cmap(cuint(1), cuint(1), cuint(2), cuint(1)), cuint(77), cuint(1))}
-	root, _, _ = merkle([][]byte{unknownField.Events[0]})
+	root = merkleRoot([][]byte{unknownField.Events[0]})
 	unknownField.Root = root[:]
 
 	noEvents := good
@@ -366,6 +368,9 @@ func TestSealBatchErrors(t *testing.T) {
 	}
 	if _, err := SealBatch("a", 1, nil, testKey, true); err == nil {
 		t.Error("empty batch accepted")
+	}
+	if _, err := SealBatch("a", 1<<63, evs, testKey, true); err == nil {
+		t.Error("seq 2^63 accepted")
 	}
 	if _, err := SealBatch("a", 1, evs, testKey[:10], true); err == nil {
 		t.Error("short key accepted")
@@ -475,4 +480,50 @@ func sign1Payload(sealed []byte) ([]byte, error) {
 		return nil, err
 	}
 	return m.Payload, nil
+}
+
+// isCanonicalBody must agree with the real encoder on every head size.
+func TestIsCanonicalBody(t *testing.T) {
+	ints := []uint64{0, 23, 24, 255, 256, 65535, 65536, 1<<32 - 1, 1 << 32, math.MaxUint64}
+	sints := []int64{0, -1, -24, -25, -256, -257, math.MinInt64, math.MaxInt64, 1_760_000_000_000_000_000}
+	agents := []string{"a", strings.Repeat("x", 23), strings.Repeat("y", 24), strings.Repeat("z", 300), strings.Repeat("w", 70000)}
+	evs := execEvents(30)
+	for _, seq := range ints {
+		for j, ts := range sints {
+			agent := agents[j%len(agents)]
+			n := 1 + int(seq%29)
+			leaves, err := encodeEvents(evs[:n], 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := bytes.Repeat([]byte{byte(seq)}, 32)
+			body := openBody{AgentID: agent, Seq: seq, TSStart: ts, TSEnd: sints[(j+1)%len(sints)], Events: evs[:n], Root: root}
+			payload, err := encMode.Marshal(&batchBody{AgentID: agent, Seq: seq, TSStart: body.TSStart, TSEnd: body.TSEnd, Events: leaves, Root: root})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !isCanonicalBody(payload, &body, leaves) {
+				t.Fatalf("seq %d ts %d agent len %d: canonical payload refused", seq, ts, len(agent))
+			}
+			if isCanonicalBody(payload[:len(payload)-1], &body, leaves) || isCanonicalBody(append(payload, 0), &body, leaves) {
+				t.Fatalf("seq %d ts %d: truncated or extended payload accepted", seq, ts)
+			}
+			body.Seq ^= 1
+			if isCanonicalBody(payload, &body, leaves) {
+				t.Fatalf("seq %d: payload accepted for another seq", seq)
+			}
+		}
+	}
+}
+
+func TestSealOpenNegativeTimes(t *testing.T) {
+	evs := execEvents(3)
+	evs[0].Time, evs[1].Time, evs[2].Time = -5, math.MinInt64, 0
+	b, err := OpenBatch(mustSeal(t, "ag", math.MaxInt64, evs, true), testPub(), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.TSStart != math.MinInt64 || b.TSEnd != 0 || b.Seq != math.MaxInt64 {
+		t.Fatalf("got ts %d..%d seq %d", b.TSStart, b.TSEnd, b.Seq)
+	}
 }
