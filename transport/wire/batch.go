@@ -50,11 +50,16 @@ type Batch struct {
 	Events  []capture.Event
 	Root    [32]byte // Merkle tree hash over the events' canonical CBOR
 
-	raw [][]byte // canonical CBOR of each event: the Merkle leaves
+	raw  [][]byte   // canonical CBOR of each event: the Merkle leaves
+	tree *proofTree // built on the first EventProof
+}
 
-	proofOnce sync.Once
-	hashes    hashReader // the tree in tlog's stored-hash layout, built on first proof
-	hashErr   error
+// proofTree is the batch's tree in tlog's stored-hash layout. Opening a
+// batch only needs the root; most batches are never asked for a proof.
+type proofTree struct {
+	once   sync.Once
+	hashes hashReader
+	err    error
 }
 
 // EventCBOR returns the canonical CBOR of event i, the data of its Merkle
@@ -68,11 +73,15 @@ func (b *Batch) EventProof(i int) ([][32]byte, error) {
 	if i < 0 || i >= n {
 		return nil, fmt.Errorf("wire: event proof: index %d out of range [0,%d)", i, n)
 	}
-	b.proofOnce.Do(func() { b.hashes, b.hashErr = storedHashes(b.raw) })
-	if b.hashErr != nil {
-		return nil, fmt.Errorf("wire: event proof: %w", b.hashErr)
+	t := b.tree
+	if t == nil { // a Batch not made by OpenBatch
+		t = new(proofTree)
 	}
-	p, err := tlog.ProveRecord(int64(n), int64(i), b.hashes)
+	t.once.Do(func() { t.hashes, t.err = storedHashes(b.raw) })
+	if t.err != nil {
+		return nil, fmt.Errorf("wire: event proof: %w", t.err)
+	}
+	p, err := tlog.ProveRecord(int64(n), int64(i), t.hashes)
 	if err != nil {
 		return nil, fmt.Errorf("wire: event proof: %w", err)
 	}
@@ -126,7 +135,7 @@ func (h hashReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 // merkleRoot is the RFC 6962 Merkle tree hash over leaves, computed level
 // by level: pairs are hashed, an odd last node moves up unchanged, which
 // yields the same root as RFC 6962's split at the largest power of two.
-func merkleRoot(leaves [][]byte) tlog.Hash {
+func merkleRoot[L ~[]byte](leaves []L) tlog.Hash {
 	level := make([]tlog.Hash, len(leaves))
 	for i, l := range leaves {
 		level[i] = tlog.RecordHash(l)
@@ -207,11 +216,7 @@ func SealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.P
 	if body.Events, err = encodeEvents(events, 160*len(events)); err != nil {
 		return nil, fmt.Errorf("wire: seal batch: %w", err)
 	}
-	leaves := make([][]byte, len(body.Events))
-	for i, l := range body.Events {
-		leaves[i] = l
-	}
-	root := merkleRoot(leaves)
+	root := merkleRoot(body.Events)
 	body.Root = root[:]
 	payload, err := encMode.Marshal(&body)
 	if err != nil {
@@ -390,9 +395,14 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 	case body.TSStart > body.TSEnd:
 		return nil, malformed("batch: ts_start after ts_end")
 	}
+	for i := range body.Events {
+		if t := body.Events[i].Time; t < body.TSStart || t > body.TSEnd {
+			return nil, malformed("batch: event %d time %d outside [ts_start, ts_end]", i, t)
+		}
+	}
 
-	// Re-encode the events and then the body, and insist the result is the
-	// payload byte for byte. The Merkle leaves are then exactly what the
+	// Re-encode the events, and insist that they, framed by the body's
+	// other fields, are the payload byte for byte. The Merkle leaves are then exactly what the
 	// agent hashed, anyone holding a decoded event can rebuild its leaf
 	// (EncodeEvent), and no second encoding of the same batch (duplicate
 	// keys, long integer forms, text strings, unknown fields) is accepted.
@@ -410,6 +420,7 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 		TSEnd:   body.TSEnd,
 		Events:  body.Events,
 		raw:     make([][]byte, len(leaves)),
+		tree:    new(proofTree),
 	}
 	for i, l := range leaves {
 		b.raw[i] = l

@@ -288,6 +288,9 @@ func TestOpenBatchSignedGarbage(t *testing.T) {
 	backwardsTime := good
 	backwardsTime.TSStart, backwardsTime.TSEnd = 10, 5
 
+	narrowTime := good
+	narrowTime.TSStart = good.TSEnd
+
 	zcompress := func(b []byte) []byte {
 		z, _ := zstd.NewWriter(nil)
 		return z.EncodeAll(b, nil)
@@ -307,6 +310,7 @@ func TestOpenBatchSignedGarbage(t *testing.T) {
 		{"unknown event field", signRaw(t, "ag-1", 5, ContentTypeBatch, encBody(t, unknownField)), ErrMalformed},
 		{"no events", signRaw(t, "ag-1", 5, ContentTypeBatch, encBody(t, noEvents)), ErrMalformed},
 		{"ts_start after ts_end", signRaw(t, "ag-1", 5, ContentTypeBatch, encBody(t, backwardsTime)), ErrMalformed},
+		{"event outside ts range", signRaw(t, "ag-1", 5, ContentTypeBatch, encBody(t, narrowTime)), ErrMalformed},
 		{"unknown content type", signRaw(t, "ag-1", 5, "application/json", encBody(t, good)), ErrMalformed},
 		{"zstd content type, plain payload", signRaw(t, "ag-1", 5, ContentTypeBatchZstd, encBody(t, good)), ErrMalformed},
 		{"plain content type, zstd payload", signRaw(t, "ag-1", 5, ContentTypeBatch, zcompress(encBody(t, good))), ErrMalformed},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -358,6 +359,13 @@ type envelope struct {
 	Body cbor.RawMessage `cbor:"2,keyasint"`
 }
 
+// isNilPointer reports whether f is a typed nil pointer, on which the
+// value-receiver Type method would panic.
+func isNilPointer(f Frame) bool {
+	v := reflect.ValueOf(f)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
 // headerSize is the length prefix.
 const headerSize = 4
 
@@ -365,7 +373,7 @@ const headerSize = 4
 // checks only that the length fits the prefix; WriteFrame also enforces
 // DefaultMaxFrameSize.
 func AppendFrame(dst []byte, msg Frame) ([]byte, error) {
-	if msg == nil || newFrame(msg.Type()) == nil {
+	if msg == nil || isNilPointer(msg) || newFrame(msg.Type()) == nil {
 		return dst, fmt.Errorf("wire: encode frame: %w", ErrUnknownType)
 	}
 	body, err := encMode.Marshal(msg)

@@ -293,6 +293,9 @@ func TestWriteFrameTooLarge(t *testing.T) {
 	if err := WriteFrame(io.Discard, nil); !errors.Is(err, ErrUnknownType) {
 		t.Fatalf("nil frame: got %v, want ErrUnknownType", err)
 	}
+	if err := WriteFrame(io.Discard, (*Hello)(nil)); !errors.Is(err, ErrUnknownType) {
+		t.Fatalf("nil *Hello: got %v, want ErrUnknownType", err)
+	}
 }
 
 // A read error from the stream is reported as itself, not as bad input.
