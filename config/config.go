@@ -28,6 +28,9 @@ type TLS struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
 	CA   string `yaml:"ca"`
+	// CRL is where the node keeps the last revocation list it accepted
+	// (pushed down the tree); empty means crl.pem in its data directory.
+	CRL string `yaml:"crl"`
 }
 
 // Agent configures the host agent.
@@ -51,6 +54,10 @@ type Agent struct {
 type Stream struct {
 	BatchMaxEvents int `yaml:"batch_max_events"`
 	BatchMaxMS     int `yaml:"batch_max_ms"`
+	// MaxQueueBytes bounds the uplink WAL: above it the oldest bulk batches
+	// are dropped (counted); trace and alert are never dropped.
+	MaxQueueBytes   ByteSize `yaml:"max_queue_bytes"`
+	FsyncIntervalMS int      `yaml:"fsync_interval_ms"`
 }
 
 // Trace holds focused-trace defaults.
@@ -109,8 +116,11 @@ type Flow struct {
 
 // Center configures the Security Center.
 type Center struct {
-	Listen  string  `yaml:"listen"`
-	DataDir string  `yaml:"data_dir"`
+	Listen  string `yaml:"listen"`
+	DataDir string `yaml:"data_dir"`
+	// CADir is the customer CA directory (`daemoneye pki init`); when set,
+	// the center pushes its CRL down the tree as it changes.
+	CADir   string  `yaml:"ca_dir"`
 	TLS     TLS     `yaml:"tls"`
 	Metrics Metrics `yaml:"metrics"`
 }
@@ -129,7 +139,7 @@ func Default() Config {
 			ID:      host,
 			DataDir: "/var/lib/daemoneye/agent",
 			Capture: "auto",
-			Stream:  Stream{BatchMaxEvents: 2000, BatchMaxMS: 250},
+			Stream:  Stream{BatchMaxEvents: 2000, BatchMaxMS: 250, MaxQueueBytes: 256 << 20, FsyncIntervalMS: 100},
 			Trace:   Trace{DefaultDepth: 6, PrivacyMaskArgs: true},
 			Baseline: Baseline{
 				MaxEventsPerSec: 50000,

@@ -38,6 +38,7 @@ type Agent struct {
 	log   *slog.Logger
 	store *store.Local
 	src   capture.Source
+	ship  *Shipper // nil when standalone
 
 	ready     chan struct{} // closed once the table is seeded
 	seeded    atomic.Int64  // processes seeded at start
@@ -71,12 +72,19 @@ func New(cfg config.Agent, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	var ship *Shipper
+	if !cfg.Standalone {
+		if ship, err = NewShipper(cfg, st, nil, log); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	src, err := OpenSource(cfg.Capture, sourceOptions(cfg), log)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Agent{cfg: cfg, log: log, store: st, src: src, ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, log: log, store: st, src: src, ship: ship, ready: make(chan struct{})}, nil
 }
 
 func sourceOptions(cfg config.Agent) capture.Options {
@@ -155,6 +163,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return a.serveMetrics(gctx) })
 	}
 	g.Go(func() error { return a.retention(gctx) })
+	if a.ship != nil {
+		g.Go(func() error { return a.ship.Run(gctx) })
+	}
 	return g.Wait()
 }
 
@@ -202,6 +213,9 @@ func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSou
 			a.log.Error("store events", "events", len(batch), "err", err)
 		} else {
 			a.stored.Add(uint64(len(batch)))
+			if a.ship != nil {
+				a.ship.Kick()
+			}
 		}
 		batch = batch[:0]
 	}

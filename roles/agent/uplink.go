@@ -1,0 +1,240 @@
+package agent
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/store"
+	"github.com/evilbitlabs/daemoneye/store/wal"
+	"github.com/evilbitlabs/daemoneye/transport"
+	"github.com/evilbitlabs/daemoneye/transport/pki"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// CommandHandler executes a command that reached this agent and says how it
+// went. Until focused tracing lands, the agent accepts and acknowledges.
+type CommandHandler func(ctx context.Context, c wire.Command) (wire.CommandStatus, string)
+
+// Shipper cuts the local store's events into signed batches, queues them in
+// the uplink WAL and keeps a link to the agent's proxy.
+type Shipper struct {
+	cfg     config.Agent
+	log     *slog.Logger
+	id      *transport.Identity
+	st      *store.Local
+	wal     *wal.WAL
+	up      *transport.Uplink
+	handler CommandHandler
+
+	kick       chan struct{}
+	shipped    atomic.Uint64 // events sealed into batches
+	batches    atomic.Uint64
+	dropped    atomic.Uint64 // bulk batches shed under pressure
+	commands   atomic.Uint64
+	dupCommand atomic.Uint64
+}
+
+// NewShipper opens the uplink WAL; the agent id is its certificate's name.
+func NewShipper(cfg config.Agent, st *store.Local, handler CommandHandler, log *slog.Logger) (*Shipper, error) {
+	id, err := transport.LoadIdentity(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA, filepath.Join(cfg.DataDir, "crl.pem"))
+	if err != nil {
+		return nil, fmt.Errorf("agent uplink: %w", err)
+	}
+	if id.Role != pki.RoleAgent {
+		return nil, fmt.Errorf("agent uplink: certificate is for a %s, not an agent", id.Role)
+	}
+	if cfg.ProxyHint == "" {
+		return nil, fmt.Errorf("agent uplink: agent.proxy_hint is not set (or run --standalone)")
+	}
+	log = log.With("component", "shipper", "agent", id.Name)
+	w, err := wal.Open(filepath.Join(cfg.DataDir, "wal"), wal.Options{
+		FsyncInterval: time.Duration(cfg.Stream.FsyncIntervalMS) * time.Millisecond,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("agent uplink: %w", err)
+	}
+	if handler == nil {
+		handler = func(context.Context, wire.Command) (wire.CommandStatus, string) {
+			return wire.CommandDone, "acknowledged"
+		}
+	}
+	s := &Shipper{cfg: cfg, log: log, id: id, st: st, wal: w, handler: handler, kick: make(chan struct{}, 1)}
+	s.up, err = transport.NewUplink(transport.UplinkConfig{
+		NodeID:  id.Name,
+		Role:    wire.RoleAgent,
+		Addrs:   append([]string{cfg.ProxyHint}, cfg.ProxyFallback...),
+		TLS:     id.ClientTLS(pki.RoleProxy, pki.RoleCenter),
+		WAL:     w,
+		Agents:  func() []string { return []string{id.Name} },
+		OnFrame: s.fromParent,
+		Log:     log,
+	})
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("agent uplink: %w", err)
+	}
+	return s, nil
+}
+
+// AgentID is the id this agent ships under.
+func (s *Shipper) AgentID() string { return s.id.Name }
+
+// Kick says new events are in the store.
+func (s *Shipper) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run ships until ctx ends.
+func (s *Shipper) Run(ctx context.Context) error {
+	defer s.wal.Close()
+	upDone := make(chan error, 1)
+	go func() { upDone <- s.up.Run(ctx) }()
+	t := time.NewTicker(time.Duration(s.cfg.Stream.BatchMaxMS) * time.Millisecond)
+	defer t.Stop()
+	for {
+		if err := s.cut(); err != nil {
+			s.log.Error("cut batches", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			s.cut() // what was stored before the stop
+			return <-upDone
+		case <-s.kick:
+		case <-t.C:
+		}
+	}
+}
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+func be(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+// cut seals every stored event not yet shipped into batches of at most
+// batch_max_events. The cursor (last event seq shipped) and the batch seq
+// are written in the same atomic WAL append as the batch, so a crash never
+// skips events nor reuses a batch seq.
+func (s *Shipper) cut() error {
+	for {
+		cur, _, err := s.wal.Meta("cursor")
+		if err != nil {
+			return err
+		}
+		bseq, _, err := s.wal.Meta("batch_seq")
+		if err != nil {
+			return err
+		}
+		cursor, batchSeq := u64(cur), u64(bseq)
+		var evs []capture.Event
+		if err := s.st.EventsBySeq(cursor+1, func(ev capture.Event) bool {
+			evs = append(evs, ev)
+			return len(evs) < s.cfg.Stream.BatchMaxEvents
+		}); err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		s.makeRoom()
+		sealed, err := wire.SealBatch(s.id.Name, batchSeq+1, evs, s.id.Key(), true)
+		if err != nil {
+			return err
+		}
+		last := evs[len(evs)-1].Seq
+		if _, err := s.wal.Append(wal.LaneBulk, sealed, map[string][]byte{"cursor": be(last), "batch_seq": be(batchSeq + 1)}); err != nil {
+			return fmt.Errorf("queue batch %d: %w", batchSeq+1, err)
+		}
+		s.shipped.Add(uint64(len(evs)))
+		s.batches.Add(1)
+		s.up.Kick()
+		if len(evs) < s.cfg.Stream.BatchMaxEvents {
+			return nil
+		}
+	}
+}
+
+// makeRoom sheds the oldest bulk batches while the uplink queue is above its
+// cap: under pressure the baseline gives way, never trace or alert.
+func (s *Shipper) makeRoom() {
+	for i := 0; i < 1000; i++ {
+		st := s.wal.Stats()
+		if st.Lanes[wal.LaneBulk].Bytes <= int64(s.cfg.Stream.MaxQueueBytes) {
+			return
+		}
+		n, err := s.wal.DropOldest(wal.LaneBulk, 16)
+		if err != nil || n == 0 {
+			return
+		}
+		s.dropped.Add(uint64(n))
+		s.log.Warn("uplink queue full: dropped oldest bulk batches", "dropped", n, "queued_bytes", st.Lanes[wal.LaneBulk].Bytes)
+	}
+}
+
+// fromParent handles commands and CRLs coming down.
+func (s *Shipper) fromParent(f wire.Frame) {
+	switch m := f.(type) {
+	case *wire.Command:
+		s.command(*m)
+	case *wire.CRL:
+		if _, err := s.id.ApplyCRL(m.DER); err != nil {
+			s.log.Error("CRL from parent refused", "err", err)
+		}
+	}
+}
+
+func (s *Shipper) command(c wire.Command) {
+	ack := wire.CommandAck{CommandID: c.CommandID, AgentID: s.id.Name}
+	key := "cmd:" + c.CommandID
+	if prev, ok, _ := s.wal.Meta(key); ok {
+		// Delivered again (a resend or a replay through another proxy):
+		// answer as before, do not run it twice.
+		s.dupCommand.Add(1)
+		ack.Status = wire.CommandStatus(prev[0])
+		ack.Detail = "duplicate delivery: " + string(prev[1:])
+		s.up.SendControl(ack)
+		return
+	}
+	switch {
+	case c.Target != s.id.Name:
+		ack.Status, ack.Detail = wire.CommandRejected, "command for "+c.Target+" reached "+s.id.Name
+	case c.Expires != 0 && time.Now().UnixNano() > c.Expires:
+		ack.Status, ack.Detail = wire.CommandExpired, "arrived after its expiry"
+	default:
+		ack.Status, ack.Detail = s.handler(context.Background(), c)
+	}
+	s.commands.Add(1)
+	if err := s.wal.SetMeta(key, append([]byte{byte(ack.Status)}, ack.Detail...)); err != nil {
+		s.log.Error("record command", "command", c.CommandID, "err", err)
+	}
+	s.up.SendControl(ack)
+}
+
+// ShipperStats are the uplink's figures.
+type ShipperStats struct {
+	Events, Batches, Dropped, Commands, Duplicates uint64
+	Uplink                                        transport.UplinkStats
+	Queue                                         wal.Stats
+}
+
+// Stats returns the shipper's figures.
+func (s *Shipper) Stats() ShipperStats {
+	return ShipperStats{
+		Events: s.shipped.Load(), Batches: s.batches.Load(), Dropped: s.dropped.Load(),
+		Commands: s.commands.Load(), Duplicates: s.dupCommand.Load(),
+		Uplink: s.up.Stats(), Queue: s.wal.Stats(),
+	}
+}
