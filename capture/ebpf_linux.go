@@ -372,7 +372,7 @@ func (s *EBPFSource) Blind() []string {
 		"tcp-connect-failed",
 		// accept through io_uring or the 32-bit compat syscalls does not
 		// return through the hooked sys_exit numbers.
-		"tcp-accept-io_uring-compat",
+		"tcp-accept-io-uring-and-compat",
 		// A failed execve replaces no image and is not reported.
 		"exec-failed",
 		// Paths are resolved to the root of the process's mount namespace
