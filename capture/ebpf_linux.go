@@ -63,7 +63,6 @@ type EBPFSource struct {
 	closed       atomic.Bool
 	backpressure atomic.Uint64
 	decodeErrs   atomic.Uint64
-	delivered    atomic.Uint64
 }
 
 var _ Source = (*EBPFSource)(nil)
@@ -319,7 +318,6 @@ func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
 		}
 		select {
 		case out <- ev:
-			s.delivered.Add(1)
 		default:
 			// Never wait for the consumer: the ring would fill and the
 			// kernel side would drop instead, blind to what was lost.
@@ -381,10 +379,6 @@ func (s *EBPFSource) Blind() []string {
 		"path-mntns-relative",
 	}
 }
-
-// Delivered returns how many events Run has handed to its consumer; tests
-// and benchmarks compare it with what they spawned.
-func (s *EBPFSource) Delivered() uint64 { return s.delivered.Load() }
 
 // Close detaches the programs and frees the maps and the ring buffer. It is
 // safe to call more than once and while Run is running (Run then returns).

@@ -23,5 +23,4 @@ func (s *EBPFSource) Name() string                                    { return "
 func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error { return ErrUnsupported }
 func (s *EBPFSource) Lost() map[string]uint64                         { return nil }
 func (s *EBPFSource) Blind() []string                                 { return nil }
-func (s *EBPFSource) Delivered() uint64                               { return 0 }
 func (s *EBPFSource) Close() error                                    { return nil }
