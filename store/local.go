@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/evilbitlabs/daemoneye/capture"
 )
@@ -26,12 +27,18 @@ const (
 )
 
 // Pebble memory: the agent's whole RSS target is below 64 MiB, so the block
-// cache and memtables are kept small. At most MemTableStopWritesThreshold (2)
-// memtables are queued, so memtables cost at most 8 MiB.
+// cache and memtables are kept small. Pebble reserves the memory of live and
+// flushing memtables out of the block cache, so CacheSize must cover both:
+// with a plain 8 MiB CacheSize the two queued 4 MiB memtables left no room
+// for blocks at all (hit rate under 1%, and Append 5x slower).
 const (
-	cacheBytes    = 8 << 20
-	memTableBytes = 4 << 20
-	maxOpenFiles  = 256
+	cacheBytes     = 8 << 20
+	memTableBytes  = 4 << 20
+	memTableQueued = 2 // Pebble's MemTableStopWritesThreshold default
+	maxOpenFiles   = 256
+	// liveCacheBytes bounds the in-memory copy of live process entries:
+	// about 30,000 processes at ~250 bytes each.
+	liveCacheBytes = 8 << 20
 )
 
 // Bounds on queries that walk the process graph, so that a corrupt or cyclic
@@ -119,6 +126,7 @@ type Local struct {
 	bytes   uint64 // summed size of stored event values
 	live    int64  // entries in the live index
 	exited  int64  // entries in the exited index
+	cache   *liveCache
 }
 
 // OpenLocal opens (creating it if needed) the store in dir for writing.
@@ -162,16 +170,24 @@ func openLocal(dir string, opts LocalOptions, log *slog.Logger, readOnly bool) (
 		return nil, fmt.Errorf("lock store %s: %w", dir, err)
 	}
 	po := &pebble.Options{
-		FS:                 fsys,
-		Lock:               lock,
-		ReadOnly:           readOnly,
-		ErrorIfNotExists:   readOnly,
-		CacheSize:          cacheBytes,
-		MemTableSize:       memTableBytes,
-		MaxOpenFiles:       maxOpenFiles,
-		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             pebbleLogger{log.With("engine", "pebble")},
-		EventListener:      eventListener(log.With("engine", "pebble")),
+		FS:                          fsys,
+		Lock:                        lock,
+		ReadOnly:                    readOnly,
+		ErrorIfNotExists:            readOnly,
+		CacheSize:                   cacheBytes + memTableQueued*memTableBytes,
+		MemTableSize:                memTableBytes,
+		MemTableStopWritesThreshold: memTableQueued,
+		FlushSplitBytes:             1 << 20,
+		MaxOpenFiles:                maxOpenFiles,
+		FormatMajorVersion:          pebble.FormatNewest,
+		Logger:                      pebbleLogger{log.With("engine", "pebble")},
+		EventListener:               eventListener(log.With("engine", "pebble")),
+	}
+	// Bloom filters: Append looks up the entry of every forked child, which
+	// is new and so absent; without filters each miss reads a data block
+	// of every L0 table and level.
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
@@ -241,6 +257,10 @@ func (l *Local) load() error {
 	}
 	if l.exited, err = countSpace(l.db, spaceExited); err != nil {
 		return err
+	}
+	l.cache = newLiveCache(liveCacheBytes)
+	if !l.readOnly {
+		return l.cache.fill(l.db)
 	}
 	return nil
 }
@@ -372,7 +392,7 @@ func (l *Local) Append(evs []capture.Event) (first, last uint64, err error) {
 
 	b := l.db.NewBatch()
 	defer b.Close()
-	tx := newTableTx(l.db, l.opts.Now)
+	tx := newTableTx(l.db, l.cache, l.opts.Now)
 	first = l.lastSeq + 1
 	var (
 		buf   bytes.Buffer
@@ -413,6 +433,7 @@ func (l *Local) Append(evs []capture.Event) (first, last uint64, err error) {
 	if err := b.Commit(l.wo); err != nil {
 		return 0, 0, fmt.Errorf("append %d events: %w", len(evs), err)
 	}
+	tx.committed()
 	l.lastSeq = last
 	l.events += uint64(len(evs))
 	l.bytes += added

@@ -15,6 +15,7 @@ import (
 // written with their index changes at the end.
 type tableTx struct {
 	r     pebble.Reader
+	cache *liveCache
 	now   func() time.Time
 	ents  map[capture.ProcKey]*txEntry
 	dirty []*txEntry // in first-change order, so writes are deterministic
@@ -27,6 +28,7 @@ type txEntry struct {
 	p       capture.Process
 	exists  bool
 	isDirty bool
+	enc     []byte // the encoding written, once written
 	// The entry as stored before this batch, which decides index changes.
 	orig struct {
 		exists   bool
@@ -35,8 +37,8 @@ type txEntry struct {
 	}
 }
 
-func newTableTx(r pebble.Reader, now func() time.Time) *tableTx {
-	return &tableTx{r: r, now: now, ents: make(map[capture.ProcKey]*txEntry)}
+func newTableTx(r pebble.Reader, cache *liveCache, now func() time.Time) *tableTx {
+	return &tableTx{r: r, cache: cache, now: now, ents: make(map[capture.ProcKey]*txEntry)}
 }
 
 func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
@@ -44,8 +46,17 @@ func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
 		return e, nil
 	}
 	e := &txEntry{}
-	p, ok, err := getProc(t.r, k)
-	if err != nil {
+	var (
+		p   capture.Process
+		ok  bool
+		err error
+	)
+	if v, hit := t.cache.get(k); hit {
+		if p, err = decodeProcess(v); err != nil {
+			return nil, fmt.Errorf("cached process %s: %w", k, err)
+		}
+		ok = true
+	} else if p, ok, err = getProc(t.r, k); err != nil {
 		return nil, err
 	}
 	if ok {
@@ -175,6 +186,7 @@ func (t *tableTx) write(b *pebble.Batch) error {
 		if err != nil {
 			return err
 		}
+		e.enc = v
 		if err := b.Set(procSpaceKey(spaceProc, k), v, nil); err != nil {
 			return err
 		}
@@ -217,6 +229,83 @@ func (t *tableTx) write(b *pebble.Batch) error {
 	return nil
 }
 
+// committed updates the live cache once the batch written by write has
+// been committed.
+func (t *tableTx) committed() {
+	for _, e := range t.dirty {
+		if e.p.ExitTime == 0 {
+			t.cache.put(e.p.Key, e.enc)
+		} else {
+			t.cache.del(e.p.Key)
+		}
+	}
+	for _, k := range t.orphans {
+		t.cache.del(getProcKey(k[1:]))
+	}
+}
+
+// liveCache holds the encodings of live processes, the entries nearly every
+// fork, exec and exit reads. Without it each of those is a Pebble Get that
+// misses the small block cache, which made the table (not the events) the
+// cost of Append. It is bounded by max bytes: past that, entries are read
+// from Pebble as before. It never holds a stale entry: every write of a
+// process updates or drops it. Guarded by Local.wmu.
+type liveCache struct {
+	m     map[capture.ProcKey][]byte
+	bytes int
+	max   int
+}
+
+func newLiveCache(max int) *liveCache {
+	return &liveCache{m: make(map[capture.ProcKey][]byte), max: max}
+}
+
+func (c *liveCache) get(k capture.ProcKey) ([]byte, bool) {
+	v, ok := c.m[k]
+	return v, ok
+}
+
+func (c *liveCache) put(k capture.ProcKey, v []byte) {
+	if old, ok := c.m[k]; ok {
+		c.bytes += len(v) - len(old)
+		c.m[k] = v
+		return
+	}
+	if c.bytes+len(v) > c.max {
+		return
+	}
+	c.m[k] = v
+	c.bytes += len(v)
+}
+
+func (c *liveCache) del(k capture.ProcKey) {
+	if old, ok := c.m[k]; ok {
+		c.bytes -= len(old)
+		delete(c.m, k)
+	}
+}
+
+// fill loads the live entries at open.
+func (c *liveCache) fill(r pebble.Reader) error {
+	it, err := r.NewIter(spaceBounds(spaceLive))
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid() && c.bytes < c.max; it.Next() {
+		v, closer, err := r.Get(append([]byte{spaceProc}, it.Key()[1:]...))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load live processes: %w", err)
+		}
+		c.put(getProcKey(it.Key()[1:]), append([]byte(nil), v...))
+		closer.Close()
+	}
+	return it.Close()
+}
+
 // Seed writes the /proc snapshot taken at agent start into the table (as
 // Seeded entries) and marks every live entry that is not in it as exited now:
 // those processes ended while the agent was not watching, so their exit
@@ -230,7 +319,7 @@ func (l *Local) Seed(procs []capture.Process) error {
 	defer l.wmu.Unlock()
 
 	now := l.opts.Now().UnixNano()
-	tx := newTableTx(l.db, l.opts.Now)
+	tx := newTableTx(l.db, l.cache, l.opts.Now)
 	inSnapshot := make(map[capture.ProcKey]struct{}, len(procs))
 	for i := range procs {
 		p := procs[i]
@@ -291,6 +380,7 @@ func (l *Local) Seed(procs []capture.Process) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("seed %d processes: %w", len(procs), err)
 	}
+	tx.committed()
 	l.live += tx.dLive
 	l.exited += tx.dExited
 	l.log.Debug("process table seeded", "processes", len(procs), "live", l.live, "exited", l.exited)
