@@ -392,10 +392,12 @@ static __always_inline void emit_exit(struct task_struct *p)
 		count_drop(DROP_RING_SMALL);
 		return;
 	}
-	/* No parent: Event.Parent is for fork and exec, and by now the parent
-	 * may be a reaper that adopted the process. */
 	fill_hdr(&x->h, EV_EXIT);
 	fill_proc(&x->h, p);
+	/* The parent at exit: the one that will reap it, which is a subreaper
+	 * or init if the original parent died first. The /proc source reports
+	 * the same. */
+	fill_parent(&x->h, p);
 	bpf_probe_read_kernel(x->h.comm, sizeof(x->h.comm), &p->comm);
 
 	/* What wait() reports for the group: the group exit code once the
