@@ -531,3 +531,68 @@ func TestSealOpenNegativeTimes(t *testing.T) {
 		t.Fatalf("got ts %d..%d seq %d", b.TSStart, b.TSEnd, b.Seq)
 	}
 }
+
+// A payload compressed by a streaming encoder (no declared size) opens
+// through the pooled streaming decoders, which start no goroutines.
+func TestOpenBatchStreamedPayload(t *testing.T) {
+	body := encBody(t, bodyOf(t, mustSeal(t, "ag-s", 3, execEvents(2000), false)))
+	var buf bytes.Buffer
+	z, _ := zstd.NewWriter(&buf, zstd.WithEncoderConcurrency(1))
+	for len(body) > 0 { // past the first block before Close: no size in the header
+		n := min(len(body), 4096)
+		if _, err := z.Write(body[:n]); err != nil {
+			t.Fatal(err)
+		}
+		body = body[n:]
+	}
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var h zstd.Header
+	if err := h.Decode(buf.Bytes()); err != nil || h.HasFCS {
+		t.Fatalf("want a frame without content size (err %v, HasFCS %v)", err, h.HasFCS)
+	}
+	sealed := signRaw(t, "ag-s", 3, ContentTypeBatchZstd, buf.Bytes())
+	before := runtime.NumGoroutine()
+	for range 20 {
+		b, err := OpenBatch(sealed, testPub(), Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.Events) != 2000 {
+			t.Fatalf("%d events", len(b.Events))
+		}
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		t.Fatalf("goroutines %d -> %d", before, after)
+	}
+}
+
+// A batch sealed with its certificate carries it, signed, and still opens.
+func TestSealBatchCert(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(nil)
+	cert := []byte("not really DER, but bytes the signature covers")
+	evs := []capture.Event{{Time: 1, Kind: capture.KindExec, Proc: capture.ProcKey{PID: 7, Start: 9}, Exec: &capture.Exec{Exe: "/bin/x", Argv: []string{"x", "\xff"}}}}
+	sealed, err := SealBatchCert("web-1", 3, evs, key, cert, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := PeekCert(sealed)
+	if err != nil || string(got) != string(cert) {
+		t.Fatalf("PeekCert = %q, %v", got, err)
+	}
+	b, err := OpenBatch(sealed, pub, DefaultLimits())
+	if err != nil || b.AgentID != "web-1" || b.Seq != 3 || b.Events[0].Exec.Argv[1] != "\xff" {
+		t.Fatalf("OpenBatch = %+v, %v", b, err)
+	}
+	plain, _ := SealBatch("web-1", 4, evs, key, true)
+	if _, err := PeekCert(plain); !errors.Is(err, ErrMalformed) {
+		t.Errorf("PeekCert of a batch without certificate = %v, want ErrMalformed", err)
+	}
+	// The certificate is under the signature: swapping it breaks the batch.
+	i := bytes.Index(sealed, cert)
+	sealed[i] ^= 1
+	if _, err := OpenBatch(sealed, pub, DefaultLimits()); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("OpenBatch with a changed certificate = %v, want ErrBadSignature", err)
+	}
+}

@@ -434,8 +434,11 @@ func NewReader(r io.Reader, lim Limits) *Reader {
 
 // ReadFrame reads and decodes the next frame. At a clean end of stream
 // (between frames) it returns io.EOF. Bad input yields an error wrapping
-// ErrFrameTooLarge, ErrTruncated, ErrMalformed or ErrUnknownType; the stream
-// is then out of step and should be closed.
+// ErrFrameTooLarge, ErrTruncated, ErrMalformed or ErrUnknownType. After
+// ErrMalformed or ErrUnknownType the whole frame has been consumed and the
+// next one can be read (a newer peer may send types this build lacks);
+// after ErrFrameTooLarge or ErrTruncated the stream is out of step and
+// must be closed.
 func (r *Reader) ReadFrame() (Frame, error) {
 	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
 		switch {

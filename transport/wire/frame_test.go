@@ -310,3 +310,20 @@ func TestReadFrameIOError(t *testing.T) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// An unknown or malformed frame is consumed whole: the next one reads.
+func TestReadFrameSkipsBadFrame(t *testing.T) {
+	next, _ := AppendFrame(nil, &Ping{Nonce: 9})
+	in := cat(framed(env(Type(200), cmap(cuint(1), cuint(1)))), framed([]byte{0xff}), next)
+	r := NewReader(bytes.NewReader(in), Limits{})
+	if _, err := r.ReadFrame(); !errors.Is(err, ErrUnknownType) {
+		t.Fatalf("first: %v, want ErrUnknownType", err)
+	}
+	if _, err := r.ReadFrame(); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("second: %v, want ErrMalformed", err)
+	}
+	f, err := r.ReadFrame()
+	if err != nil || f.(*Ping).Nonce != 9 {
+		t.Fatalf("third: %v, %v; want the ping", f, err)
+	}
+}
