@@ -29,6 +29,10 @@ const (
 // standard kid (label 4): it names the certificate whose key verifies.
 const HeaderLabelSeq int64 = -70001
 
+// HeaderLabelX5Chain is COSE's x5chain label (RFC 9360): the signer's
+// certificate, DER, in the protected header.
+const HeaderLabelX5Chain int64 = 33
+
 // batchBody is the signed payload (the concept's EventBatch; batch_sig is
 // the COSE signature around it). Events are kept as the exact CBOR the
 // agent hashed into Root.
@@ -190,6 +194,22 @@ var zenc = sync.OnceValues(func() (*zstd.Encoder, error) {
 // DefaultMaxSealedSize is refused with ErrTooLarge: cut smaller batches.
 // seq must stay below 2^63.
 func SealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.PrivateKey, compress bool) ([]byte, error) {
+	return sealBatch(agentID, seq, events, key, nil, compress)
+}
+
+// SealBatchCert is SealBatch with the signer's certificate (DER) in the
+// protected header as a COSE x5chain (RFC 9360), so that the center can
+// verify a batch from any agent with nothing but the customer CA: the
+// certificate says which key must have signed, the CA says whether to trust
+// it. Agents seal with this; proxies never look at it.
+func SealBatchCert(agentID string, seq uint64, events []capture.Event, key ed25519.PrivateKey, certDER []byte, compress bool) ([]byte, error) {
+	if len(certDER) == 0 {
+		return nil, errors.New("wire: seal batch: empty certificate")
+	}
+	return sealBatch(agentID, seq, events, key, certDER, compress)
+}
+
+func sealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.PrivateKey, certDER []byte, compress bool) ([]byte, error) {
 	if agentID == "" {
 		return nil, errors.New("wire: seal batch: empty agent id")
 	}
@@ -245,6 +265,9 @@ func SealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.P
 		},
 		Payload: payload,
 	}
+	if certDER != nil {
+		msg.Headers.Protected[HeaderLabelX5Chain] = certDER
+	}
 	signer, err := cose.NewSigner(cose.AlgorithmEdDSA, key)
 	if err != nil {
 		return nil, fmt.Errorf("wire: seal batch: %w", err)
@@ -268,6 +291,7 @@ type protected struct {
 	Alg         int64   `cbor:"1,keyasint"`
 	ContentType string  `cbor:"3,keyasint"`
 	KeyID       []byte  `cbor:"4,keyasint"`
+	X5Chain     []byte  `cbor:"33,keyasint"`
 	Seq         *uint64 `cbor:"-70001,keyasint"`
 }
 
@@ -275,6 +299,7 @@ type header struct {
 	agentID     string
 	seq         uint64
 	contentType string
+	certDER     []byte
 }
 
 // parseProtected reads our fields from the serialized protected header.
@@ -297,7 +322,7 @@ func (c *codec) parseProtected(raw []byte) (header, error) {
 	case p.Seq == nil:
 		return header{}, malformed("batch: no seq header")
 	}
-	return header{agentID: string(p.KeyID), seq: *p.Seq, contentType: p.ContentType}, nil
+	return header{agentID: string(p.KeyID), seq: *p.Seq, contentType: p.ContentType, certDER: p.X5Chain}, nil
 }
 
 // decodeSign1 parses the COSE_Sign1 envelope after a size check.
@@ -337,6 +362,24 @@ func PeekBatch(sealed []byte) (agentID string, seq uint64, err error) {
 		return "", 0, err
 	}
 	return h.agentID, h.seq, nil
+}
+
+// PeekCert returns the signer's certificate (DER) from a batch sealed with
+// SealBatchCert, unverified: the caller checks it against the CA and then
+// verifies the batch with its key. ErrMalformed when there is none.
+func PeekCert(sealed []byte) ([]byte, error) {
+	c, err := codecFor(Limits{})
+	if err != nil {
+		return nil, err
+	}
+	_, h, err := c.decodeSign1(sealed)
+	if err != nil {
+		return nil, err
+	}
+	if len(h.certDER) == 0 {
+		return nil, malformed("batch: no x5chain certificate")
+	}
+	return h.certDER, nil
 }
 
 // OpenBatch verifies and decodes a sealed batch. Order matters: the
