@@ -93,6 +93,9 @@ func checkOpen(t *testing.T, sealed []byte) {
 func FuzzPeekBatch(f *testing.F) {
 	f.Add(mustSeal(f, "ag-1", 1, execEvents(1), true))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if cert, err := PeekCert(data); err == nil && len(cert) == 0 {
+			t.Fatal("PeekCert: empty certificate without error")
+		}
 		agent, seq, err := PeekBatch(data)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
@@ -155,7 +158,11 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	sealedZ := mustSeal(t, "ag-1", 1, execEvents(3), true)
 	sealedP := mustSeal(t, "ag-1", 2, oddEvents(), false)
 	one := mustSeal(t, "ag-1", 3, execEvents(1), true)
-	for name, b := range map[string][]byte{"sealed-zstd": sealedZ, "sealed-plain": sealedP, "sealed-one": one} {
+	withCert, err := SealBatchCert("ag-1", 4, execEvents(2), testKey, []byte("certificate DER bytes"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"sealed-zstd": sealedZ, "sealed-plain": sealedP, "sealed-one": one, "sealed-cert": withCert} {
 		write("FuzzOpenBatch", name, b)
 		write("FuzzPeekBatch", name, b)
 	}
