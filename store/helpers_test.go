@@ -164,3 +164,5 @@ func (w *workload) batch(n int) []capture.Event {
 	}
 	return evs
 }
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
