@@ -47,9 +47,6 @@ func (r *AgentRunCmd) Run(ctx context.Context, g *Globals, parent *AgentCmd) err
 		return err
 	}
 	log := g.logger(l.Config.Log)
-	if !l.Config.Agent.Standalone {
-		log.Warn("no uplink in this build yet: running standalone", "component", "agent")
-	}
 	a, err := agent.New(l.Config.Agent, log)
 	if err != nil {
 		return err

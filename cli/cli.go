@@ -11,11 +11,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/alecthomas/kong"
 
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/roles/center"
+	"github.com/evilbitlabs/daemoneye/roles/proxy"
 )
 
 // Build identifies the binary; main fills it from -ldflags.
@@ -213,23 +216,55 @@ func (c *ConfigShowCmd) Run(g *Globals) error {
 }
 
 // ProxyCmd runs a proxy.
-type ProxyCmd struct{}
+type ProxyCmd struct {
+	Listen   string `help:"Address children connect to (sets proxy.listen)." placeholder:"HOST:PORT"`
+	Upstream string `help:"Parent proxy or center (sets proxy.upstream)." placeholder:"HOST:PORT"`
+	WALPath  string `name:"wal-path" type:"path" help:"WAL directory (sets proxy.wal_path)." placeholder:"DIR"`
+}
 
-// Run reports that this build has no proxy role yet.
-func (ProxyCmd) Run(g *Globals) error {
-	if _, err := g.load(); err != nil {
+// Run starts the proxy role.
+func (c *ProxyCmd) Run(ctx context.Context, g *Globals) error {
+	if c.Listen != "" {
+		g.flag("proxy.listen", strconv.Quote(c.Listen), "--listen")
+	}
+	if c.Upstream != "" {
+		g.flag("proxy.upstream", strconv.Quote(c.Upstream), "--upstream")
+	}
+	if c.WALPath != "" {
+		g.flag("proxy.wal_path", strconv.Quote(c.WALPath), "--wal-path")
+	}
+	l, err := g.load()
+	if err != nil {
 		return err
 	}
-	return errors.New("the proxy role is not in this build yet (see the transport issue); `daemoneye agent --standalone` runs without one")
+	p, err := proxy.New(l.Config.Proxy, g.logger(l.Config.Log))
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
 }
 
 // CenterCmd runs the Security Center.
-type CenterCmd struct{}
+type CenterCmd struct {
+	Listen  string `help:"Address children connect to (sets center.listen)." placeholder:"HOST:PORT"`
+	DataDir string `type:"path" help:"Data directory (sets center.data_dir)." placeholder:"DIR"`
+}
 
-// Run reports that this build has no center role yet.
-func (CenterCmd) Run(g *Globals) error {
-	if _, err := g.load(); err != nil {
+// Run starts the center role.
+func (c *CenterCmd) Run(ctx context.Context, g *Globals) error {
+	if c.Listen != "" {
+		g.flag("center.listen", strconv.Quote(c.Listen), "--listen")
+	}
+	if c.DataDir != "" {
+		g.flag("center.data_dir", strconv.Quote(c.DataDir), "--data-dir")
+	}
+	l, err := g.load()
+	if err != nil {
 		return err
 	}
-	return errors.New("the center role is not in this build yet (see the center issue)")
+	cn, err := center.New(l.Config.Center, g.logger(l.Config.Log))
+	if err != nil {
+		return err
+	}
+	return cn.Run(ctx)
 }

@@ -38,16 +38,19 @@ type Agent struct {
 	ID            string   `yaml:"id"` // defaults to the host name
 	ProxyHint     string   `yaml:"proxy_hint"`
 	ProxyFallback []string `yaml:"proxy_fallback"`
-	SiteTag       string   `yaml:"site_tag"`
-	DataDir       string   `yaml:"data_dir"`
-	Capture       string   `yaml:"capture"` // auto, ebpf or proc
-	Standalone    bool     `yaml:"standalone"`
-	TLS           TLS      `yaml:"tls"`
-	Stream        Stream   `yaml:"stream"`
-	Trace         Trace    `yaml:"trace"`
-	Baseline      Baseline `yaml:"baseline"`
-	Retention     Retain   `yaml:"retention"`
-	Metrics       Metrics  `yaml:"metrics"`
+	// RetryPrimaryMS is how often an agent on a fallback proxy tries its
+	// primary again.
+	RetryPrimaryMS int      `yaml:"retry_primary_ms"`
+	SiteTag        string   `yaml:"site_tag"`
+	DataDir        string   `yaml:"data_dir"`
+	Capture        string   `yaml:"capture"` // auto, ebpf or proc
+	Standalone     bool     `yaml:"standalone"`
+	TLS            TLS      `yaml:"tls"`
+	Stream         Stream   `yaml:"stream"`
+	Trace          Trace    `yaml:"trace"`
+	Baseline       Baseline `yaml:"baseline"`
+	Retention      Retain   `yaml:"retention"`
+	Metrics        Metrics  `yaml:"metrics"`
 }
 
 // Stream cuts events into batches for the uplink.
@@ -92,6 +95,7 @@ type Proxy struct {
 	Listen           string   `yaml:"listen"`
 	Upstream         string   `yaml:"upstream"`
 	UpstreamFallback []string `yaml:"upstream_fallback"`
+	RetryPrimaryMS   int      `yaml:"retry_primary_ms"`
 	WALPath          string   `yaml:"wal_path"`
 	FsyncIntervalMS  int      `yaml:"fsync_interval_ms"`
 	Flow             Flow     `yaml:"flow"`
@@ -136,11 +140,12 @@ func Default() Config {
 	host, _ := os.Hostname()
 	return Config{
 		Agent: Agent{
-			ID:      host,
-			DataDir: "/var/lib/daemoneye/agent",
-			Capture: "auto",
-			Stream:  Stream{BatchMaxEvents: 2000, BatchMaxMS: 250, MaxQueueBytes: 256 << 20, FsyncIntervalMS: 100},
-			Trace:   Trace{DefaultDepth: 6, PrivacyMaskArgs: true},
+			ID:             host,
+			RetryPrimaryMS: 10000,
+			DataDir:        "/var/lib/daemoneye/agent",
+			Capture:        "auto",
+			Stream:         Stream{BatchMaxEvents: 2000, BatchMaxMS: 250, MaxQueueBytes: 256 << 20, FsyncIntervalMS: 100},
+			Trace:          Trace{DefaultDepth: 6, PrivacyMaskArgs: true},
 			Baseline: Baseline{
 				MaxEventsPerSec: 50000,
 				ArgvMaxBytes:    4096,
@@ -153,6 +158,7 @@ func Default() Config {
 		},
 		Proxy: Proxy{
 			Listen:          "0.0.0.0:7443",
+			RetryPrimaryMS:  10000,
 			WALPath:         "/var/lib/daemoneye/proxy/wal",
 			FsyncIntervalMS: 100,
 			Flow:            Flow{Priorities: []string{"trace", "alert", "bulk"}, Compression: "zstd"},

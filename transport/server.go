@@ -80,6 +80,19 @@ type Server struct {
 
 	mu       sync.Mutex
 	children map[string]*Child
+	refused  map[string]uint64 // hellos refused, by reason
+}
+
+// Refused counts the children refused at hello, by reason: cycle,
+// identity, version.
+func (s *Server) Refused() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]uint64{}
+	for k, v := range s.refused {
+		out[k] = v
+	}
+	return out
 }
 
 // NewServer listens at cfg.Listen.
@@ -102,7 +115,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, ln: ln, children: map[string]*Child{}}, nil
+	return &Server{cfg: cfg, ln: ln, children: map[string]*Child{}, refused: map[string]uint64{}}, nil
 }
 
 // Addr is the bound address.
@@ -276,6 +289,10 @@ func (s *Server) hello(ctx context.Context, l *Link) (*Child, error) {
 		return nil, ctx.Err()
 	}
 	refuse := func(code wire.HelloCode, reason string) error {
+		kind := map[wire.HelloCode]string{wire.HelloCycle: "cycle", wire.HelloBadVersion: "version", wire.HelloRefused: "identity"}[code]
+		s.mu.Lock()
+		s.refused[kind]++
+		s.mu.Unlock()
 		sendFrame(ctx, l, LaneControl, wire.HelloAck{NodeID: s.cfg.NodeID, Version: ProtocolVersion, Code: code, Reason: reason})
 		fctx, cancel := context.WithTimeout(ctx, time.Second)
 		l.Flush(fctx)

@@ -67,14 +67,15 @@ func NewShipper(cfg config.Agent, st *store.Local, handler CommandHandler, log *
 	}
 	s := &Shipper{cfg: cfg, log: log, id: id, st: st, wal: w, handler: handler, kick: make(chan struct{}, 1)}
 	s.up, err = transport.NewUplink(transport.UplinkConfig{
-		NodeID:  id.Name,
-		Role:    wire.RoleAgent,
-		Addrs:   append([]string{cfg.ProxyHint}, cfg.ProxyFallback...),
-		TLS:     id.ClientTLS(pki.RoleProxy, pki.RoleCenter),
-		WAL:     w,
-		Agents:  func() []string { return []string{id.Name} },
-		OnFrame: s.fromParent,
-		Log:     log,
+		NodeID:       id.Name,
+		Role:         wire.RoleAgent,
+		Addrs:        append([]string{cfg.ProxyHint}, cfg.ProxyFallback...),
+		TLS:          id.ClientTLS(pki.RoleProxy, pki.RoleCenter),
+		WAL:          w,
+		Agents:       func() []string { return []string{id.Name} },
+		OnFrame:      s.fromParent,
+		RetryPrimary: time.Duration(cfg.RetryPrimaryMS) * time.Millisecond,
+		Log:          log,
 	})
 	if err != nil {
 		w.Close()
@@ -150,7 +151,7 @@ func (s *Shipper) cut() error {
 			return nil
 		}
 		s.makeRoom()
-		sealed, err := wire.SealBatch(s.id.Name, batchSeq+1, evs, s.id.Key(), true)
+		sealed, err := wire.SealBatchCert(s.id.Name, batchSeq+1, evs, s.id.Key(), s.id.CertDER(), true)
 		if err != nil {
 			return err
 		}
@@ -226,8 +227,8 @@ func (s *Shipper) command(c wire.Command) {
 // ShipperStats are the uplink's figures.
 type ShipperStats struct {
 	Events, Batches, Dropped, Commands, Duplicates uint64
-	Uplink                                        transport.UplinkStats
-	Queue                                         wal.Stats
+	Uplink                                         transport.UplinkStats
+	Queue                                          wal.Stats
 }
 
 // Stats returns the shipper's figures.

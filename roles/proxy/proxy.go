@@ -82,15 +82,16 @@ func New(cfg config.Proxy, log *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	p.up, err = transport.NewUplink(transport.UplinkConfig{
-		NodeID:  id.Name,
-		Role:    wire.RoleProxy,
-		Addrs:   append([]string{cfg.Upstream}, cfg.UpstreamFallback...),
-		TLS:     id.ClientTLS(pki.RoleProxy, pki.RoleCenter),
-		WAL:     w,
-		Below:   p.srv.Below,
-		Agents:  p.srv.Agents,
-		OnFrame: p.fromParent,
-		Log:     log,
+		NodeID:       id.Name,
+		Role:         wire.RoleProxy,
+		Addrs:        append([]string{cfg.Upstream}, cfg.UpstreamFallback...),
+		TLS:          id.ClientTLS(pki.RoleProxy, pki.RoleCenter),
+		WAL:          w,
+		Below:        p.srv.Below,
+		Agents:       p.srv.Agents,
+		OnFrame:      p.fromParent,
+		RetryPrimary: time.Duration(cfg.RetryPrimaryMS) * time.Millisecond,
+		Log:          log,
 	})
 	if err != nil {
 		w.Close()
@@ -102,6 +103,12 @@ func New(cfg config.Proxy, log *slog.Logger) (*Proxy, error) {
 
 // Addr is the address children connect to.
 func (p *Proxy) Addr() string { return p.srv.Addr() }
+
+// Refused counts children refused at hello, by reason.
+func (p *Proxy) Refused() map[string]uint64 { return p.srv.Refused() }
+
+// Below lists this proxy and the nodes below it.
+func (p *Proxy) Below() []string { return p.srv.Below() }
 
 // Name is the proxy's node id.
 func (p *Proxy) Name() string { return p.id.Name }

@@ -1,0 +1,201 @@
+// Package center is the Security Center: the root of the proxy tree. It
+// accepts children, verifies every batch against its agent's certificate,
+// stores each (agent, seq) exactly once, pushes the CRL down the tree and
+// sends commands down to named agents. (SQL store, rules, ledger, API and UI
+// build on this.)
+package center
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/store/wal"
+	"github.com/evilbitlabs/daemoneye/transport"
+	"github.com/evilbitlabs/daemoneye/transport/pki"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// Center is a running Security Center.
+type Center struct {
+	cfg    config.Center
+	log    *slog.Logger
+	id     *transport.Identity
+	db     *pebble.DB
+	outbox *wal.WAL
+	srv    *transport.Server
+	disp   *transport.Dispatcher
+	Ingest *Ingest
+
+	ackMu sync.Mutex
+	acks  map[string][]wire.CommandAck // command id -> acks received
+	// OnCommandAck is called for every ack coming up (tests, the ledger).
+	OnCommandAck func(wire.CommandAck)
+}
+
+// New opens the center's stores and listener.
+func New(cfg config.Center, log *slog.Logger) (*Center, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	crlPath := cfg.TLS.CRL
+	if crlPath == "" {
+		crlPath = filepath.Join(cfg.DataDir, "crl.pem")
+	}
+	id, err := transport.LoadIdentity(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA, crlPath)
+	if err != nil {
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	if id.Role != pki.RoleCenter {
+		return nil, fmt.Errorf("center: certificate is for a %s, not a center", id.Role)
+	}
+	log = log.With("component", "center", "node", id.Name)
+	db, err := pebble.Open(filepath.Join(cfg.DataDir, "batches"), &pebble.Options{Logger: pebbleLog{log}})
+	if err != nil {
+		return nil, fmt.Errorf("center: open batch store: %w", err)
+	}
+	outbox, err := wal.Open(filepath.Join(cfg.DataDir, "outbox"), wal.Options{}, log)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, acks: map[string][]wire.CommandAck{}}
+	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
+	c.srv, err = transport.NewServer(transport.ServerConfig{
+		NodeID: id.Name,
+		Listen: cfg.Listen,
+		TLS:    id.ServerTLS(pki.RoleAgent, pki.RoleProxy),
+		OnBatch: func(_ *transport.Child, lane wire.Lane, agentID string, seq uint64, sealed []byte) transport.Verdict {
+			// Verify concurrently (the costly part); the server awaits
+			// verdicts in lane order, so batches are committed in order.
+			type verified struct {
+				b    *wire.Batch
+				nack *wire.Nack
+			}
+			done := make(chan verified, 1)
+			go func() {
+				b, nack := c.Ingest.Verify(lane, agentID, seq, sealed)
+				done <- verified{b, nack}
+			}()
+			return func() *wire.Nack {
+				v := <-done
+				if v.nack != nil {
+					return v.nack
+				}
+				return c.Ingest.Commit(lane, v.b, sealed)
+			}
+		},
+		OnControl: c.onControl,
+		OnChange:  func() { go c.disp.Flush(context.Background()) },
+		Log:       log,
+	})
+	if err != nil {
+		outbox.Close()
+		db.Close()
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	c.disp = transport.NewDispatcher(c.srv, outbox, c.recordAck, log)
+	return c, nil
+}
+
+type pebbleLog struct{ l *slog.Logger }
+
+func (p pebbleLog) Infof(format string, args ...any)  { p.l.Debug(fmt.Sprintf(format, args...)) }
+func (p pebbleLog) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
+func (p pebbleLog) Fatalf(format string, args ...any) {
+	p.l.Error("pebble fatal: " + fmt.Sprintf(format, args...))
+	os.Exit(70)
+}
+
+// Addr is the address children connect to.
+func (c *Center) Addr() string { return c.srv.Addr() }
+
+// Agents lists the agents reachable now.
+func (c *Center) Agents() []string { return c.srv.Agents() }
+
+// Run serves until ctx ends.
+func (c *Center) Run(ctx context.Context) error {
+	defer func() {
+		c.outbox.Close()
+		c.db.Close()
+	}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.srv.Run(gctx) })
+	g.Go(func() error { return c.disp.Run(gctx) })
+	g.Go(func() error { return c.watchCRL(gctx) })
+	return g.Wait()
+}
+
+// SendCommand queues a command for one agent; it travels down the tree and
+// waits in outboxes until the agent is reachable or it expires.
+func (c *Center) SendCommand(ctx context.Context, cmd wire.Command) error {
+	return c.disp.Submit(ctx, cmd)
+}
+
+// Acks returns the acks received for a command.
+func (c *Center) Acks(commandID string) []wire.CommandAck {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
+	return append([]wire.CommandAck(nil), c.acks[commandID]...)
+}
+
+func (c *Center) recordAck(a wire.CommandAck) {
+	c.ackMu.Lock()
+	c.acks[a.CommandID] = append(c.acks[a.CommandID], a)
+	c.ackMu.Unlock()
+	c.log.Info("command ack", "command", a.CommandID, "agent", a.AgentID, "status", a.Status, "detail", a.Detail)
+	if c.OnCommandAck != nil {
+		c.OnCommandAck(a)
+	}
+}
+
+func (c *Center) onControl(_ *transport.Child, f wire.Frame) {
+	if a, ok := f.(*wire.CommandAck); ok {
+		c.disp.Acked(*a)
+	}
+}
+
+// PushCRL applies a CRL (from `daemoneye pki revoke`) and sends it down.
+func (c *Center) PushCRL(ctx context.Context, der []byte) error {
+	if _, err := c.id.ApplyCRL(der); err != nil {
+		return err
+	}
+	c.srv.Broadcast(ctx, wire.CRL{DER: der})
+	return nil
+}
+
+// watchCRL pushes the CA's CRL down the tree whenever its number grows, and
+// to every child every minute (children that joined since get it too).
+func (c *Center) watchCRL(ctx context.Context) error {
+	if c.cfg.CADir == "" {
+		return nil
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	var last time.Time
+	for {
+		if ca, err := pki.LoadCA(c.cfg.CADir); err == nil {
+			crl := ca.CRL()
+			changed, err := c.id.ApplyCRL(crl.Raw)
+			if err != nil {
+				c.log.Warn("CRL", "err", err)
+			} else if changed || time.Since(last) > time.Minute {
+				c.srv.Broadcast(ctx, wire.CRL{DER: crl.Raw})
+				last = time.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,212 @@
+package treetest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// checkExact fails unless the center holds seqs 1..n for each agent, once.
+func checkExact(t *testing.T, c *Center, agents ...*Agent) {
+	t.Helper()
+	got, err := c.Ingest.Stored()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agents {
+		seqs := got[a.Name]
+		n := a.Ship.Stats().Batches
+		if uint64(len(seqs)) != n {
+			t.Errorf("%s: center stored %d batches, agent cut %d", a.Name, len(seqs), n)
+			continue
+		}
+		for i, s := range seqs {
+			if s != uint64(i+1) {
+				t.Errorf("%s: stored seqs are not 1..%d: %v", a.Name, n, seqs)
+				break
+			}
+		}
+	}
+}
+
+// A three-level tree: agents -> px2 -> px1 -> center. Every batch arrives
+// once, and a command reaches one named agent through both proxies and its
+// ack comes back.
+func TestThreeLevelTreeAndCommand(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px1 := tr.NewProxy("px1", c.Cfg.Listen).Start()
+	px2 := tr.NewProxy("px2", px1.Cfg.Listen).Start()
+	var agents []*Agent
+	for i := 0; i < 3; i++ {
+		agents = append(agents, tr.NewAgent(fmt.Sprintf("web-%d", i), px2.Cfg.Listen).Start())
+	}
+	for round := 0; round < 5; round++ {
+		for _, a := range agents {
+			a.Emit(3000)
+		}
+	}
+	if m := WaitAll(c, 30*time.Second, agents...); m != "" {
+		t.Fatalf("not delivered: %s", m)
+	}
+	checkExact(t, c, agents...)
+	if _, _, replays := c.Ingest.Counts(); replays != 0 {
+		t.Logf("replays dropped at the center: %d", replays)
+	}
+
+	// Routing: the center knows web-1 through px1, px1 through px2.
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(c.Agents(), "web-1") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd := wire.Command{CommandID: "cmd-1", Target: "web-1", Expires: time.Now().Add(time.Minute).UnixNano(), Payload: []byte("trace 4242")}
+	if err := c.SendCommand(context.Background(), cmd); err != nil {
+		t.Fatal(err)
+	}
+	var acks []wire.CommandAck
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if acks = c.Acks("cmd-1"); len(acks) > 0 {
+			break
+		}
+	}
+	if len(acks) == 0 || acks[0].AgentID != "web-1" || acks[0].Status != wire.CommandDone {
+		t.Fatalf("acks for cmd-1 = %+v, want web-1 done", acks)
+	}
+	for _, a := range agents {
+		if got := a.Ship.Stats().Commands; (a.Name == "web-1") != (got == 1) {
+			t.Errorf("%s ran %d commands", a.Name, got)
+		}
+	}
+	// The outboxes are empty once the agent acked.
+	if n := px1.Gatherer(); n == nil {
+		t.Fatal("no metrics")
+	}
+}
+
+// A command for an agent that is not connected waits in the outbox and is
+// delivered when the agent arrives; one that expires is reported expired.
+func TestCommandWaitsForAgent(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px := tr.NewProxy("px", c.Cfg.Listen).Start()
+	late := tr.NewAgent("late", px.Cfg.Listen)
+	ctx := context.Background()
+	if err := c.SendCommand(ctx, wire.Command{CommandID: "wait", Target: "late", Expires: time.Now().Add(time.Minute).UnixNano()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendCommand(ctx, wire.Command{CommandID: "short", Target: "nobody", Expires: time.Now().Add(300 * time.Millisecond).UnixNano()}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	late.Start()
+	for _, want := range []struct {
+		id     string
+		status wire.CommandStatus
+	}{{"wait", wire.CommandDone}, {"short", wire.CommandExpired}} {
+		var acks []wire.CommandAck
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && len(acks) == 0; time.Sleep(20 * time.Millisecond) {
+			acks = c.Acks(want.id)
+		}
+		if len(acks) == 0 || acks[0].Status != want.status {
+			t.Errorf("acks for %s = %+v, want status %v", want.id, acks, want.status)
+		}
+	}
+}
+
+// The upstream stopped for a while, then restored: everything arrives, once,
+// in per-lane order.
+func TestUpstreamOutageThenRecovery(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px := tr.NewProxy("px", c.Cfg.Listen).Start()
+	a := tr.NewAgent("web", px.Cfg.Listen).Start()
+	var mu sync.Mutex
+	var order []uint64
+	record := func(b *wire.Batch, _ wire.Lane) { mu.Lock(); order = append(order, b.Seq); mu.Unlock() }
+	c.Ingest.SetOnStored(record)
+	a.Emit(2000)
+	if m := WaitAll(c, 20*time.Second, a); m != "" {
+		t.Fatalf("before the outage: %s", m)
+	}
+	c.Stop()
+	for i := 0; i < 10; i++ {
+		a.Emit(1000)
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Start()
+	c.Ingest.SetOnStored(record)
+	if m := WaitAll(c, 30*time.Second, a); m != "" {
+		t.Fatalf("after the outage: %s", m)
+	}
+	checkExact(t, c, a)
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.IsSorted(order) {
+		t.Errorf("batches arrived out of order: %v", order)
+	}
+}
+
+// An agent fails over to its fallback proxy when the primary dies, and
+// returns to the primary once it is back.
+func TestFailoverAndBack(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	pA := tr.NewProxy("px-a", c.Cfg.Listen).Start()
+	pB := tr.NewProxy("px-b", c.Cfg.Listen).Start()
+	a := tr.NewAgent("web", pA.Cfg.Listen, pB.Cfg.Listen)
+	a.Cfg.RetryPrimaryMS = 300
+	a.Start()
+	parent := func() string { return a.Ship.Stats().Uplink.Parent }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s (parent %s)", what, parent())
+			}
+		}
+	}
+	a.Emit(1000)
+	waitFor("primary", func() bool { return parent() == pA.Cfg.Listen })
+	pA.Stop()
+	a.Emit(1000)
+	waitFor("fallback", func() bool { return parent() == pB.Cfg.Listen })
+	a.Emit(1000)
+	pA.Start()
+	waitFor("back on the primary", func() bool { return parent() == pA.Cfg.Listen })
+	a.Emit(1000)
+	if m := WaitAll(c, 20*time.Second, a); m != "" {
+		t.Fatalf("not delivered: %s", m)
+	}
+	checkExact(t, c, a)
+}
+
+// A proxy whose parent sits below it closes a cycle: the hello is refused.
+func TestCycleRefused(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	p1 := tr.NewProxy("px1", c.Cfg.Listen).Start()
+	p2 := tr.NewProxy("px2", p1.Cfg.Listen).Start()
+	a := tr.NewAgent("web", p2.Cfg.Listen).Start()
+	a.Emit(100)
+	if m := WaitAll(c, 20*time.Second, a); m != "" {
+		t.Fatalf("not delivered: %s", m)
+	}
+	// Reconfigure px1 to take px2 as its parent: px2 is below px1, so one
+	// of the two hellos must be refused as a cycle.
+	p1.Stop()
+	p1.Cfg.Upstream = p2.Cfg.Listen
+	p1.Start()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if p1.Refused()["cycle"]+p2.Refused()["cycle"] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no cycle refused: px1 %v px2 %v", p1.Refused(), p2.Refused())
+		}
+	}
+}
