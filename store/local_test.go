@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1051,6 +1052,86 @@ func checkAgainstReplay(t *testing.T, l *Local) {
 	want, _ := ref.Processes(true)
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("process table (%d entries) differs from a replay of its %d events (%d entries)", len(got), len(evs), len(want))
+	}
+	checkIndexes(t, l)
+}
+
+// TestConcurrentUse runs writers, readers and retention together (for -race)
+// and checks that the indexes still agree afterwards.
+func TestConcurrentUse(t *testing.T) {
+	l := openTest(t, t.TempDir(), LocalOptions{RetainAge: 20 * time.Millisecond, ExitedRetain: 20 * time.Millisecond})
+	w := newWorkload(9)
+	var now atomic.Int64 // the workload's clock, for the retention goroutine
+	now.Store(w.now)
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	go func() {
+		defer close(done)
+		for range 40 {
+			if _, _, err := l.Append(w.batch(300)); err != nil {
+				errs <- err
+				return
+			}
+			now.Store(w.now)
+		}
+	}()
+	reader := func() {
+		for {
+			select {
+			case <-done:
+				errs <- nil
+				return
+			default:
+			}
+			var last uint64
+			err := l.EventsBySeq(0, func(ev capture.Event) bool {
+				if ev.Seq <= last {
+					t.Errorf("EventsBySeq went from %d to %d", last, ev.Seq)
+				}
+				last = ev.Seq
+				return true
+			})
+			if err == nil {
+				var ps []capture.Process
+				if ps, err = l.Processes(false); err == nil && len(ps) > 0 {
+					_, err = l.Ancestors(ps[len(ps)-1].Key)
+				}
+			}
+			if err == nil {
+				_, err = l.Stats()
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+		}
+	}
+	go reader()
+	go func() {
+		for {
+			select {
+			case <-done:
+				errs <- nil
+				return
+			default:
+			}
+			if _, err := l.Retain(time.Unix(0, now.Load())); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	<-done
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Retain(time.Unix(0, now.Load())); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := l.Stats(); st.Events >= 40*300 || st.LastSeq != 40*300 {
+		t.Errorf("after retention: %d events, last seq %d; want fewer than %d and %d", st.Events, st.LastSeq, 40*300, 40*300)
 	}
 	checkIndexes(t, l)
 }
