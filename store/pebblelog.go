@@ -12,8 +12,10 @@ import (
 // library logger (which would print to stderr).
 type pebbleLogger struct{ log *slog.Logger }
 
+// Infof is Pebble's routine chatter (WALs found and replayed at open, ...):
+// debug level, so that the agent stays quiet in its operators' logs.
 func (p pebbleLogger) Infof(format string, args ...any) {
-	p.log.LogAttrs(context.Background(), slog.LevelInfo, "pebble", slog.String("detail", fmt.Sprintf(format, args...)))
+	p.log.LogAttrs(context.Background(), slog.LevelDebug, "pebble", slog.String("detail", fmt.Sprintf(format, args...)))
 }
 
 func (p pebbleLogger) Errorf(format string, args ...any) {
