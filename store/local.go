@@ -486,6 +486,9 @@ func (l *Local) EventsByTime(from, to time.Time, fn func(capture.Event) bool) er
 		return err
 	}
 	defer l.leave()
+	if !from.IsZero() && !to.IsZero() && !to.After(from) {
+		return nil // an empty window; Pebble must not see inverted bounds
+	}
 	io := &pebble.IterOptions{LowerBound: []byte{spaceTime}, UpperBound: []byte{spaceTime + 1}}
 	if !from.IsZero() {
 		io.LowerBound = timePrefix(unixNano(from))

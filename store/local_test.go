@@ -71,6 +71,8 @@ func TestAppendAndIterate(t *testing.T) {
 		{"to is exclusive", time.Time{}, t0.Add(3 * time.Second), []uint64{1, 2}},
 		{"equal times in seq order", t0.Add(5 * time.Second), t0.Add(6 * time.Second), []uint64{3, 5}},
 		{"empty window", t0.Add(10 * time.Second), t0.Add(20 * time.Second), nil},
+		{"inverted window", t0.Add(20 * time.Second), t0, nil},
+		{"zero-width window", t0.Add(5 * time.Second), t0.Add(5 * time.Second), nil},
 		{"far past and future", time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), []uint64{1, 2, 4, 3, 5}},
 	}
 	for _, c := range byTime {
