@@ -31,6 +31,9 @@ type TLS struct {
 	// CRL is where the node keeps the last revocation list it accepted
 	// (pushed down the tree); empty means crl.pem in its data directory.
 	CRL string `yaml:"crl"`
+	// RenewCheckMS is how often the node checks whether its certificate
+	// needs renewing (it renews through the tree with a third of its life left).
+	RenewCheckMS int `yaml:"renew_check_ms"`
 }
 
 // Agent configures the host agent.
@@ -154,6 +157,7 @@ func Default() Config {
 				ProcRoot:        "/proc",
 			},
 			Retention: Retain{MaxAge: 7 * 24 * time.Hour, MaxBytes: 1 << 30, ExitedAge: time.Hour},
+			TLS:       TLS{RenewCheckMS: 60000},
 			Metrics:   Metrics{Listen: "127.0.0.1:9464"},
 		},
 		Proxy: Proxy{
@@ -164,6 +168,7 @@ func Default() Config {
 			Flow:            Flow{Priorities: []string{"trace", "alert", "bulk"}, Compression: "zstd"},
 			Metrics:         Metrics{Listen: "127.0.0.1:9465"},
 			Watermarks:      Watermarks{High: 0.90, Low: 0.85},
+			TLS:             TLS{RenewCheckMS: 60000},
 		},
 		Center: Center{
 			Listen:  "0.0.0.0:7443",

@@ -268,7 +268,14 @@ type laneState struct {
 // session runs one link until it fails, ctx ends, or the primary comes back.
 func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var wg sync.WaitGroup
+	// Nothing of this session may touch the WAL after it returns: the
+	// owner closes the WAL once Run is done.
+	defer func() {
+		cancel()
+		l.Close()
+		wg.Wait()
+	}()
 	var lanes [numLanes]*laneState
 	for i := range lanes {
 		lanes[i] = &laneState{}
@@ -292,8 +299,13 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 		default:
 		}
 	}
-	go func() { errc <- l.Receive(LaneControl, func(b []byte) error { return u.control(b, lanes, poke) }) }()
+	wg.Add(2)
 	go func() {
+		defer wg.Done()
+		errc <- l.Receive(LaneControl, func(b []byte) error { return u.control(b, lanes, poke) })
+	}()
+	go func() {
+		defer wg.Done()
 		// The sender: keep each lane's window full, most urgent lane first.
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()

@@ -149,13 +149,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopSource()
 		return err
 	}
-	close(a.ready)
-
 	sock, err := a.listenSocket()
 	if err != nil {
 		stopSource()
 		return err
 	}
+	close(a.ready) // seeded and answering on its socket
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.pipeline(gctx, events, stopSource) })
 	g.Go(func() error { return a.serveSocket(gctx, sock) })

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ type Shipper struct {
 	st      *store.Local
 	wal     *wal.WAL
 	up      *transport.Uplink
+	renew   *transport.Renewer
 	handler CommandHandler
 
 	kick       chan struct{}
@@ -81,6 +83,8 @@ func NewShipper(cfg config.Agent, st *store.Local, handler CommandHandler, log *
 		w.Close()
 		return nil, fmt.Errorf("agent uplink: %w", err)
 	}
+	s.renew = transport.NewRenewer(id, cfg.TLS.Cert, cfg.TLS.Key, time.Duration(cfg.TLS.RenewCheckMS)*time.Millisecond,
+		func(f wire.Frame) error { return s.up.SendControl(f) }, log)
 	return s, nil
 }
 
@@ -100,6 +104,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 	defer s.wal.Close()
 	upDone := make(chan error, 1)
 	go func() { upDone <- s.up.Run(ctx) }()
+	go s.renew.Run(ctx)
 	t := time.NewTicker(time.Duration(s.cfg.Stream.BatchMaxMS) * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -151,7 +156,9 @@ func (s *Shipper) cut() error {
 			return nil
 		}
 		s.makeRoom()
-		sealed, err := wire.SealBatchCert(s.id.Name, batchSeq+1, evs, s.id.Key(), s.id.CertDER(), true)
+		// One snapshot of the certificate: a renewal may swap it meanwhile.
+		cert := s.id.Holder.Load()
+		sealed, err := wire.SealBatchCert(s.id.Name, batchSeq+1, evs, cert.PrivateKey.(ed25519.PrivateKey), cert.Certificate[0], true)
 		if err != nil {
 			return err
 		}
@@ -194,6 +201,12 @@ func (s *Shipper) fromParent(f wire.Frame) {
 		if _, err := s.id.ApplyCRL(m.DER); err != nil {
 			s.log.Error("CRL from parent refused", "err", err)
 		}
+	case *wire.RenewResponse:
+		if m.NodeID == s.id.Name {
+			if err := s.renew.Handle(*m); err != nil {
+				s.log.Error("certificate renewal", "err", err)
+			}
+		}
 	}
 }
 
@@ -226,16 +239,16 @@ func (s *Shipper) command(c wire.Command) {
 
 // ShipperStats are the uplink's figures.
 type ShipperStats struct {
-	Events, Batches, Dropped, Commands, Duplicates uint64
-	Uplink                                         transport.UplinkStats
-	Queue                                          wal.Stats
+	Events, Batches, Dropped, Commands, Duplicates, Renewals uint64
+	Uplink                                                   transport.UplinkStats
+	Queue                                                    wal.Stats
 }
 
 // Stats returns the shipper's figures.
 func (s *Shipper) Stats() ShipperStats {
 	return ShipperStats{
 		Events: s.shipped.Load(), Batches: s.batches.Load(), Dropped: s.dropped.Load(),
-		Commands: s.commands.Load(), Duplicates: s.dupCommand.Load(),
+		Commands: s.commands.Load(), Duplicates: s.dupCommand.Load(), Renewals: s.renew.Renewals(),
 		Uplink: s.up.Stats(), Queue: s.wal.Stats(),
 	}
 }

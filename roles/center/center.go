@@ -158,8 +158,40 @@ func (c *Center) recordAck(a wire.CommandAck) {
 }
 
 func (c *Center) onControl(_ *transport.Child, f wire.Frame) {
-	if a, ok := f.(*wire.CommandAck); ok {
-		c.disp.Acked(*a)
+	switch m := f.(type) {
+	case *wire.CommandAck:
+		c.disp.Acked(*m)
+	case *wire.RenewRequest:
+		c.renew(*m)
+	}
+}
+
+// renew signs a node's renewal with the CA and routes the answer down. The
+// proof in the request shows the current key asked, whatever proxies relayed it.
+func (c *Center) renew(m wire.RenewRequest) {
+	resp := wire.RenewResponse{NodeID: m.NodeID}
+	if c.cfg.CADir == "" {
+		resp.Error = "this center holds no CA (center.ca_dir): renew with `daemoneye pki issue`"
+	} else if ca, err := pki.LoadCA(c.cfg.CADir); err != nil {
+		resp.Error = "center CA: " + err.Error()
+	} else if certPEM, err := ca.SignRenewal(pki.RenewalRequest{CSR: m.CSR, Cert: m.Cert, Proof: m.Proof}, 0); err != nil {
+		resp.Error = err.Error()
+	} else if cert, err := pki.ParseCertificatePEM(certPEM); err != nil {
+		resp.Error = err.Error()
+	} else {
+		resp.Cert = cert.Raw
+		c.log.Info("certificate renewed", "node", m.NodeID, "serial", pki.FormatSerial(cert.SerialNumber))
+	}
+	if resp.Error != "" {
+		c.log.Warn("renewal refused", "node", m.NodeID, "reason", resp.Error)
+	}
+	child, ok := c.srv.RouteNode(m.NodeID)
+	if !ok {
+		c.log.Warn("renewal answer has no route", "node", m.NodeID)
+		return
+	}
+	if err := child.Send(context.Background(), resp); err != nil {
+		c.log.Warn("send renewal answer", "node", m.NodeID, "err", err)
 	}
 }
 

@@ -35,6 +35,7 @@ type Proxy struct {
 	srv  *transport.Server
 	up   *transport.Uplink
 	disp *transport.Dispatcher
+	renw *transport.Renewer
 
 	announceMu sync.Mutex
 	announced  []string
@@ -98,6 +99,8 @@ func New(cfg config.Proxy, log *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	p.disp = transport.NewDispatcher(p.srv, w, func(a wire.CommandAck) { p.up.SendControl(a) }, log)
+	p.renw = transport.NewRenewer(id, cfg.TLS.Cert, cfg.TLS.Key, time.Duration(cfg.TLS.RenewCheckMS)*time.Millisecond,
+		func(f wire.Frame) error { return p.up.SendControl(f) }, log)
 	return p, nil
 }
 
@@ -120,6 +123,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	g.Go(func() error { return p.srv.Run(gctx) })
 	g.Go(func() error { return p.up.Run(gctx) })
 	g.Go(func() error { return p.disp.Run(gctx) })
+	g.Go(func() error { return p.renw.Run(gctx) })
 	if p.cfg.Metrics.Listen != "" {
 		g.Go(func() error { return p.serveMetrics(gctx) })
 	}
@@ -201,5 +205,20 @@ func (p *Proxy) fromParent(f wire.Frame) {
 			p.log.Info("CRL applied; pushing it down", "children", len(p.srv.Children()))
 		}
 		p.srv.Broadcast(context.Background(), *m)
+	case *wire.RenewResponse:
+		if m.NodeID == p.id.Name {
+			if err := p.renw.Handle(*m); err != nil {
+				p.log.Error("certificate renewal", "err", err)
+			}
+			return
+		}
+		if c, ok := p.srv.RouteNode(m.NodeID); ok {
+			if err := c.Send(context.Background(), *m); err != nil {
+				p.log.Warn("route renewal answer", "node", m.NodeID, "err", err)
+			}
+		}
 	}
 }
+
+// Renewals counts this proxy's certificate renewals.
+func (p *Proxy) Renewals() uint64 { return p.renw.Renewals() }

@@ -53,7 +53,13 @@ func New(t testing.TB) *Tree {
 // Issue writes a certificate and key for a node and returns the TLS config.
 func (tr *Tree) Issue(role pki.Role, name string) config.TLS {
 	tr.T.Helper()
-	certPEM, keyPEM, err := tr.CA.Issue(role, name, pki.IssueOptions{Loopback: true})
+	return tr.IssueTTL(role, name, 0)
+}
+
+// IssueTTL is Issue with a lifetime (0: the role's default).
+func (tr *Tree) IssueTTL(role pki.Role, name string, ttl time.Duration) config.TLS {
+	tr.T.Helper()
+	certPEM, keyPEM, err := tr.CA.Issue(role, name, pki.IssueOptions{Loopback: true, TTL: ttl})
 	if err != nil {
 		tr.T.Fatal(err)
 	}
@@ -63,7 +69,7 @@ func (tr *Tree) Issue(role pki.Role, name string) config.TLS {
 	}
 	return config.TLS{
 		Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key"),
-		CA: filepath.Join(tr.CA.Dir(), pki.CACertFile),
+		CA: filepath.Join(tr.CA.Dir(), pki.CACertFile), RenewCheckMS: 60000,
 	}
 }
 

@@ -3,11 +3,14 @@ package treetest
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/transport"
+	"github.com/evilbitlabs/daemoneye/transport/pki"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -209,4 +212,43 @@ func TestCycleRefused(t *testing.T) {
 			t.Fatalf("no cycle refused: px1 %v px2 %v", p1.Refused(), p2.Refused())
 		}
 	}
+}
+
+// Short-lived certificates of an agent and a proxy are renewed through the
+// tree before they expire; after the old ones expired, new links use the new
+// ones and the agent's batches (signed with its new key) still verify.
+func TestRenewalThroughTree(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px := tr.NewProxy("px", c.Cfg.Listen)
+	px.Cfg.TLS = tr.IssueTTL(pki.RoleProxy, "px", 5*time.Second)
+	px.Cfg.TLS.RenewCheckMS = 200
+	px.Start()
+	a := tr.NewAgent("web", px.Cfg.Listen)
+	a.Cfg.TLS = tr.IssueTTL(pki.RoleAgent, "web", 5*time.Second)
+	a.Cfg.TLS.RenewCheckMS = 200
+	a.Start()
+	before, _ := os.ReadFile(a.Cfg.TLS.Cert)
+	a.Emit(500)
+	for deadline := time.Now().Add(15 * time.Second); a.Ship.Stats().Renewals == 0 || px.Renewals() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("renewals: agent %d, proxy %d", a.Ship.Stats().Renewals, px.Renewals())
+		}
+	}
+	after, _ := os.ReadFile(a.Cfg.TLS.Cert)
+	if string(after) == string(before) {
+		t.Fatal("agent certificate file unchanged after renewal")
+	}
+	if _, err := transport.LoadIdentity(a.Cfg.TLS.Cert, a.Cfg.TLS.Key, a.Cfg.TLS.CA, ""); err != nil {
+		t.Fatalf("renewed agent key pair does not load: %v", err)
+	}
+	// Let the original certificates expire, then force new handshakes.
+	time.Sleep(time.Until(time.Now().Add(5 * time.Second)))
+	px.Stop()
+	px.Start()
+	a.Emit(500)
+	if m := WaitAll(c, 20*time.Second, a); m != "" {
+		t.Fatalf("after renewal and expiry of the old certificates: %s", m)
+	}
+	checkExact(t, c, a)
 }

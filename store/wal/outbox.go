@@ -33,6 +33,10 @@ func (w *WAL) PutCommand(c Command) error {
 	if c.Target == "" || c.ID == "" {
 		return errors.New("wal: command needs a target and an id")
 	}
+	if err := w.enter(); err != nil {
+		return err
+	}
+	defer w.leave()
 	v := make([]byte, 8+len(c.Data))
 	binary.BigEndian.PutUint64(v, uint64(c.Expires))
 	copy(v[8:], c.Data)
@@ -44,6 +48,10 @@ func (w *WAL) PutCommand(c Command) error {
 
 // DeleteCommand removes a command once it is acknowledged.
 func (w *WAL) DeleteCommand(target, id string) error {
+	if err := w.enter(); err != nil {
+		return err
+	}
+	defer w.leave()
 	if err := w.db.Delete(outboxKey(target, id), pebble.NoSync); err != nil {
 		return fmt.Errorf("wal: delete command: %w", err)
 	}
@@ -52,6 +60,10 @@ func (w *WAL) DeleteCommand(target, id string) error {
 
 // Commands lists queued commands; for one target when target is not empty.
 func (w *WAL) Commands(target string) ([]Command, error) {
+	if err := w.enter(); err != nil {
+		return nil, err
+	}
+	defer w.leave()
 	lo, hi := []byte{'o'}, []byte{'p'}
 	if target != "" {
 		lo = outboxKey(target, "")

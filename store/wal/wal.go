@@ -89,6 +89,12 @@ type result struct {
 
 // WAL is a set of durable lane queues.
 type WAL struct {
+	// life is held shared by every call that touches the database and
+	// exclusively by Close: a call after Close gets ErrClosed, never a
+	// closed Pebble (which panics).
+	life   sync.RWMutex
+	isShut bool
+
 	db   *pebble.DB
 	dir  string
 	opts Options
@@ -397,8 +403,24 @@ func (w *WAL) committer() {
 	}
 }
 
+// enter guards a database call; leave must follow when it returns nil.
+func (w *WAL) enter() error {
+	w.life.RLock()
+	if w.isShut {
+		w.life.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (w *WAL) leave() { w.life.RUnlock() }
+
 // Meta returns a value written with Append's meta.
 func (w *WAL) Meta(name string) ([]byte, bool, error) {
+	if err := w.enter(); err != nil {
+		return nil, false, err
+	}
+	defer w.leave()
 	v, closer, err := w.db.Get(metaKey(name))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
@@ -412,6 +434,10 @@ func (w *WAL) Meta(name string) ([]byte, bool, error) {
 
 // SetMeta writes a value durably, outside any append.
 func (w *WAL) SetMeta(name string, value []byte) error {
+	if err := w.enter(); err != nil {
+		return err
+	}
+	defer w.leave()
 	if err := w.db.Set(metaKey(name), value, pebble.Sync); err != nil {
 		return fmt.Errorf("wal: meta %s: %w", name, err)
 	}
@@ -421,6 +447,14 @@ func (w *WAL) SetMeta(name string, value []byte) error {
 // Scan calls fn for each entry of lane with ID >= from, in order, until fn
 // returns false.
 func (w *WAL) Scan(lane uint8, from uint64, fn func(Entry) bool) error {
+	if err := w.enter(); err != nil {
+		return err
+	}
+	defer w.leave()
+	return w.scan(lane, from, fn)
+}
+
+func (w *WAL) scan(lane uint8, from uint64, fn func(Entry) bool) error {
 	lo, hi := laneBounds(lane)
 	if from > 0 {
 		lo = entryKey(lane, from)
@@ -453,6 +487,10 @@ func (w *WAL) Delete(lane uint8, ids ...uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	if err := w.enter(); err != nil {
+		return err
+	}
+	defer w.leave()
 	b := w.db.NewBatch()
 	defer b.Close()
 	var freed int64
@@ -488,7 +526,7 @@ func (w *WAL) Delete(lane uint8, ids ...uint64) error {
 
 func (w *WAL) refreshOldest(lane uint8) error {
 	var t int64
-	err := w.Scan(lane, 0, func(e Entry) bool { t = e.Time; return false })
+	err := w.scan(lane, 0, func(e Entry) bool { t = e.Time; return false })
 	w.mu.Lock()
 	w.oldest[lane] = t
 	w.mu.Unlock()
@@ -526,6 +564,10 @@ type Stats struct {
 
 // Stats returns queue depth and age per lane and the disk the WAL uses.
 func (w *WAL) Stats() Stats {
+	if err := w.enter(); err != nil {
+		return Stats{Lanes: map[uint8]LaneStats{}}
+	}
+	defer w.leave()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := Stats{Lanes: map[uint8]LaneStats{}, Commits: w.commits, Over: w.over, RefusedFull: w.refusedFull}
@@ -553,6 +595,9 @@ func (w *WAL) Close() error {
 	w.cond.Broadcast()
 	w.mu.Unlock()
 	<-w.done
+	w.life.Lock()
+	defer w.life.Unlock()
+	w.isShut = true
 	return w.db.Close()
 }
 

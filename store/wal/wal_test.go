@@ -258,3 +258,29 @@ func BenchmarkAppendBulk(b *testing.B) {
 		}
 	})
 }
+
+// After Close every call answers ErrClosed; none reaches the closed
+// database (Pebble panics on that).
+func TestUseAfterClose(t *testing.T) {
+	w := open(t, t.TempDir(), Options{})
+	w.Append(LaneBulk, []byte("x"), nil)
+	w.Close()
+	checks := map[string]error{
+		"append": func() error { _, err := w.Append(LaneBulk, []byte("y"), nil); return err }(),
+		"scan":   w.Scan(LaneBulk, 0, func(Entry) bool { return true }),
+		"delete": w.Delete(LaneBulk, 1),
+		"meta":   func() error { _, _, err := w.Meta("x"); return err }(),
+		"set":    w.SetMeta("x", nil),
+		"put":    w.PutCommand(Command{Target: "a", ID: "b"}),
+		"cmds":   func() error { _, err := w.Commands(""); return err }(),
+	}
+	for name, err := range checks {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close = %v, want ErrClosed", name, err)
+		}
+	}
+	_ = w.Stats()
+	if err := w.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}

@@ -217,7 +217,12 @@ type CRL struct {
 // RenewRequest asks the center, through the tree, for a new certificate.
 type RenewRequest struct {
 	NodeID string `cbor:"1,keyasint"`
-	CSR    []byte `cbor:"2,keyasint"` // DER PKCS#10
+	CSR    []byte `cbor:"2,keyasint"` // DER PKCS#10, signed by the new key
+	// Cert is the certificate being renewed and Proof a signature over the
+	// CSR by its key (pki.RenewalRequest): proxies relay renewals, so the
+	// center must not take the certificate on a proxy's word.
+	Cert  []byte `cbor:"3,keyasint,omitempty"`
+	Proof []byte `cbor:"4,keyasint,omitempty"`
 }
 
 // RenewResponse answers a RenewRequest, routed down to NodeID. Either Cert
