@@ -375,7 +375,7 @@ func (s *Server) lane(ctx context.Context, c *Child, ln Lane) {
 			}
 		}
 	}()
-	c.link.Receive(ln, func(b []byte) error {
+	err := c.link.Receive(ln, func(b []byte) error {
 		f, err := wire.DecodeFrame(b, s.cfg.Limits)
 		if err != nil {
 			s.cfg.Log.Warn("malformed frame: closing the child's link", "child", c.ID, "lane", ln, "err", err)
@@ -406,6 +406,11 @@ func (s *Server) lane(ctx context.Context, c *Child, ln Lane) {
 			return ctx.Err()
 		}
 	})
+	if err != nil && ctx.Err() == nil {
+		// A malformed or oversized frame ends this child's link (it will
+		// reconnect and replay from its WAL); other children are untouched.
+		c.link.Close()
+	}
 	close(jobs)
 	<-done
 }
