@@ -543,6 +543,8 @@ func TestSeed(t *testing.T) {
 		// a was reparented to init after pid 5 died; /proc says ppid 1.
 		{Key: a, Parent: init1, Comm: "cron", Exec: capture.Exec{Exe: "/usr/sbin/cron"}, Execed: true, StartTime: at(1)},
 		{Key: fresh, Parent: init1, Comm: "sshd", Exec: capture.Exec{Exe: "/usr/sbin/sshd", Argv: []string{"sshd", "\xff"}}, Execed: true, StartTime: at(3)},
+		// A process listed twice (a racy /proc walk): one entry, the first.
+		{Key: fresh, Parent: init1, Comm: "dup", Exec: capture.Exec{Exe: "/dup"}, StartTime: at(3)},
 	}
 	if err := l.Seed(snapshot); err != nil {
 		t.Fatalf("Seed: %v", err)

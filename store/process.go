@@ -22,13 +22,19 @@ type tableTx struct {
 
 	dLive, dExited int64 // counter changes once written
 	orphans        [][]byte
+	written        []written // for the live cache once committed
+}
+
+type written struct {
+	key  capture.ProcKey
+	enc  []byte
+	live bool
 }
 
 type txEntry struct {
 	p       capture.Process
 	exists  bool
 	isDirty bool
-	enc     []byte // the encoding written, once written
 	// The entry as stored before this batch, which decides index changes.
 	orig struct {
 		exists   bool
@@ -178,7 +184,10 @@ func (t *tableTx) parentOf(k capture.ProcKey) (*capture.Process, error) {
 	return &p, nil
 }
 
-// write adds the changed entries and their index changes to b.
+// write adds the changed entries and their index changes to b, then forgets
+// them, so that a long transaction (Seed) can write as it goes and hold only
+// the encodings. An entry must not be changed again after it was written:
+// reads do not see b.
 func (t *tableTx) write(b *pebble.Batch) error {
 	for _, e := range t.dirty {
 		k := e.p.Key
@@ -186,10 +195,10 @@ func (t *tableTx) write(b *pebble.Batch) error {
 		if err != nil {
 			return err
 		}
-		e.enc = v
 		if err := b.Set(procSpaceKey(spaceProc, k), v, nil); err != nil {
 			return err
 		}
+		t.written = append(t.written, written{key: k, enc: v, live: e.p.ExitTime == 0})
 		wasLive := e.orig.exists && e.orig.exitTime == 0
 		wasExited := e.orig.exists && e.orig.exitTime != 0
 		live := e.p.ExitTime == 0
@@ -225,22 +234,22 @@ func (t *tableTx) write(b *pebble.Batch) error {
 	for _, k := range t.orphans {
 		b.Delete(k, nil)
 		t.dLive--
+		t.written = append(t.written, written{key: getProcKey(k[1:])})
 	}
+	t.dirty, t.orphans = t.dirty[:0], nil
+	clear(t.ents)
 	return nil
 }
 
 // committed updates the live cache once the batch written by write has
 // been committed.
 func (t *tableTx) committed() {
-	for _, e := range t.dirty {
-		if e.p.ExitTime == 0 {
-			t.cache.put(e.p.Key, e.enc)
+	for _, w := range t.written {
+		if w.live {
+			t.cache.put(w.key, w.enc)
 		} else {
-			t.cache.del(e.p.Key)
+			t.cache.del(w.key)
 		}
-	}
-	for _, k := range t.orphans {
-		t.cache.del(getProcKey(k[1:]))
 	}
 }
 
@@ -320,9 +329,23 @@ func (l *Local) Seed(procs []capture.Process) error {
 
 	now := l.opts.Now().UnixNano()
 	tx := newTableTx(l.db, l.cache, l.opts.Now)
+	b := l.db.NewBatch()
+	defer b.Close()
+	// Entries go into the batch every seedStep processes rather than being
+	// held decoded until the end: seeding runs while the agent's memory
+	// budget is shared with capture.
+	const seedStep = 512
 	inSnapshot := make(map[capture.ProcKey]struct{}, len(procs))
 	for i := range procs {
 		p := procs[i]
+		if _, dup := inSnapshot[p.Key]; dup {
+			continue // one entry per process; the first description wins
+		}
+		if len(tx.dirty) >= seedStep {
+			if err := tx.write(b); err != nil {
+				return fmt.Errorf("seed: %w", err)
+			}
+		}
 		e, err := tx.get(p.Key)
 		if err != nil {
 			return fmt.Errorf("seed: %w", err)
@@ -355,6 +378,12 @@ func (l *Local) Seed(procs []capture.Process) error {
 		if _, ok := inSnapshot[k]; ok {
 			continue
 		}
+		if len(tx.dirty) >= seedStep {
+			if err := tx.write(b); err != nil {
+				it.Close()
+				return fmt.Errorf("seed: %w", err)
+			}
+		}
 		e, err := tx.get(k)
 		if err != nil {
 			it.Close()
@@ -372,8 +401,6 @@ func (l *Local) Seed(procs []capture.Process) error {
 	if err := it.Close(); err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
-	b := l.db.NewBatch()
-	defer b.Close()
 	if err := tx.write(b); err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
