@@ -4,5 +4,6 @@
 // persistent sequence (the (agent_id, seq) the center deduplicates on), keeps
 // them by seq and by time for batching, replay and local queries, and applies
 // them to the process table that answers lineage questions. Retention bounds it
-// by age and size. The center's SQLite store lives here too.
+// by age and size. The proxy and uplink queues are in store/wal; the
+// center's SQLite store is to come.
 package store
