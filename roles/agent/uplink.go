@@ -135,6 +135,12 @@ func be(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 // are written in the same atomic WAL append as the batch, so a crash never
 // skips events nor reuses a batch seq.
 func (s *Shipper) cut() error {
+	// Events are shipped only once durable in the local store: otherwise a
+	// power loss could hand their seqs out again after the cursor moved past
+	// them, and the new events would never be shipped.
+	if err := s.st.Flush(); err != nil {
+		return err
+	}
 	for {
 		cur, _, err := s.wal.Meta("cursor")
 		if err != nil {

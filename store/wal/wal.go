@@ -11,6 +11,7 @@
 package wal
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -161,7 +162,37 @@ func Open(dir string, opts Options, log *slog.Logger) (*WAL, error) {
 		return nil, err
 	}
 	go w.committer()
+	go w.reclaimer()
 	return w, nil
+}
+
+// reclaimer compacts the queues while the disk is above the high watermark:
+// acknowledged entries are deleted with tombstones, and only a compaction
+// gives their space back, so without it a drained WAL could stay "full"
+// and keep refusing bulk forever.
+func (w *WAL) reclaimer() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.done:
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		over := w.over
+		w.mu.Unlock()
+		if !over || w.enter() != nil {
+			continue
+		}
+		if err := w.db.Compact(context.Background(), []byte{'q'}, []byte{'r'}, false); err != nil {
+			w.log.Warn("compact to reclaim disk", "err", err)
+		}
+		w.leave()
+		w.mu.Lock()
+		w.overWatermark() // re-evaluate now, not at the next bulk append
+		w.mu.Unlock()
+	}
 }
 
 type pebbleLog struct{ l *slog.Logger }
