@@ -301,6 +301,7 @@ func rootState(t *testing.T) []string {
 		}
 	}
 	for _, args := range [][]string{{"-o", "-4", "addr", "show"}, {"-o", "-4", "route", "show", "table", "all"}} {
+		// Address lifetimes after the backslash tick down under DHCP.
 		out, err := ipOutput(args...)
 		if err != nil {
 			t.Fatal(err)
@@ -312,7 +313,8 @@ func rootState(t *testing.T) []string {
 					continue lines
 				}
 			}
-			if line != "" {
+			line, _, _ = strings.Cut(line, "\\")
+			if line = strings.TrimSpace(line); line != "" {
 				state = append(state, line)
 			}
 		}
@@ -721,5 +723,99 @@ func TestSweep(t *testing.T) {
 	}
 	if !pinned(live.HubNamespace()) {
 		t.Error("Sweep removed a live net's hub")
+	}
+}
+
+// TestCrashHelper is not a test: TestSweepAfterCrash runs the test binary
+// with it, and kills it once its network is up, as a crash would.
+func TestCrashHelper(t *testing.T) {
+	marker := os.Getenv("TESTNET_CRASH_HELPER")
+	if marker == "" {
+		t.Skip("helper process for TestSweepAfterCrash")
+	}
+	n, err := New(nil, "crash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := n.AddHost("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.ConnectRoot(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Command(context.Background(), "setsid", "-f", "sleep", marker).Run(); err != nil {
+		t.Fatal(err)
+	}
+	// setsid -f returns before its child has exec'd sleep.
+	for deadline := time.Now().Add(2 * time.Second); findProcess("sleep", marker) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("daemon did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Printf("ready %s %s\n", n.ID(), n.rootLink)
+	time.Sleep(time.Minute)
+}
+
+func TestSweepAfterCrash(t *testing.T) {
+	needRoot(t)
+	t.Parallel()
+	marker := fmt.Sprintf("62.%06d", time.Now().UnixNano()%1e6)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "TESTNET_CRASH_HELPER="+marker)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	f := strings.Fields(line)
+	if err != nil || len(f) != 3 || f[0] != "ready" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("helper said %q, %v; want ready ID LINK", line, err)
+	}
+	id, link := f[1], f[2]
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	// The crash left the namespaces, the root link and the daemon behind.
+	if !pinned(id+"-hub") || !pinned(id+"-a") {
+		t.Fatalf("crashed run's namespaces not found; the test proves nothing")
+	}
+	if linkGone(link) {
+		t.Errorf("crashed run's root link %s not found", link)
+	}
+	if findProcess("sleep", marker) == 0 {
+		t.Errorf("crashed run's daemon not found")
+	}
+
+	removed, err := Sweep(id + "-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The root link dies with the hub, but the kernel tears a namespace down
+	// asynchronously, so Sweep may still find it and delete it itself.
+	removed = slices.DeleteFunc(removed, func(s string) bool { return s == link })
+	slices.Sort(removed)
+	if want := []string{id + "-a", id + "-hub"}; !slices.Equal(removed, want) {
+		t.Errorf("Sweep removed %q, want %q (and perhaps %s)", removed, want, link)
+	}
+	if pinned(id+"-hub") || pinned(id+"-a") {
+		t.Error("namespaces still there after Sweep")
+	}
+	if !linkGone(link) {
+		t.Errorf("root link %s still there after Sweep", link)
+		ipRun("link", "del", link)
+	}
+	if pid := findProcess("sleep", marker); pid != 0 {
+		t.Errorf("daemon (pid %d) survived Sweep", pid)
+		unix.Kill(pid, unix.SIGKILL)
 	}
 }
