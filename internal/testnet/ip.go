@@ -110,7 +110,11 @@ func deleteNamespace(name string) error {
 	if _, err := os.Stat(nsPath(name)); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	return ipRun("netns", "del", name)
+	err := ipRun("netns", "del", name)
+	if _, serr := os.Stat(nsPath(name)); err != nil && errors.Is(serr, os.ErrNotExist) {
+		return nil // a concurrent Sweep got there first
+	}
+	return err
 }
 
 // killNamespace SIGKILLs every process whose network namespace is the one
