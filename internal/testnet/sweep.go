@@ -80,8 +80,13 @@ func Sweep(filter string) ([]string, error) {
 		if m == nil {
 			continue
 		}
-		pid, err := strconv.ParseInt(m[1], 16, 32)
-		if err != nil || processAlive(int(pid)) {
+		pid, perr := strconv.ParseInt(m[1], 16, 32)
+		seq, serr := strconv.ParseUint(m[2], 16, 32)
+		if perr != nil || serr != nil || processAlive(int(pid)) {
+			continue
+		}
+		// The link belongs with its Net's hub, and is swept with it.
+		if hub := fmt.Sprintf("%s%d-%d-hub", Prefix, pid, seq); !strings.HasPrefix(hub, filter) {
 			continue
 		}
 		if err := ipRun("link", "del", name); err != nil && !linkGone(name) {
