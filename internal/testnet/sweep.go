@@ -21,8 +21,8 @@ var (
 // Sweep deletes what crashed runs of this package left behind: network
 // namespaces named by our scheme (Prefix + "<pid>-<n>-<host>") whose name
 // starts with filter and whose creating process no longer runs, after killing
-// any process still inside them, and root-namespace veths named by
-// ConnectRoot's scheme whose creating process no longer runs. Namespaces of
+// any process still inside them, and the root-namespace veths ConnectRoot
+// made for those Nets (they go with the hub's name). Namespaces of
 // live processes, this one included, are never touched, nor is anything not
 // named by our scheme. An empty filter means Prefix; a filter that does not
 // start with Prefix is refused. It returns the names it deleted.
