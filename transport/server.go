@@ -27,7 +27,7 @@ type ServerConfig struct {
 	// OnBatch takes one batch from a child, in lane order, and returns at
 	// once with a Verdict; verdicts are awaited in order, so a slow store
 	// slows the child (backpressure) without serialising on each fsync.
-	OnBatch func(c *Child, lane wire.Lane, agentID string, seq uint64, sealed []byte) Verdict
+	OnBatch func(c *Child, lane wire.Lane, info wire.Info, sealed []byte) Verdict
 	// OnControl receives control frames from children (command acks,
 	// announces after they are applied, renewal requests).
 	OnControl func(c *Child, f wire.Frame)
@@ -385,7 +385,8 @@ func (s *Server) lane(ctx context.Context, c *Child, ln Lane) {
 		if !ok || Lane(bf.Lane) != ln {
 			return fmt.Errorf("lane %v: unexpected %v", ln, f.Type())
 		}
-		agentID, seq, err := wire.PeekBatch(bf.Sealed)
+		info, err := wire.PeekInfo(bf.Sealed)
+		agentID, seq := info.AgentID, info.Seq
 		if err != nil {
 			// Without (agent, seq) there is nothing to nack by; the frame
 			// itself was well-formed, so drop the batch and keep the link.
@@ -400,7 +401,7 @@ func (s *Server) lane(ctx context.Context, c *Child, ln Lane) {
 			return nil
 		}
 		select {
-		case jobs <- job{agentID, seq, s.cfg.OnBatch(c, wire.Lane(ln), agentID, seq, bf.Sealed)}:
+		case jobs <- job{agentID, seq, s.cfg.OnBatch(c, wire.Lane(ln), info, bf.Sealed)}:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()

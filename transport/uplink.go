@@ -48,13 +48,15 @@ type UplinkConfig struct {
 
 // UplinkStats are the uplink's counters.
 type UplinkStats struct {
-	Connected  bool
-	Parent     string // address of the current parent
-	Sent       [numLanes]uint64
-	Acked      [numLanes]uint64
-	Rejected   uint64 // batches the parent refused for good (bad signature, malformed)
-	Reconnects uint64
-	Link       Stats
+	Connected bool
+	Parent    string // address of the current parent
+	Sent      [numLanes]uint64
+	Acked     [numLanes]uint64
+	// AckedEvents counts the events in acknowledged batches.
+	AckedEvents [numLanes]uint64
+	Rejected    uint64 // batches the parent refused for good (bad signature, malformed)
+	Reconnects  uint64
+	Link        Stats
 }
 
 // Uplink sends a node's WAL up to its parent and receives what comes down.
@@ -68,6 +70,7 @@ type Uplink struct {
 	ctrlOut [][]byte // control frames waiting for a link
 
 	sent, acked [numLanes]atomic.Uint64
+	ackedEvents [numLanes]atomic.Uint64
 	rejected    atomic.Uint64
 	reconnects  atomic.Uint64
 }
@@ -138,6 +141,7 @@ func (u *Uplink) Stats() UplinkStats {
 	for i := range st.Sent {
 		st.Sent[i] = u.sent[i].Load()
 		st.Acked[i] = u.acked[i].Load()
+		st.AckedEvents[i] = u.ackedEvents[i].Load()
 	}
 	if l != nil {
 		st.Link = l.Stats()
@@ -255,6 +259,7 @@ type inflight struct {
 	id      uint64
 	agentID string
 	seq     uint64
+	events  int
 }
 
 // laneState is the sender's view of one lane during one session.
@@ -377,7 +382,7 @@ func (u *Uplink) fill(ctx context.Context, l *Link, ln Lane, st *laneState) erro
 		return err
 	}
 	for _, e := range batch {
-		agentID, seq, err := wire.PeekBatch(e.Data)
+		info, err := wire.PeekInfo(e.Data)
 		if err != nil {
 			// Our own WAL holds something unreadable: drop it rather than
 			// block the lane forever, and say so.
@@ -390,7 +395,7 @@ func (u *Uplink) fill(ctx context.Context, l *Link, ln Lane, st *laneState) erro
 			continue
 		}
 		st.mu.Lock()
-		st.inflight = append(st.inflight, inflight{id: e.ID, agentID: agentID, seq: seq})
+		st.inflight = append(st.inflight, inflight{id: e.ID, agentID: info.AgentID, seq: info.Seq, events: info.Events})
 		st.next = e.ID + 1
 		st.mu.Unlock()
 		if err := sendFrame(ctx, l, ln, wire.BatchFrame{Lane: wire.Lane(ln), Sealed: e.Data}); err != nil {
@@ -455,10 +460,11 @@ func (u *Uplink) settle(ln Lane, lanes [numLanes]*laneState, agentID string, seq
 	st := lanes[ln]
 	st.mu.Lock()
 	var id uint64
+	var events int
 	found := false
 	for i, x := range st.inflight {
 		if x.agentID == agentID && x.seq == seq {
-			id, found = x.id, true
+			id, events, found = x.id, x.events, true
 			st.inflight = append(st.inflight[:i], st.inflight[i+1:]...)
 			break
 		}
@@ -472,5 +478,6 @@ func (u *Uplink) settle(ln Lane, lanes [numLanes]*laneState, agentID string, seq
 	}
 	if acked {
 		u.acked[ln].Add(1)
+		u.ackedEvents[ln].Add(uint64(events))
 	}
 }

@@ -73,7 +73,8 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		NodeID: id.Name,
 		Listen: cfg.Listen,
 		TLS:    id.ServerTLS(pki.RoleAgent, pki.RoleProxy),
-		OnBatch: func(_ *transport.Child, lane wire.Lane, agentID string, seq uint64, sealed []byte) transport.Verdict {
+		OnBatch: func(_ *transport.Child, lane wire.Lane, info wire.Info, sealed []byte) transport.Verdict {
+			agentID, seq := info.AgentID, info.Seq
 			// Verify concurrently (the costly part); the server awaits
 			// verdicts in lane order, so batches are committed in order.
 			type verified struct {

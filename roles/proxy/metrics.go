@@ -18,6 +18,8 @@ var (
 	descQueueBytes = prometheus.NewDesc("daemoneye_proxy_queue_bytes", "Bytes waiting in the WAL, per lane.", []string{"lane"}, nil)
 	descQueueAge   = prometheus.NewDesc("daemoneye_proxy_queue_oldest_seconds", "Age of the oldest batch waiting, per lane.", []string{"lane"}, nil)
 	descBatchesIn  = prometheus.NewDesc("daemoneye_proxy_batches_in_total", "Batches received from children and stored, per lane.", []string{"lane"}, nil)
+	descEventsIn   = prometheus.NewDesc("daemoneye_proxy_events_in_total", "Events in batches received and stored, per lane.", []string{"lane"}, nil)
+	descEventsOut  = prometheus.NewDesc("daemoneye_proxy_events_out_total", "Events in batches acknowledged by the parent, per lane.", []string{"lane"}, nil)
 	descBytesIn    = prometheus.NewDesc("daemoneye_proxy_bytes_in_total", "Bytes of batches received and stored, per lane.", []string{"lane"}, nil)
 	descSent       = prometheus.NewDesc("daemoneye_proxy_batches_out_total", "Batches sent upstream, per lane.", []string{"lane"}, nil)
 	descAcked      = prometheus.NewDesc("daemoneye_proxy_batches_acked_total", "Batches acknowledged by the parent, per lane.", []string{"lane"}, nil)
@@ -36,7 +38,7 @@ var (
 type collector struct{ p *Proxy }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descQueueDepth, descQueueBytes, descQueueAge, descBatchesIn, descBytesIn, descSent, descAcked,
+	for _, d := range []*prometheus.Desc{descQueueDepth, descQueueBytes, descQueueAge, descBatchesIn, descEventsIn, descEventsOut, descBytesIn, descSent, descAcked,
 		descBytesOut, descRefused, descRejected, descRTT, descChildren, descAgents, descConnected, descWALDisk, descOver, descOutbox} {
 		ch <- d
 	}
@@ -54,6 +56,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descQueueAge, prometheus.GaugeValue, s.Oldest.Seconds(), l)
 		ch <- prometheus.MustNewConstMetric(descBatchesIn, prometheus.CounterValue, float64(p.batchesIn[ln].Load()), l)
 		ch <- prometheus.MustNewConstMetric(descBytesIn, prometheus.CounterValue, float64(p.bytesIn[ln].Load()), l)
+		ch <- prometheus.MustNewConstMetric(descEventsIn, prometheus.CounterValue, float64(p.eventsIn[ln].Load()), l)
+		ch <- prometheus.MustNewConstMetric(descEventsOut, prometheus.CounterValue, float64(us.AckedEvents[ln]), l)
 		ch <- prometheus.MustNewConstMetric(descSent, prometheus.CounterValue, float64(us.Sent[ln]), l)
 		ch <- prometheus.MustNewConstMetric(descAcked, prometheus.CounterValue, float64(us.Acked[ln]), l)
 	}

@@ -41,6 +41,7 @@ type Proxy struct {
 	announced  []string
 
 	batchesIn  [4]atomic.Uint64
+	eventsIn   [4]atomic.Uint64
 	bytesIn    [4]atomic.Uint64
 	refused    map[string]*atomic.Uint64 // by cause
 	crlApplied atomic.Uint64
@@ -130,12 +131,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (p *Proxy) onBatch(c *transport.Child, lane wire.Lane, agentID string, seq uint64, sealed []byte) transport.Verdict {
+func (p *Proxy) onBatch(c *transport.Child, lane wire.Lane, info wire.Info, sealed []byte) transport.Verdict {
+	agentID, seq := info.AgentID, info.Seq
 	pend := p.wal.AppendAsync(uint8(lane), sealed, nil)
 	return func() *wire.Nack {
 		_, err := pend.Wait()
 		if err == nil {
 			p.batchesIn[lane].Add(1)
+			p.eventsIn[lane].Add(uint64(info.Events))
 			p.bytesIn[lane].Add(uint64(len(sealed)))
 			p.up.Kick()
 			return nil

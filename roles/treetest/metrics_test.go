@@ -50,7 +50,8 @@ func TestProxyMetricsEndpoint(t *testing.T) {
 	for _, want := range []string{
 		`daemoneye_proxy_queue_batches{lane="trace"}`, `daemoneye_proxy_queue_oldest_seconds{lane="bulk"}`,
 		`daemoneye_proxy_queue_bytes{lane="alert"}`, `daemoneye_proxy_batches_in_total{lane="bulk"} 2`,
-		`daemoneye_proxy_bytes_in_total{lane="bulk"}`, `daemoneye_proxy_batches_out_total{lane="bulk"} 2`,
+		`daemoneye_proxy_bytes_in_total{lane="bulk"}`, `daemoneye_proxy_events_in_total{lane="bulk"} 3000`,
+		`daemoneye_proxy_events_out_total{lane="bulk"} 3000`, `daemoneye_proxy_batches_out_total{lane="bulk"} 2`,
 		`daemoneye_proxy_link_bytes_out_total`, `daemoneye_proxy_refused_batches_total{cause="over_watermark"} 0`,
 		`daemoneye_proxy_refused_batches_total{cause="disk_full"} 0`, `daemoneye_proxy_link_rtt_seconds{peer="child:web"}`,
 		`daemoneye_proxy_link_rtt_seconds{peer="parent:`, "daemoneye_proxy_children 1", "daemoneye_proxy_routed_agents 1",

@@ -33,6 +33,10 @@ const HeaderLabelSeq int64 = -70001
 // certificate, DER, in the protected header.
 const HeaderLabelX5Chain int64 = 33
 
+// HeaderLabelEvents carries the number of events in the batch, so proxies
+// can count events in and out without opening anything.
+const HeaderLabelEvents int64 = -70002
+
 // batchBody is the signed payload (the concept's EventBatch; batch_sig is
 // the COSE signature around it). Events are kept as the exact CBOR the
 // agent hashed into Root.
@@ -268,6 +272,7 @@ func sealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.P
 	if certDER != nil {
 		msg.Headers.Protected[HeaderLabelX5Chain] = certDER
 	}
+	msg.Headers.Protected[HeaderLabelEvents] = uint64(len(events))
 	signer, err := cose.NewSigner(cose.AlgorithmEdDSA, key)
 	if err != nil {
 		return nil, fmt.Errorf("wire: seal batch: %w", err)
@@ -293,6 +298,7 @@ type protected struct {
 	KeyID       []byte  `cbor:"4,keyasint"`
 	X5Chain     []byte  `cbor:"33,keyasint"`
 	Seq         *uint64 `cbor:"-70001,keyasint"`
+	Events      uint64  `cbor:"-70002,keyasint"`
 }
 
 type header struct {
@@ -300,6 +306,7 @@ type header struct {
 	seq         uint64
 	contentType string
 	certDER     []byte
+	events      uint64
 }
 
 // parseProtected reads our fields from the serialized protected header.
@@ -322,7 +329,7 @@ func (c *codec) parseProtected(raw []byte) (header, error) {
 	case p.Seq == nil:
 		return header{}, malformed("batch: no seq header")
 	}
-	return header{agentID: string(p.KeyID), seq: *p.Seq, contentType: p.ContentType, certDER: p.X5Chain}, nil
+	return header{agentID: string(p.KeyID), seq: *p.Seq, contentType: p.ContentType, certDER: p.X5Chain, events: p.Events}, nil
 }
 
 // decodeSign1 parses the COSE_Sign1 envelope after a size check.
@@ -353,15 +360,31 @@ func (c *codec) decodeSign1(sealed []byte) (*cose.Sign1Message, header, error) {
 // as the link until OpenBatch verifies them. Input above
 // DefaultMaxSealedSize is refused.
 func PeekBatch(sealed []byte) (agentID string, seq uint64, err error) {
+	info, err := PeekInfo(sealed)
+	return info.AgentID, info.Seq, err
+}
+
+// Info is what a sealed batch's protected header says, unverified.
+type Info struct {
+	AgentID string
+	Seq     uint64
+	Events  int // 0 for batches sealed before the count was added
+}
+
+// PeekInfo reads a batch's header without verifying it (see PeekBatch).
+func PeekInfo(sealed []byte) (Info, error) {
 	c, err := codecFor(Limits{})
 	if err != nil {
-		return "", 0, err
+		return Info{}, err
 	}
 	_, h, err := c.decodeSign1(sealed)
 	if err != nil {
-		return "", 0, err
+		return Info{}, err
 	}
-	return h.agentID, h.seq, nil
+	if h.events > uint64(c.lim.MaxEvents) {
+		return Info{}, malformed("batch: header claims %d events", h.events)
+	}
+	return Info{AgentID: h.agentID, Seq: h.seq, Events: int(h.events)}, nil
 }
 
 // PeekCert returns the signer's certificate (DER) from a batch sealed with
@@ -429,6 +452,8 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 	switch {
 	case body.AgentID != h.agentID || body.Seq != h.seq:
 		return nil, malformed("batch: header says %q/%d, body says %q/%d", h.agentID, h.seq, body.AgentID, body.Seq)
+	case h.events != 0 && h.events != uint64(len(body.Events)):
+		return nil, malformed("batch: header counts %d events, body has %d", h.events, len(body.Events))
 	case len(body.Events) == 0:
 		return nil, malformed("batch: no events")
 	case len(body.Events) > c.lim.MaxEvents:

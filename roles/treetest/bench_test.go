@@ -1,0 +1,354 @@
+package treetest
+
+// Issue 4's pipeline benchmarks (DESIGN "Performance targets"): sustained
+// events/s agent -> proxy -> proxy -> center with durable WALs and signed
+// batches, side by side with NATS JetStream (nats_test.go) on the same
+// payloads, and trace-lane latency under a saturated bulk lane
+// (latency_test.go). Run them with `make bench`; BENCHMARKS.md quotes them.
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/store/wal"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// Sizes of the throughput run. The DESIGN target is 200k events/s, so the
+// default run (4 agents x 500k events) lasts about 10 s at the target;
+// PIPELINE_EVENTS overrides the events per agent.
+const (
+	pipelineAgents   = 4
+	pipelinePerAgent = 500_000
+	emitChunk        = 2000 // events per store append: the agent's batch_max_events
+	pipelineTarget   = 200_000
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// cpuTime is this process's user+system CPU time. The machines are shared
+// and noisy, so beside wall-clock events/s the benchmarks report events per
+// CPU-second, which other load does not inflate.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// realisticEvents returns n events shaped like a busy build host's
+// baseline (the same shape as transport/wire's benchmarks): mostly exec of
+// assorted tools with partly random argv, with fork, exit and connect mixed
+// in. Seeded, so every run sees the same events; times start at t0.
+func realisticEvents(seed uint64, n int, t0 int64) []capture.Event {
+	rng := rand.New(rand.NewPCG(seed, 42))
+	hex := func(k int) string {
+		b := make([]byte, k)
+		for i := range b {
+			b[i] = "0123456789abcdef"[rng.IntN(16)]
+		}
+		return string(b)
+	}
+	type tool struct {
+		exe  string
+		argv func() []string
+	}
+	tools := []tool{
+		{"/usr/bin/git", func() []string {
+			return []string{"git", "-C", "/srv/build/" + hex(8), "fetch", "--depth=1", "origin", hex(40)}
+		}},
+		{"/usr/bin/curl", func() []string {
+			return []string{"curl", "-fsSL", "--max-time", "10", fmt.Sprintf("https://updates.internal.example/v1/pkg/%d?arch=amd64&sig=%s", rng.IntN(1e6), hex(24))}
+		}},
+		{"/usr/lib/gcc/x86_64-linux-gnu/14/cc1", func() []string {
+			return []string{"cc1", "-quiet", "-I", "include", "src/" + hex(6) + ".c", "-O2", "-o", "/tmp/cc" + hex(6) + ".s"}
+		}},
+		{"/usr/bin/python3.13", func() []string {
+			return []string{"python3", "-m", "pytest", "-q", "tests/test_" + hex(5) + ".py", "-k", "not slow"}
+		}},
+		{"/bin/sh", func() []string { return []string{"sh", "-c", "test -f /run/lock/" + hex(10) + " || exit 1"} }},
+		{"/usr/bin/ssh", func() []string {
+			return []string{"ssh", "-o", "BatchMode=yes", "-p", fmt.Sprint(1024 + rng.IntN(60000)), "deploy@10.20." + fmt.Sprint(rng.IntN(255)) + "." + fmt.Sprint(rng.IntN(255)), "uptime"}
+		}},
+	}
+	comm := func(exe string) string {
+		c := exe[strings.LastIndexByte(exe, '/')+1:]
+		return c[:min(len(c), 15)]
+	}
+	evs := make([]capture.Event, n)
+	now := t0
+	for i := range evs {
+		now += int64(rng.IntN(40_000))
+		e := capture.Event{
+			Time:   now,
+			Proc:   capture.ProcKey{PID: uint32(20000 + rng.IntN(400000)), Start: 9_000_000 + uint64(rng.IntN(1e6))},
+			Parent: capture.ProcKey{PID: uint32(1000 + rng.IntN(5000)), Start: 4_000_000 + uint64(rng.IntN(1e5))},
+			Comm:   "make",
+			Source: "ebpf",
+		}
+		switch r := rng.IntN(10); {
+		case r == 0:
+			e.Kind = capture.KindFork
+		case r == 1:
+			e.Kind = capture.KindExit
+			e.Exit = &capture.Exit{Code: int32(rng.IntN(3))}
+		case r == 2:
+			e.Kind = capture.KindConnect
+			e.Conn = &capture.Conn{
+				Proto: capture.ProtoTCP,
+				Src:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 2, 3}), uint16(32768+rng.IntN(28000))),
+				Dst:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 20, byte(rng.IntN(255)), byte(rng.IntN(255))}), 443),
+			}
+		default:
+			tl := tools[rng.IntN(len(tools))]
+			e.Kind = capture.KindExec
+			e.Comm = comm(tl.exe)
+			e.Exec = &capture.Exec{
+				UID: 1000, GID: 1000, EUID: 1000, EGID: 1000,
+				Exe:      tl.exe,
+				Argv:     tl.argv(),
+				Cwd:      "/srv/build/" + hex(8),
+				CgroupID: 7321 + uint64(rng.IntN(50)),
+				PidNS:    4026531836, NetNS: 4026531840, MntNS: 4026531841,
+			}
+		}
+		evs[i] = e
+	}
+	return evs
+}
+
+// eventPool is a few chunks of realistic events an emitter cycles through,
+// so that generating random strings does not count as pipeline work (the
+// sensor hands the agent ready events too).
+func eventPool(seed uint64, chunks int) [][]capture.Event {
+	all := realisticEvents(seed, chunks*emitChunk, time.Now().UnixNano())
+	out := make([][]capture.Event, chunks)
+	for i := range out {
+		out[i] = all[i*emitChunk : (i+1)*emitChunk]
+	}
+	return out
+}
+
+// emit stores events in an agent's store, as the sensor does, and wakes
+// its shipper. Unlike Agent.Emit it returns errors, so it may run on any
+// goroutine.
+func emit(a *Agent, evs []capture.Event) error {
+	if _, _, err := a.Store.Append(evs); err != nil {
+		return fmt.Errorf("%s: store append: %w", a.Name, err)
+	}
+	a.Ship.Kick()
+	return nil
+}
+
+// storedCounter counts what the center stored, through SetOnStored.
+type storedCounter struct {
+	events  atomic.Int64
+	batches atomic.Int64
+	target  atomic.Int64 // events; reaching it closes done
+	once    sync.Once
+	done    chan struct{}
+	at      atomic.Int64 // when the target was reached, Unix ns
+}
+
+func newStoredCounter(c *Center) *storedCounter {
+	sc := &storedCounter{done: make(chan struct{})}
+	sc.target.Store(1 << 62)
+	c.Ingest.SetOnStored(func(b *wire.Batch, _ wire.Lane) {
+		sc.batches.Add(1)
+		if sc.events.Add(int64(len(b.Events))) >= sc.target.Load() {
+			sc.once.Do(func() {
+				sc.at.Store(time.Now().UnixNano())
+				close(sc.done)
+			})
+		}
+	})
+	return sc
+}
+
+// waitConnected waits until every agent has a link to its proxy and the
+// center has the whole chain below it.
+func waitConnected(tb testing.TB, c *Center, agents ...*Agent) {
+	tb.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ok := true
+		for _, a := range agents {
+			if !a.Ship.Stats().Uplink.Connected {
+				ok = false
+			}
+		}
+		if ok && len(c.Agents()) >= len(agents) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("tree not connected after 20s (center sees %v)", c.Agents())
+		}
+	}
+}
+
+// pipelineResult is one throughput run.
+type pipelineResult struct {
+	events  int64
+	batches int64
+	wall    time.Duration
+	cpu     time.Duration
+	bytes   int64
+	sealed  map[string][][]byte // per agent, in seq order: the NATS side publishes these
+}
+
+func (r pipelineResult) rate() float64    { return float64(r.events) / r.wall.Seconds() }
+func (r pipelineResult) cpuRate() float64 { return float64(r.events) / r.cpu.Seconds() }
+
+// The latest DaemonEye run, for the NATS run beside it: its sealed batches
+// and its figures (for the ratios).
+var (
+	lastPipeline                  *pipelineResult
+	pipelineRate, pipelineCPURate float64
+)
+
+// runPipeline builds agents -> px2 -> px1 -> center, lets every agent emit
+// perAgent realistic events as fast as its store takes them, and measures
+// from the first emit to the last event stored (fsynced) at the center.
+func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
+	b.Helper()
+	tr := New(b)
+	c := tr.NewCenter("center").Start()
+	px1 := tr.NewProxy("px1", c.Cfg.Listen).Start()
+	px2 := tr.NewProxy("px2", px1.Cfg.Listen).Start()
+	var as []*Agent
+	pools := make([][][]capture.Event, agents)
+	for i := range agents {
+		as = append(as, tr.NewAgent(fmt.Sprintf("agent-%d", i), px2.Cfg.Listen).Start())
+		pools[i] = eventPool(uint64(i+1), 8)
+	}
+	sc := newStoredCounter(c)
+	waitConnected(b, c, as...)
+
+	// Warm up every link and store with one batch per agent.
+	for i, a := range as {
+		if err := emit(a, pools[i][0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if m := WaitAll(c, 30*time.Second, as...); m != "" {
+		b.Fatalf("warm-up not delivered: %s", m)
+	}
+	warm := sc.events.Load()
+	warmBatches := sc.batches.Load()
+	chunks := max(1, perAgent/emitChunk)
+	total := warm + int64(agents*chunks*emitChunk)
+	sc.target.Store(total)
+
+	cpu0 := cpuTime()
+	start := time.Now()
+	errc := make(chan error, agents)
+	for i, a := range as {
+		go func() {
+			for k := range chunks {
+				if err := emit(a, pools[i][k%len(pools[i])]); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range agents {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+	emitted := time.Since(start)
+	select {
+	case <-sc.done:
+	case <-time.After(150 * time.Second):
+		b.Fatalf("after 150s the center stored %d of %d events: %s", sc.events.Load(), total, Missing(c, as...))
+	}
+	end := time.Unix(0, sc.at.Load())
+	res := pipelineResult{
+		events:  total - warm,
+		batches: sc.batches.Load() - warmBatches,
+		wall:    end.Sub(start),
+		cpu:     cpuTime() - cpu0,
+		sealed:  map[string][][]byte{},
+	}
+	for _, a := range as {
+		if d := a.Ship.Stats().Dropped; d != 0 {
+			b.Fatalf("%s shed %d bulk batches: the run is not lossless", a.Name, d)
+		}
+	}
+	if _, _, replays := c.Ingest.Counts(); replays != 0 {
+		b.Logf("replays dropped at the center: %d", replays)
+	}
+	// The sealed batches as stored, for the NATS run: byte for byte what
+	// the agents signed and the proxies forwarded.
+	stored, err := c.Ingest.Stored()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for agent, seqs := range stored {
+		for _, seq := range seqs[1:] { // seq 1 is the warm-up batch
+			sealed, ok, err := c.Ingest.Batch(agent, seq)
+			if err != nil || !ok {
+				b.Fatalf("read back %s/%d: %v", agent, seq, err)
+			}
+			res.bytes += int64(len(sealed))
+			res.sealed[agent] = append(res.sealed[agent], sealed)
+		}
+	}
+	b.Logf("daemoneye: %d events in %d batches (%.0f B/event sealed), emitted in %v, all stored after %v; px1 wal %v, px2 wal %v",
+		res.events, res.batches, float64(res.bytes)/float64(res.events), emitted.Round(time.Millisecond), res.wall.Round(time.Millisecond),
+		walEntries(px1.Stats()), walEntries(px2.Stats()))
+	return res
+}
+
+func walEntries(st wal.Stats) int64 {
+	var n int64
+	for _, l := range st.Lanes {
+		n += l.Entries
+	}
+	return n
+}
+
+// BenchmarkPipelineThroughput measures sustained events/s through
+// agent -> proxy -> proxy -> center (durable WALs, signed batches, center
+// verifies and fsyncs each batch), then NATS JetStream on the same machine
+// with the same sealed batches (file storage, acked async publishes).
+func BenchmarkPipelineThroughput(b *testing.B) {
+	perAgent := envInt("PIPELINE_EVENTS", pipelinePerAgent)
+	b.Run("daemoneye", func(b *testing.B) {
+		var sum pipelineResult
+		for range b.N {
+			r := runPipeline(b, pipelineAgents, perAgent)
+			sum.events += r.events
+			sum.wall += r.wall
+			sum.cpu += r.cpu
+			sum.bytes += r.bytes
+			lastPipeline = &r
+		}
+		pipelineRate = sum.rate()
+		pipelineCPURate = sum.cpuRate()
+		b.ReportMetric(sum.rate(), "events/s")
+		b.ReportMetric(sum.cpuRate(), "events/cpu-s")
+		b.ReportMetric(sum.rate()/pipelineTarget, "x-target")
+		b.ReportMetric(float64(sum.bytes)/float64(sum.events), "B/event")
+	})
+	b.Run("nats-jetstream", func(b *testing.B) {
+		benchNATS(b, perAgent)
+	})
+}
