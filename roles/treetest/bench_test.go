@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
-	"github.com/evilbitlabs/daemoneye/store/wal"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -311,18 +310,9 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 			res.sealed[agent] = append(res.sealed[agent], sealed)
 		}
 	}
-	b.Logf("daemoneye: %d events in %d batches (%.0f B/event sealed), emitted in %v, all stored after %v; px1 wal %v, px2 wal %v",
-		res.events, res.batches, float64(res.bytes)/float64(res.events), emitted.Round(time.Millisecond), res.wall.Round(time.Millisecond),
-		walEntries(px1.Stats()), walEntries(px2.Stats()))
+	b.Logf("daemoneye: %d events in %d batches (%.0f B/event sealed), emitted in %v, all stored after %v",
+		res.events, res.batches, float64(res.bytes)/float64(res.events), emitted.Round(time.Millisecond), res.wall.Round(time.Millisecond))
 	return res
-}
-
-func walEntries(st wal.Stats) int64 {
-	var n int64
-	for _, l := range st.Lanes {
-		n += l.Entries
-	}
-	return n
 }
 
 // BenchmarkPipelineThroughput measures sustained events/s through

@@ -2,8 +2,10 @@ package treetest
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -96,35 +98,33 @@ func (s *natsServer) cpu() time.Duration {
 	if len(f) < 13 {
 		return 0
 	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14, utime, in clock ticks
-	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15, stime
+	ut, _ := strconv.ParseInt(f[11], 10, 64)        // field 14, utime, in clock ticks
+	st, _ := strconv.ParseInt(f[12], 10, 64)        // field 15, stime
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
-// natsPayloads are the sealed batches to publish: those of the DaemonEye run
-// just before (byte for byte what its center stored), or, when this runs
-// alone, the same number of 2000-event realistic batches sealed here.
+// natsPayloads are the sealed batches to publish, per agent: those of the
+// DaemonEye run just before (byte for byte what its center stored), or, when
+// this runs alone, as many 2000-event realistic batches sealed here.
 func natsPayloads(b *testing.B, perAgent int) (map[string][][]byte, int64) {
+	b.Helper()
 	if lp := lastPipeline; lp != nil && len(lp.sealed) > 0 {
-		var n int64
-		for _, bs := range lp.sealed {
-			n += int64(len(bs))
-		}
-		return lp.sealed, lp.events * int64(len(lp.sealed)) / int64(len(lp.sealed)) / max(1, int64(b.N))
+		return lp.sealed, lp.events
 	}
 	tr := New(b)
 	out := map[string][][]byte{}
 	var events int64
 	for i := range pipelineAgents {
 		name := fmt.Sprintf("agent-%d", i)
-		tlsFiles := tr.Issue(pki.RoleAgent, name)
-		cert, err := pki.LoadKeyPair(tlsFiles.Cert, tlsFiles.Key)
+		files := tr.Issue(pki.RoleAgent, name)
+		cert, err := pki.LoadKeyPair(files.Cert, files.Key)
 		if err != nil {
 			b.Fatal(err)
 		}
+		key := cert.PrivateKey.(ed25519.PrivateKey)
 		pool := eventPool(uint64(i+1), 8)
 		for k := range max(1, perAgent/emitChunk) {
-			sealed, err := wire.SealBatchCert(name, uint64(k+2), pool[k%len(pool)], cert.PrivateKey.(interface{}).(interface{ Seed() []byte }).(ed25519Key), cert.Certificate[0], true)
+			sealed, err := wire.SealBatchCert(name, uint64(k+2), pool[k%len(pool)], key, cert.Certificate[0], true)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -133,4 +133,137 @@ func natsPayloads(b *testing.B, perAgent int) (map[string][][]byte, int64) {
 		}
 	}
 	return out, events
+}
+
+// benchNATS publishes the sealed batches to a JetStream stream on file
+// storage, one publisher (own connection) per agent as our agents have one
+// link each, asynchronously with a bounded in-flight window, and waits for
+// every ack. Each message carries (agent, seq) as its Nats-Msg-Id, so the
+// server deduplicates as our center does.
+func benchNATS(b *testing.B, perAgent int) {
+	payloads, events := natsPayloads(b, perAgent)
+	agents := slices.Sorted(maps.Keys(payloads))
+	var msgs int
+	var bytes int64
+	for _, a := range agents {
+		msgs += len(payloads[a])
+		for _, p := range payloads[a] {
+			bytes += int64(len(p))
+		}
+	}
+	var wall, cpu time.Duration
+	for range b.N {
+		w, c := runNATS(b, agents, payloads, msgs)
+		wall += w
+		cpu += c
+	}
+	n := float64(events) * float64(b.N)
+	rate, cpuRate := n/wall.Seconds(), n/cpu.Seconds()
+	b.ReportMetric(rate, "events/s")
+	b.ReportMetric(cpuRate, "events/cpu-s")
+	b.ReportMetric(float64(bytes)/float64(events), "B/event")
+	if pipelineRate > 0 {
+		b.ReportMetric(pipelineRate/rate, "daemoneye/nats")
+		b.ReportMetric(pipelineCPURate/cpuRate, "daemoneye/nats-cpu")
+		b.Logf("daemoneye %.0f events/s vs NATS JetStream %.0f events/s: ratio %.2f (per CPU-second %.0f vs %.0f: %.2f)",
+			pipelineRate, rate, pipelineRate/rate, pipelineCPURate, cpuRate, pipelineCPURate/cpuRate)
+	}
+}
+
+// runNATS is one publish run on a fresh server; it returns the wall time
+// from the first publish to the last ack and the CPU time of this process
+// (the publishers) plus the server's.
+func runNATS(b *testing.B, agents []string, payloads map[string][][]byte, msgs int) (time.Duration, time.Duration) {
+	b.Helper()
+	srv := startNATS(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(srv.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:     "BATCHES",
+		Subjects: []string{"batches.>"},
+		Storage:  jetstream.FileStorage,
+	}); err != nil {
+		b.Fatalf("create stream: %v", err)
+	}
+	type pub struct {
+		nc *nats.Conn
+		js jetstream.JetStream
+	}
+	pubs := make([]pub, len(agents))
+	for i := range agents {
+		c, err := nats.Connect(srv.url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		j, err := jetstream.New(c, jetstream.WithPublishAsyncMaxPending(natsWindow))
+		if err != nil {
+			b.Fatal(err)
+		}
+		pubs[i] = pub{c, j}
+	}
+
+	cpu0, scpu0 := cpuTime(), srv.cpu()
+	start := time.Now()
+	errc := make(chan error, len(agents))
+	for i, agent := range agents {
+		go func() {
+			js := pubs[i].js
+			futures := make([]jetstream.PubAckFuture, 0, len(payloads[agent]))
+			for k, p := range payloads[agent] {
+				f, err := js.PublishAsync("batches."+agent, p, jetstream.WithMsgID(fmt.Sprintf("%s/%d", agent, k)))
+				if err != nil {
+					errc <- fmt.Errorf("publish %s #%d: %w", agent, k, err)
+					return
+				}
+				futures = append(futures, f)
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				errc <- fmt.Errorf("%s: acks: %w", agent, ctx.Err())
+				return
+			}
+			for k, f := range futures {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					errc <- fmt.Errorf("publish %s #%d: %w", agent, k, err)
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	var errs []error
+	for range agents {
+		errs = append(errs, <-errc)
+	}
+	wall := time.Since(start)
+	cpu := cpuTime() - cpu0 + srv.cpu() - scpu0
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "BATCHES")
+	if err != nil {
+		b.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if info.State.Msgs != uint64(msgs) {
+		b.Fatalf("stream holds %d messages, want %d", info.State.Msgs, msgs)
+	}
+	b.Logf("nats-jetstream: %d messages (%d MB) stored and acked after %v", msgs, info.State.Bytes>>20, wall.Round(time.Millisecond))
+	return wall, cpu
 }
