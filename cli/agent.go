@@ -89,9 +89,10 @@ type AgentPsCmd struct {
 	revealFlags
 }
 
-// Run prints the process table.
-func (c *AgentPsCmd) Run(g *Globals, parent *AgentCmd) error {
-	if err := c.reveal().Check(); err != nil {
+// inspect checks the reveal request, opens the best inspector, says where the
+// answer comes from, and runs fn with it.
+func inspect(g *Globals, parent *AgentCmd, rv privacy.Reveal, fn func(*agent.Inspector) error) error {
+	if err := rv.Check(); err != nil {
 		return err
 	}
 	in, _, err := openInspector(g, parent)
@@ -100,6 +101,15 @@ func (c *AgentPsCmd) Run(g *Globals, parent *AgentCmd) error {
 	}
 	defer in.Close()
 	origin(g, in)
+	return fn(in)
+}
+
+// Run prints the process table.
+func (c *AgentPsCmd) Run(g *Globals, parent *AgentCmd) error {
+	return inspect(g, parent, c.reveal(), func(in *agent.Inspector) error { return c.print(g, in) })
+}
+
+func (c *AgentPsCmd) print(g *Globals, in *agent.Inspector) error {
 	vs, err := in.Processes(c.Exited, c.reveal())
 	if err != nil {
 		return err
@@ -141,20 +151,13 @@ type AgentLineageCmd struct {
 
 // Run prints the lineage.
 func (c *AgentLineageCmd) Run(g *Globals, parent *AgentCmd) error {
-	if err := c.reveal().Check(); err != nil {
-		return err
-	}
-	in, _, err := openInspector(g, parent)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	origin(g, in)
-	l, err := in.Lineage(c.PID, c.reveal())
-	if err != nil {
-		return err
-	}
-	return agent.WriteLineage(g.stdout, l)
+	return inspect(g, parent, c.reveal(), func(in *agent.Inspector) error {
+		l, err := in.Lineage(c.PID, c.reveal())
+		if err != nil {
+			return err
+		}
+		return agent.WriteLineage(g.stdout, l)
+	})
 }
 
 // AgentStatusCmd prints the running agent's figures.

@@ -53,3 +53,12 @@ func eventListener(log *slog.Logger) *pebble.EventListener {
 		},
 	}
 }
+
+// PebbleLogger is the slog adapter for Pebble that every database of ours
+// uses (local store, WALs, the center's batch store).
+func PebbleLogger(log *slog.Logger) pebble.Logger {
+	return pebbleLogger{log: log.With("engine", "pebble")}
+}
+
+// PebbleEvents is the event listener every database of ours uses.
+func PebbleEvents(log *slog.Logger) *pebble.EventListener { return eventListener(log) }

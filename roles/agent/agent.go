@@ -296,11 +296,11 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 		a.log.Warn("metrics listener unavailable", "listen", a.cfg.Metrics.Listen, "err", err)
 		return nil
 	}
-	return serveHTTP(ctx, ln, mux)
+	return serveHTTP(ctx, ln, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second})
 }
 
-func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+// serveHTTP serves until ctx ends, then shuts down gracefully.
+func serveHTTP(ctx context.Context, ln net.Listener, srv *http.Server) error {
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -121,6 +121,7 @@ func benchConfig(b *testing.B, mode string) (c config.Agent) {
 	c = config.Default().Agent
 	c.DataDir = filepath.Join(b.TempDir(), "agent")
 	c.Capture = mode
+	c.Standalone = true
 	c.Metrics.Listen = ""
 	c.Baseline.MaxEventsPerSec = 1_000_000
 	return c

@@ -127,23 +127,13 @@ func (a *Agent) serveSocket(ctx context.Context, ln net.Listener) error {
 	mux.HandleFunc("GET /v1/processes", a.handleProcesses)
 	mux.HandleFunc("GET /v1/lineage", a.handleLineage)
 	mux.HandleFunc("GET /v1/stats", a.handleStats)
-	srv := &http.Server{
+	return serveHTTP(ctx, ln, &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, peerKey{}, peerName(c))
 		},
-	}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	})
 }
 
 // peerName names the local user on the other end of the socket.

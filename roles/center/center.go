@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/store"
 	"github.com/evilbitlabs/daemoneye/store/wal"
 	"github.com/evilbitlabs/daemoneye/transport"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
@@ -58,7 +59,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: certificate is for a %s, not a center", id.Role)
 	}
 	log = log.With("component", "center", "node", id.Name)
-	db, err := pebble.Open(filepath.Join(cfg.DataDir, "batches"), &pebble.Options{Logger: pebbleLog{log}})
+	db, err := pebble.Open(filepath.Join(cfg.DataDir, "batches"), &pebble.Options{Logger: store.PebbleLogger(log), EventListener: store.PebbleEvents(log)})
 	if err != nil {
 		return nil, fmt.Errorf("center: open batch store: %w", err)
 	}
@@ -105,15 +106,6 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 	}
 	c.disp = transport.NewDispatcher(c.srv, outbox, c.recordAck, log)
 	return c, nil
-}
-
-type pebbleLog struct{ l *slog.Logger }
-
-func (p pebbleLog) Infof(format string, args ...any)  { p.l.Debug(fmt.Sprintf(format, args...)) }
-func (p pebbleLog) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
-func (p pebbleLog) Fatalf(format string, args ...any) {
-	p.l.Error("pebble fatal: " + fmt.Sprintf(format, args...))
-	os.Exit(70)
 }
 
 // Addr is the address children connect to.

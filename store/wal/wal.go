@@ -22,6 +22,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/evilbitlabs/daemoneye/store"
 )
 
 // Lanes are numbered as transport.Lane: 1 trace, 2 alert, 3 bulk.
@@ -147,8 +149,9 @@ func Open(dir string, opts Options, log *slog.Logger) (*WAL, error) {
 	}
 	log = log.With("component", "wal")
 	db, err := pebble.Open(dir, &pebble.Options{
-		Logger:       pebbleLog{log},
-		MemTableSize: uint64(opts.MemTableBytes),
+		Logger:        store.PebbleLogger(log),
+		EventListener: store.PebbleEvents(log),
+		MemTableSize:  uint64(opts.MemTableBytes),
 		// The commit pipeline syncs only when we ask; we ask once per group.
 		BytesPerSync: 1 << 20,
 	})
@@ -193,17 +196,6 @@ func (w *WAL) reclaimer() {
 		w.overWatermark() // re-evaluate now, not at the next bulk append
 		w.mu.Unlock()
 	}
-}
-
-type pebbleLog struct{ l *slog.Logger }
-
-func (p pebbleLog) Infof(format string, args ...any)  { p.l.Debug(fmt.Sprintf(format, args...)) }
-func (p pebbleLog) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
-func (p pebbleLog) Fatalf(format string, args ...any) {
-	// Pebble calls Fatalf on invariants it cannot recover from; it expects
-	// the process to stop. Log it loudly and stop rather than corrupt.
-	p.l.Error("pebble fatal: " + fmt.Sprintf(format, args...))
-	os.Exit(70)
 }
 
 // Keys: 'q' lane id -> time(8) data ; 'm' name -> meta value.
