@@ -193,21 +193,34 @@ func BenchmarkAgentStart10k(b *testing.B) {
 	}
 }
 
-var seededLine = regexp.MustCompile(`process table seeded processes=(\d+) took=(\S+)`)
+var seededLine = regexp.MustCompile(`msg="process table seeded".* processes=(\d+) took=(\S+)`)
 
+// waitSeeded reads the agent's log until its "seeded" line, for at most a
+// minute.
 func waitSeeded(b *testing.B, r io.Reader) (bool, time.Duration, int) {
-	sc := bufio.NewScanner(r)
-	deadline := time.AfterFunc(60*time.Second, func() {})
-	defer deadline.Stop()
-	for sc.Scan() {
-		if m := seededLine.FindStringSubmatch(sc.Text()); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			d, _ := time.ParseDuration(m[2])
-			go io.Copy(io.Discard, r)
-			return true, d, n
-		}
+	type found struct {
+		d time.Duration
+		n int
 	}
-	return false, 0, 0
+	fc := make(chan found, 1)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if m := seededLine.FindStringSubmatch(sc.Text()); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				d, _ := time.ParseDuration(m[2])
+				fc <- found{d, n}
+				io.Copy(io.Discard, r)
+				return
+			}
+		}
+	}()
+	select {
+	case f := <-fc:
+		return true, f.d, f.n
+	case <-time.After(60 * time.Second):
+		return false, 0, 0
+	}
 }
 
 func readRSS(pid int) (rss, hwm int64) {
