@@ -189,7 +189,7 @@ func (s *Shipper) makeRoom() {
 		if st.Lanes[wal.LaneBulk].Bytes <= int64(s.cfg.Stream.MaxQueueBytes) {
 			return
 		}
-		n, err := s.wal.DropOldest(wal.LaneBulk, 16)
+		n, err := s.wal.DropOldest(wal.LaneBulk, 1)
 		if err != nil || n == 0 {
 			return
 		}

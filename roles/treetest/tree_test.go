@@ -252,3 +252,38 @@ func TestRenewalThroughTree(t *testing.T) {
 	}
 	checkExact(t, c, a)
 }
+
+// An agent whose parents are all unreachable keeps recording; its uplink
+// queue is capped, so the oldest bulk batches are dropped and counted, and
+// the queue never grows past the cap.
+func TestAgentShedsOldestBulkUnderPressure(t *testing.T) {
+	tr := New(t)
+	a := tr.NewAgent("web", FreeAddr(t)) // nobody listens there
+	a.Cfg.Stream.MaxQueueBytes = 512 << 10
+	a.Start()
+	for i := 0; i < 40; i++ {
+		emitRandom(t, a, 2000)
+	}
+	for deadline := time.Now().Add(20 * time.Second); a.Ship.Stats().Events < 80000; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of 80000 events were cut into batches", a.Ship.Stats().Events)
+		}
+	}
+	st := a.Ship.Stats()
+	if st.Dropped == 0 {
+		t.Fatalf("nothing dropped with a %d-byte queue cap: %+v", a.Cfg.Stream.MaxQueueBytes, st.Queue.Lanes)
+	}
+	bulk := st.Queue.Lanes[3]
+	// The cap is checked before each new batch is queued, so the queue may
+	// exceed it by at most one batch.
+	if limit := int64(a.Cfg.Stream.MaxQueueBytes) + 512<<10; bulk.Bytes > limit {
+		t.Errorf("bulk queue holds %d bytes, cap %d", bulk.Bytes, a.Cfg.Stream.MaxQueueBytes)
+	}
+	if st.Queue.Lanes[1].Entries != 0 || st.Queue.Lanes[2].Entries != 0 {
+		t.Errorf("trace or alert lanes changed: %+v", st.Queue.Lanes)
+	}
+	if bulk.Entries < 2 {
+		t.Errorf("only %d batches kept under a cap that holds two: dropping more than needed", bulk.Entries)
+	}
+	t.Logf("cut %d batches, dropped the %d oldest; %d queued (%d bytes)", st.Batches, st.Dropped, bulk.Entries, bulk.Bytes)
+}
