@@ -209,7 +209,9 @@ func TestCommandRunsInHost(t *testing.T) {
 	if err := cmd.Wait(); err == nil {
 		t.Error("cancelled command exited cleanly, want killed")
 	}
-	if d := time.Since(start); d > time.Second {
+	// A functional bound, not a speed target: a killed process group ends
+	// at once; one that was not killed would sleep on.
+	if d := time.Since(start); d > 15*time.Second {
 		t.Errorf("cancelled command took %v to end", d)
 	}
 	var st unix.Stat_t
