@@ -18,13 +18,13 @@ import (
 // Errors callers branch on.
 var (
 	// ErrSchemaTooNew: the database was migrated by a newer binary.
-	ErrSchemaTooNew = errors.New("sqlstore: database schema is newer than this binary")
+	ErrSchemaTooNew = errors.New("schema too new")
 	// ErrNotReadOnly: Query or the read-only pool refused a statement that
 	// could change something.
-	ErrNotReadOnly = errors.New("sqlstore: statement refused: not read-only")
+	ErrNotReadOnly = errors.New("statement refused, not read-only")
 	// ErrBatchConflict: a batch with this (host, seq) was ingested before
 	// with a different Merkle root.
-	ErrBatchConflict = errors.New("sqlstore: batch conflicts with the one stored under its (host, seq)")
+	ErrBatchConflict = errors.New("batch conflicts with the one stored under its (agent, seq)")
 )
 
 // Store is the center's SQL store. One writer connection, serialized by wmu
