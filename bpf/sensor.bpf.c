@@ -10,6 +10,14 @@
  * Nothing here may block or slow the traced host noticeably: every program
  * filters first, uses a bounded amount of work, and when the ring has no room
  * it drops the record and counts the drop instead of waiting.
+ *
+ * Focused trace: processes in the traced map (a root put there by userspace
+ * and the descendants handle_fork adds, up to the trace's depth) also get
+ * file and socket records from sys_exit and an environment snapshot at exec.
+ * Everything trace-related sits behind traces_active, so while no trace
+ * runs the host pays one load of a global per hook; while one runs, an
+ * untraced process pays one hash lookup, and only on the few syscalls
+ * the trace records.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -24,6 +32,12 @@ char LICENSE[] SEC("license") = "GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define SIGNAL_GROUP_EXIT 0x00000004
+#define ECONNABORTED 103
+#define AT_FDCWD -100
+#define O_WRONLY 01
+#define O_CREAT 0100
+#define O_TRUNC 01000
+#define TS_COMPAT 0x0002 /* x86 thread_info.status: a 32-bit syscall is running */
 
 /* Set by the loader (Options.ArgvMaxBytes); clamped to ARGV_CAP. */
 const volatile __u32 argv_max = 4096;
@@ -36,6 +50,12 @@ const volatile __u32 argv_max = 4096;
  * timer; only a burst that fills the ring past this mark wakes it early.
  */
 const volatile __u64 wake_bytes = 1 << 20;
+
+/*
+ * Number of live traces, written by userspace (capture/trace_linux.go).
+ * Zero keeps every trace path to this one load.
+ */
+volatile __u32 traces_active;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -51,20 +71,29 @@ struct {
 } drops SEC(".maps");
 
 /*
+ * Where paths are assembled leaf first; the extra 256 bytes let a masked
+ * offset plus a NAME_MAX component stay in bounds.
+ */
+struct pathbuf {
+	char buf[PATH_CAP + 256];
+	__u32 pos; /* start of the path in buf, see path_resolve */
+};
+
+/*
  * An exec record is built here and then copied to the ring with its real
  * length, so the ring holds compact records while the program has room for
- * the largest argv. pbuf is where paths are assembled leaf first; the extra
- * 256 bytes let a masked offset plus a NAME_MAX component stay in bounds.
+ * the largest argv.
  */
 struct scratch {
 	struct ev_exec ev;
-	char pbuf[PATH_CAP + 256];
-	__u32 pos; /* start of the path in pbuf, see path_resolve */
+	struct pathbuf pb;
 	/* Unused: names the fixed-size record types in the object's BTF (BTF
 	 * keeps only types reachable from maps and program signatures), so
 	 * bpf2go can mirror them in Go for the decoder's layout test. */
 	struct ev_exit btf_exit;
 	struct ev_conn btf_conn;
+	struct ev_sock btf_sock;
+	struct traced_proc btf_traced;
 };
 
 /*
@@ -84,6 +113,7 @@ enum own_state {
 	OWN_CONNECTING = 1, /* SYN_SENT seen in the connecting process */
 	OWN_CONNECTED = 2,  /* connect reported */
 	OWN_ACCEPTED = 3,   /* accept reported */
+	OWN_FAILED = 4,	    /* a traced connect's failure reported at TCP_CLOSE */
 };
 
 /*
@@ -96,6 +126,8 @@ enum own_state {
 struct sock_owner {
 	__u32 pid;
 	__u32 state;
+	__u32 trace; /* the owner's trace tag when it connected or accepted */
+	__u32 _pad0;
 	__u64 start_ns;
 	char comm[16];
 	/* The tuple as reported at connect/accept. By the time a socket
@@ -115,6 +147,42 @@ struct {
 	__type(key, __u64);
 	__type(value, struct sock_owner);
 } socks SEC(".maps");
+
+/* Traced processes: tgid -> trace tag and remaining depth. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TRACED_MAX);
+	__type(key, __u32);
+	__type(value, struct traced_proc);
+} traced SEC(".maps");
+
+/* Live traces by slot (tag % MAX_TRACES). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_TRACES);
+	__type(key, __u32);
+	__type(value, struct trace_cfg);
+} trace_cfgs SEC(".maps");
+
+/*
+ * The file record of the sys_exit program is built here. Per CPU and used
+ * by that program alone: the kernel does not run a program again on a CPU
+ * where it is already running (it counts a recursion miss instead), and the
+ * program cannot migrate, so nothing else can touch the slot while it is
+ * built, even where syscall tracepoints run preemptible. Under the 32 KiB
+ * limit of per-CPU values.
+ */
+struct fscratch {
+	struct ev_file ev;
+	struct pathbuf pb;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fscratch);
+} fscratch SEC(".maps");
 
 /*
  * Submit flags for a record of size bytes. pending is the unread data
@@ -161,10 +229,82 @@ static __always_inline void fill_hdr(struct ev_hdr *h, __u8 kind)
 	h->kind = kind;
 	h->flags = 0;
 	h->_pad0 = 0;
-	h->_pad1 = 0;
+	h->trace = 0;
 	h->ppid = 0;
 	h->pstart_ns = 0;
 	h->time_ns = bpf_ktime_get_boot_ns();
+}
+
+/* The live trace of a traced map entry, or NULL when its trace stopped. */
+static __always_inline struct trace_cfg *trace_cfg_of(const struct traced_proc *tr)
+{
+	__u32 tag = tr->tag;
+	__u32 slot = tag & (MAX_TRACES - 1);
+	struct trace_cfg *c = bpf_map_lookup_elem(&trace_cfgs, &slot);
+
+	if (!c || !tag || c->tag != tag)
+		return NULL;
+	return c;
+}
+
+/* The live trace of process tgid, or NULL. */
+static __always_inline struct trace_cfg *trace_of(__u32 tgid)
+{
+	if (!traces_active)
+		return NULL;
+	struct traced_proc *tr = bpf_map_lookup_elem(&traced, &tgid);
+	if (!tr)
+		return NULL;
+	return trace_cfg_of(tr);
+}
+
+static __always_inline __u32 trace_tag_of(__u32 tgid)
+{
+	struct trace_cfg *c = trace_of(tgid);
+	return c ? c->tag : 0;
+}
+
+/*
+ * The kernel-side valve for focused-only records (see struct trace_cfg).
+ * Racy across CPUs by design: a window may let a few more through.
+ */
+static __always_inline bool trace_admit(struct trace_cfg *c)
+{
+	__u32 max = c->rate_max;
+	if (!max)
+		return true;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - c->window_ns >= 1000000000ULL) {
+		c->window_ns = now;
+		c->window_n = 0;
+	}
+	if (__sync_fetch_and_add(&c->window_n, 1) < max)
+		return true;
+	__sync_fetch_and_add(&c->dropped, 1);
+	return false;
+}
+
+/*
+ * A new process forked by a traced one is traced by the same trace with one
+ * level less to go, unless its parent was the last level. Returns the
+ * child's tag, 0 when it is not traced.
+ */
+static __always_inline __u32 trace_fork(struct task_struct *parent, __u32 child_tgid)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	struct traced_proc *tr = bpf_map_lookup_elem(&traced, &ptgid);
+
+	if (!tr || !tr->depth || !trace_cfg_of(tr))
+		return 0;
+	struct traced_proc child = {
+		.tag = tr->tag,
+		.depth = tr->depth == DEPTH_UNLIMITED ? DEPTH_UNLIMITED : tr->depth - 1,
+	};
+	if (bpf_map_update_elem(&traced, &child_tgid, &child, BPF_ANY) != 0) {
+		count_drop(DROP_TRACE_FULL);
+		return 0;
+	}
+	return child.tag;
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -174,13 +314,21 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
 
+	__u32 tgid = BPF_CORE_READ(child, tgid);
+	/* The lineage is who forked the child (parent, the current task),
+	 * even when CLONE_PARENT gives it another real_parent. The traced
+	 * map is updated before the ring is tried: a full ring must not lose
+	 * the child from its trace. */
+	__u32 tag = traces_active ? trace_fork(parent, tgid) : 0;
+
 	struct ev_hdr *h = bpf_ringbuf_reserve(&events, sizeof(*h), 0);
 	if (!h) {
 		count_drop(DROP_RING_SMALL);
 		return 0;
 	}
 	fill_hdr(h, EV_FORK);
-	h->pid = BPF_CORE_READ(child, tgid);
+	h->trace = tag;
+	h->pid = tgid;
 	h->start_ns = BPF_CORE_READ(child, start_boottime);
 	/* real_parent, not current: CLONE_PARENT makes them differ. */
 	fill_parent(h, child);
@@ -194,7 +342,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
  * rather than the task's chroot (an analyst wants the real file): walk
  * d_parent up to the mount's root, then jump to the mountpoint in the parent
  * mount. The result is written leaf first, backwards from the end of pbuf,
- * and is s->pbuf[s->pos..PATH_CAP).
+ * and is s->buf[s->pos..PATH_CAP).
  *
  * The write position lives in the map value, not in a register: a value
  * reloaded from memory is an unknown scalar to the verifier, so it does not
@@ -202,7 +350,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
  * every iteration multiplied the states to explore past the verifier's
  * limit.
  */
-static __always_inline bool path_resolve(struct scratch *s, const struct path *path)
+static __always_inline bool path_resolve(struct pathbuf *s, const struct path *path)
 {
 	struct dentry *d = BPF_CORE_READ(path, dentry);
 	struct vfsmount *vm = BPF_CORE_READ(path, mnt);
@@ -245,9 +393,9 @@ static __always_inline bool path_resolve(struct scratch *s, const struct path *p
 		if (len + 1 >= pos)
 			break;
 		pos -= len;
-		bpf_probe_read_kernel(&s->pbuf[pos & (PATH_CAP - 1)], len & 255, name);
+		bpf_probe_read_kernel(&s->buf[pos & (PATH_CAP - 1)], len & 255, name);
 		pos -= 1;
-		s->pbuf[pos & (PATH_CAP - 1)] = '/';
+		s->buf[pos & (PATH_CAP - 1)] = '/';
 		s->pos = pos;
 		if (last) {
 			done = true;
@@ -257,19 +405,19 @@ static __always_inline bool path_resolve(struct scratch *s, const struct path *p
 	}
 	if (s->pos >= PATH_CAP) {
 		s->pos = PATH_CAP - 1;
-		s->pbuf[PATH_CAP - 1] = '/';
+		s->buf[PATH_CAP - 1] = '/';
 	}
 	return !done;
 }
 
-/* Append the resolved path to data[off..] and return its length. */
-static __always_inline __u32 path_copy(struct scratch *s, __u32 off)
+/* Copy the resolved path to dst (room for PATH_CAP bytes) and return its
+ * length. */
+static __always_inline __u32 path_copy(struct pathbuf *s, char *dst)
 {
 	__u32 pos = s->pos & (PATH_CAP - 1);
 	__u32 n = (PATH_CAP - pos) & (PATH_CAP - 1);
 
-	off &= DATA_HEAD - 1;
-	if (bpf_probe_read_kernel(&s->ev.data[off], n, &s->pbuf[pos]) != 0)
+	if (bpf_probe_read_kernel(dst, n, &s->buf[pos]) != 0)
 		return 0;
 	return n;
 }
@@ -287,6 +435,9 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	fill_proc(&e->h, p);
 	fill_parent(&e->h, p);
 	bpf_get_current_comm(e->h.comm, sizeof(e->h.comm));
+	struct trace_cfg *tc = trace_of(e->h.pid);
+	if (tc)
+		e->h.trace = tc->tag;
 
 	/* real_cred: the objective credentials, the ones /proc reports. */
 	const struct cred *cred = BPF_CORE_READ(p, real_cred);
@@ -314,19 +465,24 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	/* bprm->file is what mm->exe_file (and /proc/PID/exe) now points to:
 	 * for a script it is the interpreter. */
 	struct file *exe = BPF_CORE_READ(bprm, file);
-	if (path_resolve(s, &exe->f_path))
+	if (path_resolve(&s->pb, &exe->f_path))
 		flags |= EVF_EXE_TRUNC;
 	/* Unhashed: unlinked since it was opened, or never linked (memfd);
 	 * /proc/PID/exe says "(deleted)" then, and so do we. */
 	if (!BPF_CORE_READ(exe, f_path.dentry, d_hash.pprev))
 		flags |= EVF_EXE_DELETED;
-	n = path_copy(s, off);
+	/* Which file it is, so that userspace hashes this one and not a
+	 * later file at the same path. */
+	struct inode *ino = BPF_CORE_READ(exe, f_inode);
+	e->exe_ino = BPF_CORE_READ(ino, i_ino);
+	e->exe_dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	n = path_copy(&s->pb, &e->data[off & (DATA_HEAD - 1)]);
 	e->exe_len = n;
 	off += n;
 
-	if (path_resolve(s, &p->fs->pwd))
+	if (path_resolve(&s->pb, &p->fs->pwd))
 		flags |= EVF_CWD_TRUNC;
-	n = path_copy(s, off);
+	n = path_copy(&s->pb, &e->data[off & (DATA_HEAD - 1)]);
 	e->cwd_len = n;
 	off += n;
 
@@ -375,6 +531,34 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	e->argv_len = alen;
 	off += alen;
 
+	/* A traced process's environment, as execve laid it out after argv:
+	 * the snapshot an analyst needs (LD_PRELOAD, proxies, tokens), so
+	 * only traces that collect command lines take it. */
+	e->env_len = 0;
+	e->_pad = 0;
+	if (tc && (tc->flags & TRF_CMDLINES)) {
+		__u64 es = BPF_CORE_READ(mm, env_start);
+		__u64 ee = BPF_CORE_READ(mm, env_end);
+		__u64 elen = ee > es ? ee - es : 0;
+		__u32 ecap = tc->env_max;
+		if (ecap > ENV_CAP)
+			ecap = ENV_CAP;
+		if (elen > ecap) {
+			elen = ecap;
+			flags |= EVF_ENV_TRUNC;
+		}
+		if (elen > ENV_CAP)
+			elen = ENV_CAP;
+		if (off > DATA_HEAD + ARGV_CAP)
+			off = DATA_HEAD + ARGV_CAP;
+		if (elen && bpf_probe_read_user(&e->data[off], elen, (void *)es) != 0) {
+			elen = 0;
+			flags |= EVF_ENV_FAULT;
+		}
+		e->env_len = elen;
+		off += elen;
+	}
+
 	e->h.flags = flags;
 	__u64 size = offsetof(struct ev_exec, data) + off;
 	if (size > sizeof(*e))
@@ -387,12 +571,26 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 
 static __always_inline void emit_exit(struct task_struct *p)
 {
+	__u32 tag = 0;
+	if (traces_active) {
+		/* Leave the traced map whether or not the ring has room: the
+		 * pid may be reused by an untraced process. */
+		__u32 tgid = BPF_CORE_READ(p, tgid);
+		struct traced_proc *tr = bpf_map_lookup_elem(&traced, &tgid);
+		if (tr) {
+			if (trace_cfg_of(tr))
+				tag = tr->tag;
+			bpf_map_delete_elem(&traced, &tgid);
+		}
+	}
+
 	struct ev_exit *x = bpf_ringbuf_reserve(&events, sizeof(*x), 0);
 	if (!x) {
 		count_drop(DROP_RING_SMALL);
 		return;
 	}
 	fill_hdr(&x->h, EV_EXIT);
+	x->h.trace = tag;
 	fill_proc(&x->h, p);
 	/* The parent at exit: the one that will reap it, which is a subreaper
 	 * or init if the original parent died first. The /proc source reports
@@ -472,6 +670,7 @@ static __always_inline void emit_conn(__u8 kind, const struct sock_owner *o)
 		return;
 	}
 	fill_hdr(&c->h, kind);
+	c->h.trace = o->trace;
 	c->h.pid = o->pid;
 	c->h.start_ns = o->start_ns;
 	__builtin_memcpy(c->h.comm, o->comm, sizeof(c->h.comm));
@@ -492,14 +691,86 @@ static __always_inline bool is_inet_tcp(const struct sock *sk)
 	return family == AF_INET || family == AF_INET6;
 }
 
-static __always_inline void owner_current(struct sock_owner *o, __u32 state)
+static __always_inline void owner_current(struct sock_owner *o, __u32 state, __u32 tag)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 
 	o->pid = bpf_get_current_pid_tgid() >> 32;
 	o->state = state;
+	o->trace = tag;
 	o->start_ns = BPF_CORE_READ(t, group_leader, start_boottime);
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+/* The live trace with this tag, or NULL. */
+static __always_inline struct trace_cfg *trace_live(__u32 tag)
+{
+	__u32 slot = tag & (MAX_TRACES - 1);
+	struct trace_cfg *c = bpf_map_lookup_elem(&trace_cfgs, &slot);
+
+	if (!c || !tag || c->tag != tag)
+		return NULL;
+	return c;
+}
+
+/* Fill the header of a focused record for the current process. */
+static __always_inline void fill_current(struct ev_hdr *h, __u8 kind, __u32 tag)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+
+	fill_hdr(h, kind);
+	h->trace = tag;
+	fill_proc(h, t);
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* Copy a sock_owner's tuple into a socket record. */
+static __always_inline void sock_tuple(struct ev_sock *e, const struct sock_owner *o)
+{
+	e->family = o->family;
+	e->sport = o->sport;
+	e->dport = o->dport;
+	__builtin_memcpy(e->saddr, o->saddr, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, o->daddr, sizeof(e->daddr));
+}
+
+static __always_inline struct ev_sock *sock_reserve(__u8 kind)
+{
+	struct ev_sock *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(DROP_RING_TRACE);
+		return NULL;
+	}
+	__builtin_memset((char *)e + sizeof(e->h), 0, sizeof(*e) - sizeof(e->h));
+	fill_hdr(&e->h, kind);
+	return e;
+}
+
+/*
+ * A traced TCP connect that failed after its SYN was sent (refused, timed
+ * out), seen in softirq: the owner is the one remembered at SYN_SENT, the
+ * error is the one the kernel set before closing.
+ */
+static __always_inline void emit_connect_failed(struct sock_owner *o, const struct sock *sk)
+{
+	struct trace_cfg *c = trace_live(o->trace);
+	if (!c || !(c->flags & TRF_NET) || !trace_admit(c))
+		return;
+	owner_tuple(o, sk);
+	struct ev_sock *e = sock_reserve(EV_CONNECT_RESULT);
+	if (!e)
+		return;
+	e->h.trace = o->trace;
+	e->h.pid = o->pid;
+	e->h.start_ns = o->start_ns;
+	__builtin_memcpy(e->h.comm, o->comm, sizeof(e->h.comm));
+	int err = BPF_CORE_READ(sk, sk_err);
+	e->result = err > 0 ? -err : -ECONNABORTED;
+	e->domain = o->family;
+	e->type = SOCK_STREAM;
+	e->proto = IPPROTO_TCP;
+	sock_tuple(e, o);
+	submit(e, sizeof(*e));
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -514,7 +785,7 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
 		/* tcp_v{4,6}_connect, in the connecting task. The local port is
 		 * not chosen yet, so the connect is reported at ESTABLISHED. */
 		struct sock_owner o = {};
-		owner_current(&o, OWN_CONNECTING);
+		owner_current(&o, OWN_CONNECTING, trace_tag_of(bpf_get_current_pid_tgid() >> 32));
 		bpf_map_update_elem(&socks, &key, &o, BPF_ANY);
 		return 0;
 	}
@@ -531,9 +802,19 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
 		struct sock_owner *o = bpf_map_lookup_elem(&socks, &key);
 		if (!o)
 			return 0;
-		/* A connect that never got established was never reported. */
-		if (o->state != OWN_CONNECTING)
+		if (o->state == OWN_CONNECTING) {
+			/* A connect that never got established was never
+			 * reported; a traced one is, as a failure. The entry
+			 * stays, marked, so that the connect syscall that
+			 * returns this failure does not report it again. */
+			if (o->trace && trace_live(o->trace)) {
+				emit_connect_failed(o, sk);
+				o->state = OWN_FAILED;
+				return 0;
+			}
+		} else if (o->state != OWN_FAILED) {
 			emit_conn(EV_CLOSE, o);
+		}
 		bpf_map_delete_elem(&socks, &key);
 		return 0;
 	}
@@ -542,51 +823,417 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
 }
 
 #if defined(__TARGET_ARCH_x86)
+#define NR_open 2
+#define NR_socket 41
+#define NR_connect 42
 #define NR_accept 43
+#define NR_rename 82
+#define NR_creat 85
+#define NR_unlink 87
+#define NR_openat 257
+#define NR_unlinkat 263
+#define NR_renameat 264
 #define NR_accept4 288
-#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define NR_renameat2 316
+#define NR_openat2 437
+/* At sys_exit the registers still hold the arguments: the x86-64 syscall
+ * ABI preserves them, and only the return value goes to ax. */
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
+#define SYSCALL_ARG0(regs) BPF_CORE_READ(regs, di)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, si)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, dx)
+#define SYSCALL_ARG3(regs) BPF_CORE_READ(regs, r10)
+#define SYSCALL_ARG4(regs) BPF_CORE_READ(regs, r8)
+#define SYSCALL_COMPAT(t) (BPF_CORE_READ(t, thread_info.status) & TS_COMPAT)
 #elif defined(__TARGET_ARCH_arm64)
+#define NR_open -1 /* arm64 has only the *at forms */
+#define NR_socket 198
+#define NR_connect 203
 #define NR_accept 202
+#define NR_rename -1
+#define NR_creat -1
+#define NR_unlink -1
+#define NR_openat 56
+#define NR_unlinkat 35
+#define NR_renameat 38
 #define NR_accept4 242
-#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define NR_renameat2 276
+#define NR_openat2 437
+#define SYSCALL_NR(regs) ((regs)->syscallno)
+/* x0 holds the return value at exit; orig_x0 keeps the first argument. */
+#define SYSCALL_ARG0(regs) BPF_CORE_READ(regs, orig_x0)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, regs[1])
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, regs[2])
+#define SYSCALL_ARG3(regs) BPF_CORE_READ(regs, regs[3])
+#define SYSCALL_ARG4(regs) BPF_CORE_READ(regs, regs[4])
+#define SYSCALL_COMPAT(t) 0 /* compat tasks are refused by the number check below */
 #endif
 
+/* The file of fd in task t, or NULL. */
+static __always_inline struct file *fd_file(struct task_struct *t, long fd)
+{
+	if (fd < 0)
+		return NULL;
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	if ((__u64)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* The socket behind a file, or NULL: a socket file's private_data is its
+ * struct socket, whose ->file points back, which identifies a socket
+ * without a ksym lookup. */
+static __always_inline struct sock *file_sock(struct file *f)
+{
+	if (!f)
+		return NULL;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != f)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* The syscalls a trace records; everything else leaves sys_exit after this
+ * test, traced or not. */
+static __always_inline bool focused_nr(long nr)
+{
+	switch (nr) {
+	case NR_open:
+	case NR_creat:
+	case NR_openat:
+	case NR_openat2:
+	case NR_rename:
+	case NR_renameat:
+	case NR_renameat2:
+	case NR_unlink:
+	case NR_unlinkat:
+	case NR_socket:
+	case NR_connect:
+	case NR_accept:
+	case NR_accept4:
+		return true;
+	}
+	return false;
+}
+
 /*
- * accept(2) and accept4(2) returning a TCP socket, in the accepting task.
- * The passive handshake completes in softirq where no owner is known, so
- * this is where the accepting process is visible. This program runs on every
- * syscall exit on the host: it must reject everything else in a few
- * instructions, before any helper call.
+ * The directory a relative path of the current task starts from (its cwd
+ * for AT_FDCWD, else the dirfd's path), copied to dst. Returns its length,
+ * with BASE_TRUNC or BASE_FAULT or'ed in above the low 16 bits.
+ */
+#define BASE_TRUNC (1u << 16)
+#define BASE_FAULT (1u << 17)
+static __noinline __u32 base_copy(struct pathbuf *pb, char *dst, long dfd)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	bool trunc;
+
+	if (!pb || !dst)
+		return BASE_FAULT;
+	if (dfd == AT_FDCWD) {
+		trunc = path_resolve(pb, &t->fs->pwd);
+	} else {
+		struct file *f = fd_file(t, dfd);
+		if (!f)
+			return BASE_FAULT;
+		trunc = path_resolve(pb, &f->f_path);
+	}
+	return path_copy(pb, dst) | (trunc ? BASE_TRUNC : 0);
+}
+
+/* Read a NUL-terminated path from user memory into dst; returns its length
+ * without the NUL, or -1 when it could not be read. */
+static __always_inline long user_path(char *dst, const char *src)
+{
+	long n = bpf_probe_read_user_str(dst, PATH_CAP, src);
+	if (n <= 0)
+		return -1;
+	return (n - 1) & (PATH_CAP - 1);
+}
+
+/*
+ * A traced process's file syscall returned. Paths are read here, not at
+ * sys_enter: the kernel has just copied them, so their pages are present,
+ * where at sys_enter a string the process never touched (a literal in a
+ * page not yet faulted in) cannot be read by a program that may not sleep.
+ * The arguments are still in the registers (see SYSCALL_ARG0), so no
+ * enter->exit pairing state is needed at all.
+ */
+static __noinline void trace_file(struct pt_regs *regs, long nr, long ret, __u32 tag)
+{
+	__u32 zero = 0;
+	struct fscratch *s = bpf_map_lookup_elem(&fscratch, &zero);
+	if (!s)
+		return;
+	struct ev_file *e = &s->ev;
+	__u64 a0 = SYSCALL_ARG0(regs), a1 = SYSCALL_ARG1(regs), a2 = SYSCALL_ARG2(regs);
+	__u64 a3 = SYSCALL_ARG3(regs);
+	long dfd = AT_FDCWD, dfd2 = AT_FDCWD;
+	const char *p1 = NULL, *p2 = NULL;
+	__u64 flags = 0;
+	__u32 mode = 0;
+	__u8 kind;
+
+	switch (nr) {
+	case NR_open:
+		kind = EV_FILE_OPEN;
+		p1 = (const char *)a0;
+		flags = a1;
+		mode = a2;
+		break;
+	case NR_creat:
+		kind = EV_FILE_OPEN;
+		p1 = (const char *)a0;
+		flags = O_CREAT | O_WRONLY | O_TRUNC;
+		mode = a1;
+		break;
+	case NR_openat:
+		kind = EV_FILE_OPEN;
+		dfd = (int)a0;
+		p1 = (const char *)a1;
+		flags = a2;
+		mode = a3;
+		break;
+	case NR_openat2: {
+		struct open_how how = {};
+		kind = EV_FILE_OPEN;
+		dfd = (int)a0;
+		p1 = (const char *)a1;
+		bpf_probe_read_user(&how, sizeof(how), (void *)a2);
+		flags = how.flags;
+		mode = how.mode;
+		break;
+	}
+	case NR_rename:
+		kind = EV_FILE_RENAME;
+		p1 = (const char *)a0;
+		p2 = (const char *)a1;
+		break;
+	case NR_renameat:
+	case NR_renameat2:
+		kind = EV_FILE_RENAME;
+		dfd = (int)a0;
+		p1 = (const char *)a1;
+		dfd2 = (int)a2;
+		p2 = (const char *)a3;
+		if (nr == NR_renameat2)
+			flags = (__u32)SYSCALL_ARG4(regs);
+		break;
+	case NR_unlink:
+		kind = EV_FILE_UNLINK;
+		p1 = (const char *)a0;
+		break;
+	case NR_unlinkat:
+		kind = EV_FILE_UNLINK;
+		dfd = (int)a0;
+		p1 = (const char *)a1;
+		flags = (__u32)a2;
+		break;
+	default:
+		return;
+	}
+
+	fill_current(&e->h, kind, tag);
+	e->result = ret;
+	e->flags = flags;
+	e->mode = mode;
+	e->ino = 0;
+	e->dev = 0;
+	if (kind == EV_FILE_OPEN && ret >= 0) {
+		struct file *f = fd_file(bpf_get_current_task_btf(), ret);
+		if (f) {
+			struct inode *ino = BPF_CORE_READ(f, f_inode);
+			e->ino = BPF_CORE_READ(ino, i_ino);
+			e->dev = BPF_CORE_READ(ino, i_sb, s_dev);
+		}
+	}
+
+	__u8 fl = 0;
+	__u32 off = 0;
+	long n = user_path(e->data, p1);
+	bool rel1 = false, rel2 = false;
+	if (n < 0) {
+		fl |= EVF_PATH_FAULT;
+		n = 0;
+	} else if (n > 0 && e->data[0] != '/') {
+		rel1 = true;
+	}
+	e->path_len = n;
+	off = n;
+
+	e->path2_len = 0;
+	if (p2) {
+		off &= PATH_CAP - 1;
+		n = user_path(&e->data[off], p2);
+		if (n < 0) {
+			fl |= EVF_PATH2_FAULT;
+			n = 0;
+		} else if (n > 0 && e->data[off] != '/') {
+			rel2 = true;
+		}
+		e->path2_len = n;
+		off += n;
+	}
+
+	__u32 b;
+	e->base_len = 0;
+	if (rel1) {
+		off &= FILE_HEAD - 1;
+		b = base_copy(&s->pb, &e->data[off], dfd);
+		if (b & BASE_TRUNC)
+			fl |= EVF_BASE_TRUNC;
+		if (b & BASE_FAULT)
+			fl |= EVF_BASE_FAULT;
+		b &= PATH_CAP - 1;
+		e->base_len = b;
+		off += b;
+	}
+	e->base2_len = 0;
+	if (rel2) {
+		off &= FILE_HEAD - 1;
+		b = base_copy(&s->pb, &e->data[off], dfd2);
+		if (b & BASE_TRUNC)
+			fl |= EVF_BASE2_TRUNC;
+		if (b & BASE_FAULT)
+			fl |= EVF_BASE2_FAULT;
+		b &= PATH_CAP - 1;
+		e->base2_len = b;
+		off += b;
+	}
+	e->h.flags = fl;
+
+	__u64 size = offsetof(struct ev_file, data) + (off & (FILE_HEAD - 1));
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size;
+	if (bpf_ringbuf_output(&events, e, size, wake_flags(pending, size)) != 0)
+		count_drop(DROP_RING_TRACE);
+}
+
+/* Read an AF_INET or AF_INET6 destination from a user sockaddr. */
+static __always_inline void user_sockaddr(struct ev_sock *e, const void *uaddr)
+{
+	struct sockaddr_in6 sa = {};
+
+	if (bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), uaddr) != 0)
+		return;
+	if (sa.sin6_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+		e->dport = bpf_ntohs(in->sin_port);
+		__builtin_memcpy(e->daddr, &in->sin_addr, 4);
+	} else if (sa.sin6_family == AF_INET6) {
+		if (bpf_probe_read_user(&sa, sizeof(sa), uaddr) != 0)
+			return;
+		e->dport = bpf_ntohs(sa.sin6_port);
+		__builtin_memcpy(e->daddr, &sa.sin6_addr, 16);
+	}
+}
+
+/* A traced process's socket(2) or connect(2) returned. */
+static __noinline void trace_net(struct pt_regs *regs, long nr, long ret, __u32 tag)
+{
+	__u64 a0 = SYSCALL_ARG0(regs), a1 = SYSCALL_ARG1(regs), a2 = SYSCALL_ARG2(regs);
+
+	if (nr == NR_socket) {
+		struct ev_sock *e = sock_reserve(EV_SOCKET);
+		if (!e)
+			return;
+		fill_current(&e->h, EV_SOCKET, tag);
+		e->result = ret;
+		e->domain = (int)a0;
+		e->type = (int)a1;
+		e->proto = (int)a2;
+		submit(e, sizeof(*e));
+		return;
+	}
+
+	/* connect */
+	struct sock *sk = file_sock(fd_file(bpf_get_current_task_btf(), (int)a0));
+	if (!sk)
+		return;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	__u64 key = (__u64)sk;
+	if (proto == IPPROTO_TCP) {
+		/* Established, or still in progress (non-blocking, or a
+		 * signal interrupted the wait): the state machine reports the
+		 * outcome, success or failure, with the trace's tag. */
+		if (ret == 0 || BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
+			return;
+		/* Failed after the SYN: reported at TCP_CLOSE already. */
+		struct sock_owner *o = bpf_map_lookup_elem(&socks, &key);
+		if (o && o->state == OWN_FAILED) {
+			bpf_map_delete_elem(&socks, &key);
+			return;
+		}
+	}
+
+	struct sock_owner t = {};
+	owner_tuple(&t, sk);
+	struct ev_sock *e = sock_reserve(EV_CONNECT_RESULT);
+	if (!e)
+		return;
+	fill_current(&e->h, EV_CONNECT_RESULT, tag);
+	e->result = ret;
+	e->domain = family;
+	e->type = BPF_CORE_READ(sk, sk_type);
+	e->proto = proto;
+	sock_tuple(e, &t);
+	if (ret != 0) {
+		/* No peer in the socket: the one the process asked for. */
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+		e->dport = 0;
+		user_sockaddr(e, (const void *)a1);
+	}
+	submit(e, sizeof(*e));
+}
+
+/*
+ * Every syscall exit on the host runs this: the untraced path must reject
+ * everything else in a few instructions. accept(2) and accept4(2) returning
+ * a TCP socket are the baseline's: the passive handshake completes in
+ * softirq where no owner is known, so this is where the accepting process is
+ * visible. The focused syscalls of traced processes go to trace_file and
+ * trace_net.
  */
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
-	if (ret < 0)
-		return 0;
 	long nr = SYSCALL_NR(regs);
-	if (nr != NR_accept && nr != NR_accept4)
+	bool accept = nr == NR_accept || nr == NR_accept4;
+	__u32 tag = 0;
+
+	if (traces_active && focused_nr(nr)) {
+		struct trace_cfg *c = trace_of(bpf_get_current_pid_tgid() >> 32);
+		if (c && !SYSCALL_COMPAT(bpf_get_current_task_btf())) {
+			tag = c->tag;
+			if (!accept) {
+				__u32 flags = c->flags;
+				bool file = nr != NR_socket && nr != NR_connect;
+				if (!(flags & (file ? TRF_FILES : TRF_NET)) || !trace_admit(c))
+					return 0;
+				if (file)
+					trace_file(regs, nr, ret, tag);
+				else
+					trace_net(regs, nr, ret, tag);
+				return 0;
+			}
+		}
+	}
+	if (!accept || ret < 0)
 		return 0;
 
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	if ((__u64)ret >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[ret]);
-	if (!f)
-		return 0;
-	/* A socket file's private_data is its struct socket, whose ->file
-	 * points back: that pair identifies a socket without a ksym lookup. */
-	struct socket *sock = BPF_CORE_READ(f, private_data);
-	if (!sock || BPF_CORE_READ(sock, file) != f)
-		return 0;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
+	struct sock *sk = file_sock(fd_file(bpf_get_current_task_btf(), ret));
 	if (!sk || !is_inet_tcp(sk))
 		return 0;
 
 	struct sock_owner o = {};
-	owner_current(&o, OWN_ACCEPTED);
+	owner_current(&o, OWN_ACCEPTED, tag);
 	owner_tuple(&o, sk);
 	emit_conn(EV_ACCEPT, &o);
 

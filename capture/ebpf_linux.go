@@ -23,7 +23,7 @@ import (
 // The objects are committed (sensor_x86_bpfel.{go,o}) so `go build` needs no
 // clang; `make generate` (bpf/generate.sh) runs this and refreshes
 // bpf_sources.sha256, which bpfgen_test.go checks.
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target amd64 -tags linux -cflags "-O2 -g -Wall -I../bpf/include" -type ev_hdr -type ev_exit -type ev_conn -type ev_exec sensor ../bpf/sensor.bpf.c
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -target amd64 -tags linux -cflags "-O2 -g -Wall -I../bpf/include" -type ev_hdr -type ev_exit -type ev_conn -type ev_exec -type ev_file -type ev_sock -type traced_proc -type trace_cfg sensor ../bpf/sensor.bpf.c
 
 const (
 	// ringPollInterval is how long records may wait in the ring when the
@@ -34,6 +34,10 @@ const (
 	// argvCap is ARGV_CAP in bpf/sensor.h: the scratch space the kernel side
 	// has for argv. Larger Options.ArgvMaxBytes are clamped to it.
 	argvCap = 32768
+
+	// envCap is ENV_CAP in bpf/sensor.h: the most environment a traced
+	// exec can carry.
+	envCap = 16384
 
 	// Indexes of the drops map (enum drop_cause in bpf/sensor.h).
 	dropRingExec  = 0

@@ -21,6 +21,11 @@ const (
 	evKindConnect = 4
 	evKindAccept  = 5
 	evKindClose   = 6
+	evKindOpen    = 7
+	evKindRename  = 8
+	evKindUnlink  = 9
+	evKindSocket  = 10
+	evKindConnRes = 16
 
 	evfArgvTrunc = 1 << 0
 	evfExeTrunc  = 1 << 1
@@ -28,6 +33,16 @@ const (
 	evfTTYPts    = 1 << 3
 	evfArgvFault = 1 << 4
 	evfExeGone   = 1 << 5
+	evfEnvTrunc  = 1 << 6
+	evfEnvFault  = 1 << 7
+
+	// ev_hdr.flags of file records (enum evf_file).
+	evfPathFault  = 1 << 0
+	evfPath2Fault = 1 << 1
+	evfBaseTrunc  = 1 << 2
+	evfBase2Trunc = 1 << 3
+	evfBaseFault  = 1 << 4
+	evfBase2Fault = 1 << 5
 
 	hdrKind     = 0
 	hdrFlags    = 1
@@ -35,6 +50,7 @@ const (
 	hdrStart    = 8
 	hdrTime     = 16
 	hdrPPID     = 24
+	hdrTrace    = 28
 	hdrPStart   = 32
 	hdrComm     = 40
 	hdrSize     = 56
@@ -59,7 +75,32 @@ const (
 	execCwdLen  = hdrSize + 42
 	execTTYLen  = hdrSize + 44
 	execArgvLen = hdrSize + 46
-	execData    = hdrSize + 48
+	execEnvLen  = hdrSize + 48
+	execExeDev  = hdrSize + 52
+	execExeIno  = hdrSize + 56
+	execData    = hdrSize + 64
+
+	fileResult   = hdrSize
+	fileFlags    = hdrSize + 8
+	fileIno      = hdrSize + 16
+	fileDev      = hdrSize + 24
+	fileMode     = hdrSize + 28
+	filePathLen  = hdrSize + 32
+	filePath2Len = hdrSize + 34
+	fileBaseLen  = hdrSize + 36
+	fileBase2Len = hdrSize + 38
+	fileData     = hdrSize + 40
+
+	sockResult = hdrSize
+	sockDomain = hdrSize + 8
+	sockType   = hdrSize + 12
+	sockProto  = hdrSize + 16
+	sockFamily = hdrSize + 20
+	sockSport  = hdrSize + 22
+	sockDport  = hdrSize + 24
+	sockSaddr  = hdrSize + 28
+	sockDaddr  = hdrSize + 44
+	sockSize   = hdrSize + 64
 
 	afInet  = 2
 	afInet6 = 10
@@ -85,6 +126,13 @@ type recordDecoder struct {
 	// comms interns task names: a host runs few distinct ones, and fork and
 	// exit records would otherwise allocate one string each.
 	comms map[[16]byte]string
+
+	// The last decoded record's trace tag (0: not traced) and, for an
+	// exec, the kernel's identity of the binary (dev in stat encoding).
+	tag     uint32
+	exeDev  uint64
+	exeIno  uint64
+	focused bool // the record is trace-only: dropped rather than reported untraced
 }
 
 const maxInternedComms = 4096
@@ -121,6 +169,8 @@ func (d *recordDecoder) decode(b []byte, ev *Event) error {
 	if ppid := recordOrder.Uint32(b[hdrPPID:]); ppid != 0 {
 		ev.Parent = ProcKey{PID: ppid, Start: recordOrder.Uint64(b[hdrPStart:]) / nsPerTick}
 	}
+	d.tag = recordOrder.Uint32(b[hdrTrace:])
+	d.focused = false
 	flags := b[hdrFlags]
 	switch kind := b[hdrKind]; kind {
 	case evKindFork:
@@ -148,6 +198,33 @@ func (d *recordDecoder) decode(b []byte, ev *Event) error {
 			return err
 		}
 		ev.Exec = x
+		d.exeDev = kernelDevToStat(recordOrder.Uint32(b[execExeDev:]))
+		d.exeIno = recordOrder.Uint64(b[execExeIno:])
+	case evKindOpen, evKindRename, evKindUnlink:
+		ev.Kind = KindFileOpen + Kind(kind-evKindOpen)
+		f, err := decodeFile(b, flags)
+		if err != nil {
+			return err
+		}
+		ev.File = f
+		d.focused = true
+	case evKindSocket, evKindConnRes:
+		if len(b) < sockSize {
+			return fmt.Errorf("%w: socket record of %d bytes", errShortRecord, len(b))
+		}
+		ev.Sock = &SockOp{
+			Domain: int32(recordOrder.Uint32(b[sockDomain:])),
+			Type:   int32(recordOrder.Uint32(b[sockType:])) & sockTypeMask,
+			Proto:  int32(recordOrder.Uint32(b[sockProto:])),
+			Result: int64(recordOrder.Uint64(b[sockResult:])),
+		}
+		d.focused = true
+		if kind == evKindSocket {
+			ev.Kind = KindSocket
+			break
+		}
+		ev.Kind = KindConnect
+		ev.Conn = decodeSockTuple(b, ev.Sock.Proto)
 	default:
 		return fmt.Errorf("unknown ebpf record kind %d", kind)
 	}
@@ -193,7 +270,8 @@ func decodeExec(b []byte, flags byte) (*Exec, error) {
 	cwdLen := int(recordOrder.Uint16(b[execCwdLen:]))
 	ttyLen := int(recordOrder.Uint16(b[execTTYLen:]))
 	argvLen := int(recordOrder.Uint16(b[execArgvLen:]))
-	total := exeLen + cwdLen + ttyLen + argvLen
+	envLen := int(recordOrder.Uint16(b[execEnvLen:]))
+	total := exeLen + cwdLen + ttyLen + argvLen + envLen
 	if len(b) < execData+total {
 		return nil, fmt.Errorf("%w: exec record of %d bytes holds %d bytes of strings", errShortRecord, len(b), total)
 	}
@@ -228,8 +306,92 @@ func decodeExec(b []byte, flags byte) (*Exec, error) {
 	if flags&evfTTYPts != 0 {
 		x.TTY = "pts/" + strconv.FormatUint(uint64(recordOrder.Uint32(b[execTTYIdx:])), 10)
 	}
-	x.Argv = splitArgv(data[total-argvLen:])
+	argvOff := exeLen + cwdLen + ttyLen
+	x.Argv = splitArgv(data[argvOff : argvOff+argvLen])
+	if envLen > 0 {
+		x.Env = splitArgv(data[argvOff+argvLen:])
+	}
+	x.EnvTruncated = flags&(evfEnvTrunc|evfEnvFault) != 0
 	return x, nil
+}
+
+// sockTypeMask keeps the socket type of a socket(2) type argument, without
+// SOCK_NONBLOCK and SOCK_CLOEXEC.
+const sockTypeMask = 0xf
+
+func decodeFile(b []byte, flags byte) (*FileOp, error) {
+	if len(b) < fileData {
+		return nil, fmt.Errorf("%w: file record of %d bytes", errShortRecord, len(b))
+	}
+	pathLen := int(recordOrder.Uint16(b[filePathLen:]))
+	path2Len := int(recordOrder.Uint16(b[filePath2Len:]))
+	baseLen := int(recordOrder.Uint16(b[fileBaseLen:]))
+	base2Len := int(recordOrder.Uint16(b[fileBase2Len:]))
+	total := pathLen + path2Len + baseLen + base2Len
+	if len(b) < fileData+total {
+		return nil, fmt.Errorf("%w: file record of %d bytes holds %d bytes of strings", errShortRecord, len(b), total)
+	}
+	data := string(b[fileData : fileData+total])
+	path, data := data[:pathLen], data[pathLen:]
+	path2, data := data[:path2Len], data[path2Len:]
+	base, base2 := data[:baseLen], data[baseLen:]
+	f := &FileOp{
+		Path:       joinBase(base, flags&evfBaseTrunc != 0, path),
+		Path2:      joinBase(base2, flags&evfBase2Trunc != 0, path2),
+		Flags:      recordOrder.Uint64(b[fileFlags:]),
+		Mode:       recordOrder.Uint32(b[fileMode:]),
+		Result:     int64(recordOrder.Uint64(b[fileResult:])),
+		PathUnread: flags&(evfPathFault|evfPath2Fault) != 0,
+	}
+	if ino := recordOrder.Uint64(b[fileIno:]); ino != 0 {
+		f.Inode = ino
+		f.Dev = kernelDevToStat(recordOrder.Uint32(b[fileDev:]))
+	}
+	return f, nil
+}
+
+// joinBase joins a relative path to the directory it was resolved from;
+// an absolute path (no base) passes unchanged. A base cut at the root end
+// starts with "..." as Exec.Cwd does.
+func joinBase(base string, cut bool, path string) string {
+	if base == "" {
+		return path
+	}
+	if cut {
+		base = "..." + base
+	}
+	if strings.HasSuffix(base, "/") {
+		return base + path
+	}
+	return base + "/" + path
+}
+
+// decodeSockTuple reads the tuple of a socket record; the address family is
+// the tuple's own (0 when the socket had none).
+func decodeSockTuple(b []byte, proto int32) *Conn {
+	c := &Conn{Proto: Proto(proto)}
+	var src, dst netip.Addr
+	switch recordOrder.Uint16(b[sockFamily:]) {
+	case afInet:
+		src = netip.AddrFrom4([4]byte(b[sockSaddr : sockSaddr+4]))
+		dst = netip.AddrFrom4([4]byte(b[sockDaddr : sockDaddr+4]))
+	case afInet6:
+		src = netip.AddrFrom16([16]byte(b[sockSaddr : sockSaddr+16])).Unmap()
+		dst = netip.AddrFrom16([16]byte(b[sockDaddr : sockDaddr+16])).Unmap()
+	default:
+		return c
+	}
+	c.Src = netip.AddrPortFrom(src, recordOrder.Uint16(b[sockSport:]))
+	c.Dst = netip.AddrPortFrom(dst, recordOrder.Uint16(b[sockDport:]))
+	return c
+}
+
+// kernelDevToStat turns a kernel dev_t (major << 20 | minor) into the
+// encoding stat(2) reports in st_dev (glibc's makedev).
+func kernelDevToStat(dev uint32) uint64 {
+	major := uint64(dev >> 20)
+	minor := uint64(dev & 0xfffff)
+	return (major&0xfffff000)<<32 | (major&0xfff)<<8 | (minor&0xffffff00)<<12 | minor&0xff
 }
 
 // splitArgv splits the argv area of a process (NUL-terminated strings back

@@ -870,6 +870,8 @@ func TestEBPFRecordLayout(t *testing.T) {
 	var x sensorEvExit
 	var c sensorEvConn
 	var e sensorEvExec
+	var fl sensorEvFile
+	var so sensorEvSock
 	for _, f := range []struct {
 		name      string
 		got, want uintptr
@@ -879,6 +881,7 @@ func TestEBPFRecordLayout(t *testing.T) {
 		{"hdr.start_ns", hdrStart, unsafe.Offsetof(h.StartNs)},
 		{"hdr.time_ns", hdrTime, unsafe.Offsetof(h.TimeNs)},
 		{"hdr.ppid", hdrPPID, unsafe.Offsetof(h.Ppid)},
+		{"hdr.trace", hdrTrace, unsafe.Offsetof(h.Trace)},
 		{"hdr.pstart_ns", hdrPStart, unsafe.Offsetof(h.PstartNs)},
 		{"hdr.comm", hdrComm, unsafe.Offsetof(h.Comm)},
 		{"sizeof hdr", hdrSize, unsafe.Sizeof(h)},
@@ -903,8 +906,31 @@ func TestEBPFRecordLayout(t *testing.T) {
 		{"exec.cwd_len", execCwdLen, unsafe.Offsetof(e.CwdLen)},
 		{"exec.tty_len", execTTYLen, unsafe.Offsetof(e.TtyLen)},
 		{"exec.argv_len", execArgvLen, unsafe.Offsetof(e.ArgvLen)},
+		{"exec.env_len", execEnvLen, unsafe.Offsetof(e.EnvLen)},
+		{"exec.exe_dev", execExeDev, unsafe.Offsetof(e.ExeDev)},
+		{"exec.exe_ino", execExeIno, unsafe.Offsetof(e.ExeIno)},
 		{"exec.data", execData, unsafe.Offsetof(e.Data)},
-		{"ARGV_CAP", argvCap, unsafe.Sizeof(e.Data) - 16384},
+		{"ARGV_CAP", argvCap, unsafe.Sizeof(e.Data) - 16384 - envCap},
+		{"file.result", fileResult, unsafe.Offsetof(fl.Result)},
+		{"file.flags", fileFlags, unsafe.Offsetof(fl.Flags)},
+		{"file.ino", fileIno, unsafe.Offsetof(fl.Ino)},
+		{"file.dev", fileDev, unsafe.Offsetof(fl.Dev)},
+		{"file.mode", fileMode, unsafe.Offsetof(fl.Mode)},
+		{"file.path_len", filePathLen, unsafe.Offsetof(fl.PathLen)},
+		{"file.path2_len", filePath2Len, unsafe.Offsetof(fl.Path2Len)},
+		{"file.base_len", fileBaseLen, unsafe.Offsetof(fl.BaseLen)},
+		{"file.base2_len", fileBase2Len, unsafe.Offsetof(fl.Base2Len)},
+		{"file.data", fileData, unsafe.Offsetof(fl.Data)},
+		{"sock.result", sockResult, unsafe.Offsetof(so.Result)},
+		{"sock.domain", sockDomain, unsafe.Offsetof(so.Domain)},
+		{"sock.type", sockType, unsafe.Offsetof(so.Type)},
+		{"sock.proto", sockProto, unsafe.Offsetof(so.Proto)},
+		{"sock.family", sockFamily, unsafe.Offsetof(so.Family)},
+		{"sock.sport", sockSport, unsafe.Offsetof(so.Sport)},
+		{"sock.dport", sockDport, unsafe.Offsetof(so.Dport)},
+		{"sock.saddr", sockSaddr, unsafe.Offsetof(so.Saddr)},
+		{"sock.daddr", sockDaddr, unsafe.Offsetof(so.Daddr)},
+		{"sizeof sock", sockSize, unsafe.Sizeof(so)},
 	} {
 		if f.got != f.want {
 			t.Errorf("%s: decoder uses %d, sensor.h has %d", f.name, f.got, f.want)

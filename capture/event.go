@@ -20,9 +20,19 @@ const (
 	KindConnect Kind = 4 // Proc initiated a TCP connection; Conn is set
 	KindAccept  Kind = 5 // Proc accepted a TCP connection; Conn is set
 	KindClose   Kind = 6 // a TCP connection owned by Proc closed; Conn is set
+
+	// Focused trace only (TraceID is set). A traced process's fork, exec,
+	// exit, connect, accept and close are the kinds above with TraceID set.
+	KindFileOpen   Kind = 7  // Proc opened or created a file; File is set
+	KindFileRename Kind = 8  // Proc renamed File.Path to File.Path2
+	KindFileUnlink Kind = 9  // Proc unlinked File.Path
+	KindSocket     Kind = 10 // Proc called socket(2); Sock is set
+	KindExecHash   Kind = 11 // hashes of the binary of Proc's last exec; Hashes is set
+	KindTraceNote  Kind = 12 // the trace started, was sampled or stopped; Note is set
 )
 
-var kindNames = [...]string{"", "fork", "exec", "exit", "connect", "accept", "close"}
+var kindNames = [...]string{"", "fork", "exec", "exit", "connect", "accept", "close",
+	"file_open", "file_rename", "file_unlink", "socket", "exec_hash", "trace_note"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && k != 0 {
@@ -45,8 +55,9 @@ func (k ProcKey) String() string { return fmt.Sprintf("%d@%d", k.PID, k.Start) }
 // IsZero reports whether k names no process.
 func (k ProcKey) IsZero() bool { return k.PID == 0 && k.Start == 0 }
 
-// Event is one observation. Exactly one of Exec, Exit, Conn is set, according
-// to Kind (none for KindFork).
+// Event is one observation. The payload pointers are set according to Kind
+// (none for KindFork). A traced connect the TCP state machine does not report
+// (UDP, a failed TCP connect) is a KindConnect with both Conn and Sock.
 type Event struct {
 	Seq    uint64  `cbor:"1,keyasint,omitempty"` // per-agent sequence, assigned when stored
 	Time   int64   `cbor:"2,keyasint"`           // wall clock, Unix nanoseconds
@@ -61,6 +72,20 @@ type Event struct {
 
 	// Source names what produced the event: "ebpf", "proc" or "seed".
 	Source string `cbor:"10,keyasint,omitempty"`
+
+	// TraceID names the focused trace the event belongs to; empty for
+	// baseline events. TraceSeq numbers a trace's events 1, 2, 3... in the
+	// order they were emitted, without gaps: an event the trace's caps
+	// dropped gets no number, and a KindTraceNote says how many were
+	// dropped and why.
+	TraceID  string `cbor:"11,keyasint,omitempty"`
+	TraceSeq uint64 `cbor:"12,keyasint,omitempty"`
+
+	File   *FileOp     `cbor:"13,keyasint,omitempty"`
+	Sock   *SockOp     `cbor:"14,keyasint,omitempty"`
+	Hashes *Hashes     `cbor:"15,keyasint,omitempty"`
+	Note   *TraceNote  `cbor:"16,keyasint,omitempty"`
+	Mem    *MemSnippet `cbor:"17,keyasint,omitempty"`
 }
 
 // Exec describes the new image of a process after execve.
@@ -80,6 +105,13 @@ type Exec struct {
 	PidNS    uint32 `cbor:"11,keyasint,omitempty"` // namespace inode numbers
 	NetNS    uint32 `cbor:"12,keyasint,omitempty"`
 	MntNS    uint32 `cbor:"13,keyasint,omitempty"`
+
+	// Env is the environment at exec of a traced process whose trace
+	// collects command lines; raw bytes as the process holds them, to be
+	// masked on display by default. EnvTruncated: it exceeded the trace's
+	// cap (or could not be read) and is cut.
+	Env          []string `cbor:"14,keyasint,omitempty"`
+	EnvTruncated bool     `cbor:"15,keyasint,omitempty"`
 }
 
 // Exit describes how a process ended. Code is the exit status when it exited
@@ -106,3 +138,75 @@ type Conn struct {
 }
 
 func (c Conn) String() string { return fmt.Sprintf("%s->%s", c.Src, c.Dst) }
+
+// FileOp is a traced process's file syscall, reported when it returned.
+type FileOp struct {
+	// Path is the file as the process named it. A relative name is joined
+	// to the directory it was resolved from (the cwd or the dirfd's path,
+	// named like Exec.Cwd) without cleaning, so ".." stays as written.
+	Path  string `cbor:"1,keyasint"`
+	Path2 string `cbor:"2,keyasint,omitempty"` // rename target, joined the same way
+	// Flags are the open(2) flags, renameat2(2) flags or unlinkat(2)
+	// flags; Mode is the open mode argument.
+	Flags uint64 `cbor:"3,keyasint,omitempty"`
+	Mode  uint32 `cbor:"4,keyasint,omitempty"`
+	// Inode and Dev (as stat(2) reports st_dev) of the file an open
+	// returned; zero otherwise.
+	Inode uint64 `cbor:"5,keyasint,omitempty"`
+	Dev   uint64 `cbor:"6,keyasint,omitempty"`
+	// Result is the syscall's return value: an fd, 0, or -errno.
+	Result int64 `cbor:"7,keyasint"`
+	// PathUnread: a path could not be read from the process's memory.
+	PathUnread bool `cbor:"8,keyasint,omitempty"`
+}
+
+// SockOp is a traced process's socket(2), or the outcome of a connect the
+// TCP state machine does not report.
+type SockOp struct {
+	Domain int32 `cbor:"1,keyasint"` // AF_INET, AF_INET6, AF_UNIX, ...
+	Type   int32 `cbor:"2,keyasint"` // SOCK_STREAM, ... without SOCK_NONBLOCK and SOCK_CLOEXEC
+	Proto  int32 `cbor:"3,keyasint,omitempty"`
+	// Result: the new fd for socket(2), 0 or -errno for connect.
+	Result int64 `cbor:"4,keyasint"`
+}
+
+// Hashes identify the binary a traced process executed. Path, Dev and
+// Inode name the file hashed; Error says why there are no digests.
+type Hashes struct {
+	Blake3 string `cbor:"1,keyasint,omitempty"` // hex, 32 bytes
+	SHA256 string `cbor:"2,keyasint,omitempty"` // hex
+	Path   string `cbor:"3,keyasint,omitempty"`
+	Size   int64  `cbor:"4,keyasint,omitempty"`
+	Dev    uint64 `cbor:"5,keyasint,omitempty"`
+	Inode  uint64 `cbor:"6,keyasint,omitempty"`
+	// Cached: the digests came from the cache, keyed by (dev, inode,
+	// ctime), without reading the file again.
+	Cached bool   `cbor:"7,keyasint,omitempty"`
+	Error  string `cbor:"8,keyasint,omitempty"`
+}
+
+// MemSnippet is a small region of a traced process's memory, taken when
+// policy allows: the start of its executable's first mapping, for triage
+// of a binary that differs in memory from its file.
+type MemSnippet struct {
+	Addr  uint64 `cbor:"1,keyasint"`
+	Data  []byte `cbor:"2,keyasint,omitempty"`
+	Error string `cbor:"3,keyasint,omitempty"`
+}
+
+// TraceNote marks a point in a trace's life.
+type TraceNote struct {
+	// What is "start", "sampled" (events were dropped just before this
+	// note) or "stop".
+	What string `cbor:"1,keyasint"`
+	// Reason: for "sampled" the cap that dropped ("cap:max_events_per_sec",
+	// "cap:agent_events_per_sec", "cap:kernel_valve", "backpressure"); for
+	// "stop" why it stopped ("cap:max_bytes", "cap:max_duration",
+	// "lineage_exited", or the reason StopTrace was given).
+	Reason  string `cbor:"2,keyasint,omitempty"`
+	Dropped uint64 `cbor:"3,keyasint,omitempty"` // sampled: since the last note; stop: in all
+	Events  uint64 `cbor:"4,keyasint,omitempty"` // stop: events emitted, this note included
+	Bytes   int64  `cbor:"5,keyasint,omitempty"` // stop: bytes counted against MaxBytes
+	Depth   int32  `cbor:"6,keyasint,omitempty"` // start: the depth, -1 for no limit
+	Pids    uint32 `cbor:"7,keyasint,omitempty"` // start: processes traced at start
+}

@@ -40,7 +40,11 @@ type sensorEvExec struct {
 	CwdLen   uint16
 	TtyLen   uint16
 	ArgvLen  uint16
-	Data     [49152]int8
+	EnvLen   uint16
+	Pad      uint16
+	ExeDev   uint32
+	ExeIno   uint64
+	Data     [65536]int8
 }
 
 type sensorEvExit struct {
@@ -48,6 +52,21 @@ type sensorEvExit struct {
 	H    sensorEvHdr
 	Code uint32
 	Pad  uint32
+}
+
+type sensorEvFile struct {
+	_        structs.HostLayout
+	H        sensorEvHdr
+	Result   int64
+	Flags    uint64
+	Ino      uint64
+	Dev      uint32
+	Mode     uint32
+	PathLen  uint16
+	Path2Len uint16
+	BaseLen  uint16
+	Base2Len uint16
+	Data     [20480]int8
 }
 
 type sensorEvHdr struct {
@@ -59,25 +78,59 @@ type sensorEvHdr struct {
 	StartNs  uint64
 	TimeNs   uint64
 	Ppid     uint32
-	Pad1     uint32
+	Trace    uint32
 	PstartNs uint64
 	Comm     [16]int8
 }
 
+type sensorEvSock struct {
+	_      structs.HostLayout
+	H      sensorEvHdr
+	Result int64
+	Domain int32
+	Type   int32
+	Proto  int32
+	Family uint16
+	Sport  uint16
+	Dport  uint16
+	Pad    uint16
+	Saddr  [16]uint8
+	Daddr  [16]uint8
+	Pad2   uint32
+}
+
+type sensorFscratch struct {
+	_  structs.HostLayout
+	Ev sensorEvFile
+	Pb struct {
+		_   structs.HostLayout
+		Buf [4352]int8
+		Pos uint32
+	}
+	_ [4]byte
+}
+
 type sensorScratch struct {
-	_       structs.HostLayout
-	Ev      sensorEvExec
-	Pbuf    [4352]int8
-	Pos     uint32
-	_       [4]byte
-	BtfExit sensorEvExit
-	BtfConn sensorEvConn
+	_  structs.HostLayout
+	Ev sensorEvExec
+	Pb struct {
+		_   structs.HostLayout
+		Buf [4352]int8
+		Pos uint32
+	}
+	_         [4]byte
+	BtfExit   sensorEvExit
+	BtfConn   sensorEvConn
+	BtfSock   sensorEvSock
+	BtfTraced sensorTracedProc
 }
 
 type sensorSockOwner struct {
 	_       structs.HostLayout
 	Pid     uint32
 	State   uint32
+	Trace   uint32
+	Pad0    uint32
 	StartNs uint64
 	Comm    [16]int8
 	Family  uint16
@@ -88,14 +141,34 @@ type sensorSockOwner struct {
 	Daddr   [16]uint8
 }
 
+type sensorTraceCfg struct {
+	_        structs.HostLayout
+	Tag      uint32
+	Flags    uint32
+	EnvMax   uint32
+	RateMax  uint32
+	WindowNs uint64
+	WindowN  uint64
+	Dropped  uint64
+}
+
+type sensorTracedProc struct {
+	_     structs.HostLayout
+	Tag   uint32
+	Depth uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sensorMapDrops             = "drops"
 	sensorMapEvents            = "events"
+	sensorMapFscratch          = "fscratch"
 	sensorMapScratch           = "scratch"
 	sensorMapSocks             = "socks"
+	sensorMapTraceCfgs         = "trace_cfgs"
+	sensorMapTraced            = "traced"
 	sensorProgHandleExec       = "handle_exec"
 	sensorProgHandleExit       = "handle_exit"
 	sensorProgHandleExitLegacy = "handle_exit_legacy"
@@ -103,6 +176,7 @@ const (
 	sensorProgHandleSetState   = "handle_set_state"
 	sensorProgHandleSysExit    = "handle_sys_exit"
 	sensorVarArgvMax           = "argv_max"
+	sensorVarTracesActive      = "traces_active"
 	sensorVarWakeBytes         = "wake_bytes"
 )
 
@@ -160,18 +234,22 @@ type sensorProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sensorMapSpecs struct {
-	Drops   *ebpf.MapSpec `ebpf:"drops"`
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Scratch *ebpf.MapSpec `ebpf:"scratch"`
-	Socks   *ebpf.MapSpec `ebpf:"socks"`
+	Drops     *ebpf.MapSpec `ebpf:"drops"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Fscratch  *ebpf.MapSpec `ebpf:"fscratch"`
+	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
+	Socks     *ebpf.MapSpec `ebpf:"socks"`
+	TraceCfgs *ebpf.MapSpec `ebpf:"trace_cfgs"`
+	Traced    *ebpf.MapSpec `ebpf:"traced"`
 }
 
 // sensorVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sensorVariableSpecs struct {
-	ArgvMax   *ebpf.VariableSpec `ebpf:"argv_max"`
-	WakeBytes *ebpf.VariableSpec `ebpf:"wake_bytes"`
+	ArgvMax      *ebpf.VariableSpec `ebpf:"argv_max"`
+	TracesActive *ebpf.VariableSpec `ebpf:"traces_active"`
+	WakeBytes    *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
 
 // sensorObjects contains all objects after they have been loaded into the kernel.
@@ -194,18 +272,24 @@ func (o *sensorObjects) Close() error {
 //
 // It can be passed to loadSensorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sensorMaps struct {
-	Drops   *ebpf.Map `ebpf:"drops"`
-	Events  *ebpf.Map `ebpf:"events"`
-	Scratch *ebpf.Map `ebpf:"scratch"`
-	Socks   *ebpf.Map `ebpf:"socks"`
+	Drops     *ebpf.Map `ebpf:"drops"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Fscratch  *ebpf.Map `ebpf:"fscratch"`
+	Scratch   *ebpf.Map `ebpf:"scratch"`
+	Socks     *ebpf.Map `ebpf:"socks"`
+	TraceCfgs *ebpf.Map `ebpf:"trace_cfgs"`
+	Traced    *ebpf.Map `ebpf:"traced"`
 }
 
 func (m *sensorMaps) Close() error {
 	return _SensorClose(
 		m.Drops,
 		m.Events,
+		m.Fscratch,
 		m.Scratch,
 		m.Socks,
+		m.TraceCfgs,
+		m.Traced,
 	)
 }
 
@@ -213,8 +297,9 @@ func (m *sensorMaps) Close() error {
 //
 // It can be passed to loadSensorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sensorVariables struct {
-	ArgvMax   *ebpf.Variable `ebpf:"argv_max"`
-	WakeBytes *ebpf.Variable `ebpf:"wake_bytes"`
+	ArgvMax      *ebpf.Variable `ebpf:"argv_max"`
+	TracesActive *ebpf.Variable `ebpf:"traces_active"`
+	WakeBytes    *ebpf.Variable `ebpf:"wake_bytes"`
 }
 
 // sensorPrograms contains all programs after they have been loaded into the kernel.
