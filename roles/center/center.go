@@ -19,6 +19,7 @@ import (
 
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/store"
+	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/store/wal"
 	"github.com/evilbitlabs/daemoneye/transport"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
@@ -35,6 +36,11 @@ type Center struct {
 	srv    *transport.Server
 	disp   *transport.Dispatcher
 	Ingest *Ingest
+	// SQL is the queryable store derived from the batch store: every
+	// batch durable in Pebble is ingested here (again after a crash).
+	SQL      *sqlstore.Store
+	ingestQ  chan *wire.Batch
+	stopping chan struct{} // closed when Run's context ends
 
 	ackMu sync.Mutex
 	acks  map[string][]wire.CommandAck // command id -> acks received
@@ -68,8 +74,21 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
 	}
-	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, acks: map[string][]wire.CommandAck{}}
+	sq, err := sqlstore.Open(filepath.Join(cfg.DataDir, "center.db"), log)
+	if err != nil {
+		outbox.Close()
+		db.Close()
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, ingestQ: make(chan *wire.Batch, 1024),
+		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}}
 	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
+	c.Ingest.toSQL = func(b *wire.Batch) {
+		select {
+		case c.ingestQ <- b:
+		case <-c.stopping: // the next start reconciles it from the batch store
+		}
+	}
 	c.srv, err = transport.NewServer(transport.ServerConfig{
 		NodeID: id.Name,
 		Listen: cfg.Listen,
@@ -96,10 +115,14 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 			}
 		},
 		OnControl: c.onControl,
-		OnChange:  func() { go c.disp.Flush(context.Background()) },
-		Log:       log,
+		OnChange: func() {
+			go c.disp.Flush(context.Background())
+			go c.registerFleet(context.Background())
+		},
+		Log: log,
 	})
 	if err != nil {
+		sq.Close()
 		outbox.Close()
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
@@ -118,9 +141,16 @@ func (c *Center) Agents() []string { return c.srv.Agents() }
 func (c *Center) Run(ctx context.Context) error {
 	defer func() {
 		c.outbox.Close()
+		c.SQL.Close()
 		c.db.Close()
 	}()
+	if err := c.reconcile(ctx); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
+	defer stop()
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.ingestSQL(gctx) })
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })

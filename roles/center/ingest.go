@@ -27,6 +27,7 @@ type Ingest struct {
 	limits   wire.Limits
 	hookMu   sync.Mutex
 	onStored func(b *wire.Batch, lane wire.Lane)
+	toSQL    func(b *wire.Batch) // hands a durable batch to the SQL ingester
 
 	locks    sync.Map // agent id -> *sync.Mutex: one batch of an agent at a time
 	stored   atomic.Uint64
@@ -123,6 +124,9 @@ func (in *Ingest) Commit(lane wire.Lane, b *wire.Batch, sealed []byte) *wire.Nac
 	}
 	in.stored.Add(1)
 	in.events.Add(uint64(len(b.Events)))
+	if in.toSQL != nil {
+		in.toSQL(b)
+	}
 	in.hookMu.Lock()
 	fn := in.onStored
 	in.hookMu.Unlock()

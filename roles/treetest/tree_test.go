@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -286,4 +287,57 @@ func TestAgentShedsOldestBulkUnderPressure(t *testing.T) {
 		t.Errorf("only %d batches kept under a cap that holds two: dropping more than needed", bulk.Entries)
 	}
 	t.Logf("cut %d batches, dropped the %d oldest; %d queued (%d bytes)", st.Batches, st.Dropped, bulk.Entries, bulk.Bytes)
+}
+
+// The center ingests every stored batch into its SQL store, registers the
+// fleet with proxy paths, and rebuilds the SQL store from the batch store
+// after losing it.
+func TestCenterSQLIngestAndReconcile(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px := tr.NewProxy("px", c.Cfg.Listen).Start()
+	a := tr.NewAgent("web", px.Cfg.Listen).Start()
+	a.Emit(4500)
+	if m := WaitAll(c, 20*time.Second, a); m != "" {
+		t.Fatal(m)
+	}
+	count := func() int {
+		_, rows, _, err := c.SQL.Query(context.Background(), "SELECT count(*) FROM process_events WHERE host = 'web'", nil, 1, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int(rows[0][0].(int64))
+	}
+	for deadline := time.Now().Add(10 * time.Second); count() != 4500; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("SQL store has %d of 4500 events", count())
+		}
+	}
+	hosts, err := c.SQL.Hosts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawAgent bool
+	for _, h := range hosts {
+		if h.AgentID == "web" {
+			sawAgent = true
+			if len(h.ProxyPath) != 1 || h.ProxyPath[0] != "px" {
+				t.Errorf("web's proxy path = %v, want [px]", h.ProxyPath)
+			}
+		}
+	}
+	if !sawAgent {
+		t.Errorf("fleet registry lacks the agent: %+v", hosts)
+	}
+	// Lose the SQL store: the next start rebuilds it from the batch store.
+	c.Stop()
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		os.Remove(filepath.Join(c.Cfg.DataDir, "center.db"+suffix))
+	}
+	c.Start()
+	for deadline := time.Now().Add(20 * time.Second); count() != 4500; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after losing center.db and restarting: %d events in SQL, want 4500", count())
+		}
+	}
 }

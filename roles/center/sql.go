@@ -1,0 +1,113 @@
+package center
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/evilbitlabs/daemoneye/store/sqlstore"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// ingestSQL feeds durable batches into the SQL store in the order they were
+// committed. The batch store (Pebble) is the record; SQL is derived from
+// it, so a failure here is retried and, after a crash, reconcile catches up.
+func (c *Center) ingestSQL(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			// Drain what is queued so a clean stop leaves nothing behind.
+			for {
+				select {
+				case b := <-c.ingestQ:
+					c.ingestOne(context.Background(), b)
+				default:
+					return nil
+				}
+			}
+		case b := <-c.ingestQ:
+			c.ingestOne(ctx, b)
+		}
+	}
+}
+
+func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
+	for attempt := 0; attempt < 5; attempt++ {
+		err := c.SQL.IngestBatch(ctx, b)
+		if err == nil {
+			return
+		}
+		c.log.Warn("SQL ingest", "agent", b.AgentID, "seq", b.Seq, "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		}
+	}
+	c.log.Error("SQL ingest gave up; the next start reconciles it from the batch store", "agent", b.AgentID, "seq", b.Seq)
+}
+
+// reconcile ingests every stored batch the SQL store lacks (a crash between
+// the two writes, or a new SQL store on an old batch store).
+func (c *Center) reconcile(ctx context.Context) error {
+	it, err := c.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'b'}, UpperBound: []byte{'c'}})
+	if err != nil {
+		return fmt.Errorf("center: reconcile: %w", err)
+	}
+	defer it.Close()
+	var n int
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[1:]
+		if len(k) < 9 {
+			continue
+		}
+		agent, seq := string(k[:len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:])
+		has, err := c.SQL.HasBatch(ctx, agent, seq)
+		if err != nil {
+			return fmt.Errorf("center: reconcile: %w", err)
+		}
+		if has {
+			continue
+		}
+		sealed := append([]byte(nil), it.Value()...)
+		b, nack := c.Ingest.Verify(0, agent, seq, sealed)
+		if nack != nil {
+			c.log.Error("reconcile: stored batch no longer verifies", "agent", agent, "seq", seq, "reason", nack.Reason)
+			continue
+		}
+		if err := c.SQL.IngestBatch(ctx, b); err != nil {
+			return fmt.Errorf("center: reconcile %s/%d: %w", agent, seq, err)
+		}
+		n++
+	}
+	if n > 0 {
+		c.log.Info("reconciled the SQL store with the batch store", "batches", n)
+	}
+	return it.Error()
+}
+
+// registerFleet records every node below the center in the fleet registry,
+// with the path of proxies it is reached through.
+func (c *Center) registerFleet(ctx context.Context) {
+	now := time.Now()
+	for _, ch := range c.srv.Children() {
+		kind := sqlstore.KindAgent
+		if ch.Role != wire.RoleAgent {
+			kind = sqlstore.KindProxy
+		}
+		if err := c.SQL.UpsertHost(ctx, sqlstore.Host{AgentID: ch.ID, Kind: kind, LastSeen: now}); err != nil {
+			c.log.Warn("fleet registry", "node", ch.ID, "err", err)
+		}
+		if kind != sqlstore.KindProxy {
+			continue
+		}
+		for _, a := range ch.Agents() {
+			if err := c.SQL.UpsertHost(ctx, sqlstore.Host{AgentID: a, Kind: sqlstore.KindAgent, ProxyPath: []string{ch.ID}, LastSeen: now}); err != nil {
+				c.log.Warn("fleet registry", "node", a, "err", err)
+			}
+		}
+	}
+}
