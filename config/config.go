@@ -132,6 +132,17 @@ type Center struct {
 	Metrics Metrics `yaml:"metrics"`
 }
 
+// API configures the center's HTTPS API.
+type API struct {
+	Listen string `yaml:"listen"`
+	// TwoPersonTraces requires a second operator's approval before a trace
+	// starts (the two-person rule).
+	TwoPersonTraces bool `yaml:"two_person_traces"`
+	// QueryMaxRows and QueryTimeoutMS bound the read-only SQL sandbox.
+	QueryMaxRows   int `yaml:"query_max_rows"`
+	QueryTimeoutMS int `yaml:"query_timeout_ms"`
+}
+
 // Log configures the process's structured log.
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info, warn, error
@@ -173,6 +184,7 @@ func Default() Config {
 		Center: Center{
 			Listen:  "0.0.0.0:7443",
 			DataDir: "/var/lib/daemoneye/center",
+			API:     API{Listen: "127.0.0.1:8443", TwoPersonTraces: true, QueryMaxRows: 10000, QueryTimeoutMS: 5000},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
 		},
 		Log: Log{Level: "info", Format: "text"},
