@@ -127,7 +127,10 @@ type Center struct {
 	DataDir string `yaml:"data_dir"`
 	// CADir is the customer CA directory (`daemoneye pki init`); when set,
 	// the center pushes its CRL down the tree as it changes.
-	CADir   string  `yaml:"ca_dir"`
+	CADir string `yaml:"ca_dir"`
+	// API is the operators\' HTTPS API (and later the UI), with client
+	// certificates from the customer CA or local accounts.
+	API     API     `yaml:"api"`
 	TLS     TLS     `yaml:"tls"`
 	Metrics Metrics `yaml:"metrics"`
 }
