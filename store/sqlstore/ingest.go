@@ -55,16 +55,38 @@ func isKey(c string, key []string) bool {
 	return false
 }
 
+// Rows per multi-row statement. A statement costs a few microseconds in
+// database/sql and the driver whatever its size, so rows go in groups:
+// 64 x 31 parameters stays well under SQLite's 32766.
+const bulkRows = 64
+
 // ingestStmts are prepared once on the writer connection; a batch uses them
 // through its transaction.
 type ingestStmts struct {
-	insBatch, batchRoot, touchHost    *sql.Stmt
-	insProcEvent, insNetEvent, insRaw *sql.Stmt
-	getProc, liveStarts, upsertProc   *sql.Stmt
+	insBatch, batchRoot, touchHost *sql.Stmt
+	insRaw, getProc, liveStarts    *sql.Stmt
+	loadProcs                      *sql.Stmt // bulkRows keys at a time
+	procEvents, netEvents, procs   bulkStmt
+}
+
+// bulkStmt is an INSERT prepared for one row and for bulkRows rows.
+type bulkStmt struct {
+	one, many *sql.Stmt
+	width     int
+}
+
+func multiValues(cols string, rows int) string {
+	row := "(" + placeholders(cols) + ")"
+	return strings.TrimSuffix(strings.Repeat(row+",", rows), ",")
 }
 
 func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
 	s := &ingestStmts{}
+	procUpsert := ` ON CONFLICT (host, pid, start) DO UPDATE SET ` + upsertSet(procCols, "host", "pid", "start")
+	keyList := strings.TrimSuffix(strings.Repeat("(?, ?),", bulkRows), ",")
+	s.procEvents.width = strings.Count(procEventCols, ",") + 1
+	s.netEvents.width = strings.Count(netEventCols, ",") + 1
+	s.procs.width = strings.Count(procCols, ",") + 1
 	for _, p := range []struct {
 		dst **sql.Stmt
 		sql string
@@ -76,18 +98,21 @@ func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
 			ON CONFLICT (agent_id) DO UPDATE SET
 				last_seen = max(last_seen, excluded.last_seen),
 				last_event = max(coalesce(last_event, excluded.last_event), excluded.last_event)`},
-		{&s.insProcEvent, `INSERT INTO process_events (` + procEventCols + `) VALUES (` + placeholders(procEventCols) + `)`},
-		{&s.insNetEvent, `INSERT INTO network_events (` + netEventCols + `) VALUES (` + placeholders(netEventCols) + `)`},
 		{&s.insRaw, `INSERT INTO raw_events (host, batch_seq, idx, time, kind, event) VALUES (?, ?, ?, ?, ?, ?)`},
 		{&s.getProc, `SELECT ` + procCols + ` FROM processes WHERE host = ? AND pid = ? AND start = ?`},
+		{&s.loadProcs, `SELECT ` + procCols + ` FROM processes WHERE host = ? AND (pid, start) IN (VALUES ` + keyList + `)`},
 		{&s.liveStarts, `SELECT start FROM processes WHERE host = ? AND pid = ? AND exit_time IS NULL ORDER BY start DESC LIMIT 8`},
-		{&s.upsertProc, `INSERT INTO processes (` + procCols + `) VALUES (` + placeholders(procCols) + `)
-			ON CONFLICT (host, pid, start) DO UPDATE SET ` + upsertSet(procCols, "host", "pid", "start")},
+		{&s.procEvents.one, `INSERT INTO process_events (` + procEventCols + `) VALUES ` + multiValues(procEventCols, 1)},
+		{&s.procEvents.many, `INSERT INTO process_events (` + procEventCols + `) VALUES ` + multiValues(procEventCols, bulkRows)},
+		{&s.netEvents.one, `INSERT INTO network_events (` + netEventCols + `) VALUES ` + multiValues(netEventCols, 1)},
+		{&s.netEvents.many, `INSERT INTO network_events (` + netEventCols + `) VALUES ` + multiValues(netEventCols, bulkRows)},
+		{&s.procs.one, `INSERT INTO processes (` + procCols + `) VALUES ` + multiValues(procCols, 1) + procUpsert},
+		{&s.procs.many, `INSERT INTO processes (` + procCols + `) VALUES ` + multiValues(procCols, bulkRows) + procUpsert},
 	} {
 		st, err := db.PrepareContext(ctx, p.sql)
 		if err != nil {
 			s.close()
-			return nil, fmt.Errorf("prepare %q: %w", strings.Fields(p.sql)[0:3], err)
+			return nil, fmt.Errorf("prepare %q: %w", strings.Join(strings.Fields(p.sql)[:3], " "), err)
 		}
 		*p.dst = st
 	}
@@ -95,12 +120,50 @@ func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
 }
 
 func (s *ingestStmts) close() {
-	for _, st := range []*sql.Stmt{s.insBatch, s.batchRoot, s.touchHost, s.insProcEvent, s.insNetEvent,
-		s.insRaw, s.getProc, s.liveStarts, s.upsertProc} {
+	for _, st := range []*sql.Stmt{s.insBatch, s.batchRoot, s.touchHost, s.insRaw, s.getProc, s.loadProcs,
+		s.liveStarts, s.procEvents.one, s.procEvents.many, s.netEvents.one, s.netEvents.many, s.procs.one, s.procs.many} {
 		if st != nil {
 			st.Close()
 		}
 	}
+}
+
+// bulkInsert buffers rows for one bulkStmt within a transaction.
+type bulkInsert struct {
+	ctx       context.Context
+	one, many *sql.Stmt
+	width     int
+	buf       []any
+}
+
+func (s bulkStmt) in(ctx context.Context, tx *sql.Tx) *bulkInsert {
+	return &bulkInsert{ctx: ctx, one: tx.StmtContext(ctx, s.one), many: tx.StmtContext(ctx, s.many), width: s.width,
+		buf: make([]any, 0, s.width*bulkRows)}
+}
+
+// add appends one row (width values), writing a full group.
+func (b *bulkInsert) add(row []any) error {
+	if len(row) != b.width {
+		return fmt.Errorf("row of %d values, want %d", len(row), b.width)
+	}
+	b.buf = append(b.buf, row...)
+	if len(b.buf) < b.width*bulkRows {
+		return nil
+	}
+	_, err := b.many.ExecContext(b.ctx, b.buf...)
+	b.buf = b.buf[:0]
+	return err
+}
+
+// flush writes the rows of a last, partial group one by one.
+func (b *bulkInsert) flush() error {
+	for i := 0; i < len(b.buf); i += b.width {
+		if _, err := b.one.ExecContext(b.ctx, b.buf[i:i+b.width]...); err != nil {
+			return err
+		}
+	}
+	b.buf = b.buf[:0]
+	return nil
 }
 
 // IngestBatch stores a verified batch in one transaction: a row per event,
@@ -154,26 +217,27 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 
 	pt := &procTx{ctx: ctx, host: host, get: tx.StmtContext(ctx, st.getProc), live: tx.StmtContext(ctx, st.liveStarts),
 		ents: make(map[capture.ProcKey]*procRow, len(b.Events)/2), now: now}
-	insProc := tx.StmtContext(ctx, st.insProcEvent)
-	insNet := tx.StmtContext(ctx, st.insNetEvent)
+	if err := pt.preload(tx.StmtContext(ctx, st.loadProcs), b.Events); err != nil {
+		return err
+	}
+	procEvents, netEvents := st.procEvents.in(ctx, tx), st.netEvents.in(ctx, tx)
 	var insRaw *sql.Stmt
-	args := make([]any, 0, 32)
+	row := make([]any, 0, 32)
 	for i := range b.Events {
 		ev := &b.Events[i]
-		args = args[:0]
 		switch ev.Kind {
 		case capture.KindFork, capture.KindExec, capture.KindExit:
-			if args, err = procEventArgs(args, host, seq, i, ev); err != nil {
+			if row, err = procEventArgs(row[:0], host, seq, i, ev); err != nil {
 				return fmt.Errorf("event %d: %w", i, err)
 			}
-			if _, err := insProc.ExecContext(ctx, args...); err != nil {
+			if err := procEvents.add(row); err != nil {
 				return fmt.Errorf("event %d: %w", i, err)
 			}
 			if err := pt.apply(ev); err != nil {
 				return fmt.Errorf("event %d: process table: %w", i, err)
 			}
 		case capture.KindConnect, capture.KindAccept, capture.KindClose:
-			if _, err := insNet.ExecContext(ctx, netEventArgs(args, host, seq, i, ev)...); err != nil {
+			if err := netEvents.add(netEventArgs(row[:0], host, seq, i, ev)); err != nil {
 				return fmt.Errorf("event %d: %w", i, err)
 			}
 		default:
@@ -191,11 +255,20 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 			}
 		}
 	}
-	up := tx.StmtContext(ctx, st.upsertProc)
+	if err := procEvents.flush(); err != nil {
+		return fmt.Errorf("process events: %w", err)
+	}
+	if err := netEvents.flush(); err != nil {
+		return fmt.Errorf("network events: %w", err)
+	}
+	procs := st.procs.in(ctx, tx)
 	for _, p := range pt.dirty {
-		if _, err := up.ExecContext(ctx, p.args(args[:0], host)...); err != nil {
-			return fmt.Errorf("process %s: %w", p.key, err)
+		if err := procs.add(p.args(row[:0], host)); err != nil {
+			return fmt.Errorf("processes: %w", err)
 		}
+	}
+	if err := procs.flush(); err != nil {
+		return fmt.Errorf("processes: %w", err)
 	}
 	return tx.Commit()
 }

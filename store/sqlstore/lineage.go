@@ -45,6 +45,11 @@ func (s *Store) Process(ctx context.Context, host string, pid uint32, start uint
 	return Process{Host: h, Process: cp}, true, nil
 }
 
+// CROSS JOIN pins the join order (SQLite's documented planner override): the
+// walk must drive from the CTE into the indexes. Without it, and without
+// statistics on a young database, the planner chose to scan all of a
+// host's processes per step.
+//
 // The walks carry the path of keys visited as text so that a cycle ends the
 // branch (instr on the path), not only the depth bound. Keys are wrapped in
 // '/' so that pid 1 does not match inside pid 11.
@@ -55,12 +60,12 @@ WITH RECURSIVE anc (pid, start, depth, path) AS (
 	  AND NOT (ppid = pid AND pstart = start)
 	UNION ALL
 	SELECT p.ppid, p.pstart, anc.depth + 1, anc.path || p.ppid || '@' || p.pstart || '/'
-	FROM anc JOIN processes p ON p.host = ?1 AND p.pid = anc.pid AND p.start = anc.start
+	FROM anc CROSS JOIN processes p ON p.host = ?1 AND p.pid = anc.pid AND p.start = anc.start
 	WHERE p.ppid IS NOT NULL AND anc.depth < ?4
 	  AND instr(anc.path, '/' || p.ppid || '@' || p.pstart || '/') = 0
 )
 SELECT ` + procColsQualified + `, anc.depth
-FROM anc JOIN processes p ON p.host = ?1 AND p.pid = anc.pid AND p.start = anc.start
+FROM anc CROSS JOIN processes p ON p.host = ?1 AND p.pid = anc.pid AND p.start = anc.start
 ORDER BY anc.depth`
 
 var descendantsSQL = `
@@ -68,12 +73,12 @@ WITH RECURSIVE d (pid, start, depth, path) AS (
 	SELECT ?2, ?3, 0, '/' || ?2 || '@' || ?3 || '/'
 	UNION ALL
 	SELECT c.pid, c.start, d.depth + 1, d.path || c.pid || '@' || c.start || '/'
-	FROM d JOIN processes c ON c.host = ?1 AND c.ppid = d.pid AND c.pstart = d.start
+	FROM d CROSS JOIN processes c ON c.host = ?1 AND c.ppid = d.pid AND c.pstart = d.start
 	WHERE d.depth < ?4 AND instr(d.path, '/' || c.pid || '@' || c.start || '/') = 0
 	LIMIT ?5
 )
 SELECT ` + procColsQualified + `, d.depth
-FROM d JOIN processes p ON p.host = ?1 AND p.pid = d.pid AND p.start = d.start
+FROM d CROSS JOIN processes p ON p.host = ?1 AND p.pid = d.pid AND p.start = d.start
 WHERE d.depth > 0
 ORDER BY d.depth, p.pid, p.start`
 

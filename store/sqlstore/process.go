@@ -145,6 +145,56 @@ func (t *procTx) lookup(k capture.ProcKey) (*procRow, error) {
 	return &p, nil
 }
 
+// preload reads, in groups of bulkRows, every process the batch's fork,
+// exec and exit events name (the process and a parent known by its start),
+// and records which are absent: one query per group instead of one per
+// process.
+func (t *procTx) preload(load *sql.Stmt, events []capture.Event) error {
+	var keys []capture.ProcKey
+	want := func(k capture.ProcKey) {
+		if k.IsZero() || k.Start == 0 {
+			return
+		}
+		if _, ok := t.ents[k]; !ok {
+			t.ents[k] = nil // absent unless the load finds it
+			keys = append(keys, k)
+		}
+	}
+	for i := range events {
+		switch events[i].Kind {
+		case capture.KindFork, capture.KindExec, capture.KindExit:
+			want(events[i].Proc)
+			want(events[i].Parent)
+		}
+	}
+	args := make([]any, 0, 1+2*bulkRows)
+	for len(keys) > 0 {
+		n := min(len(keys), bulkRows)
+		args = append(args[:0], t.host)
+		for i := range bulkRows {
+			k := keys[min(i, n-1)] // a short group repeats its last key
+			args = append(args, int64(k.PID), int64(k.Start))
+		}
+		keys = keys[n:]
+		rows, err := load.QueryContext(t.ctx, args...)
+		if err != nil {
+			return fmt.Errorf("read processes: %w", err)
+		}
+		for rows.Next() {
+			_, p, err := scanProc(rows)
+			if err != nil {
+				rows.Close()
+				return fmt.Errorf("read processes: %w", err)
+			}
+			t.ents[p.key] = &p
+		}
+		if err := rows.Close(); err != nil {
+			return fmt.Errorf("read processes: %w", err)
+		}
+	}
+	return nil
+}
+
 func (t *procTx) create(p procRow) *procRow {
 	np := &p
 	t.ents[p.key] = np
