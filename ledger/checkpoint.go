@@ -103,23 +103,31 @@ func parseUnverified(signed []byte) (Checkpoint, error) {
 // VerifyInclusion checks, offline, that leaf (a Record.Leaf) is the entry at
 // its index in the tree the signed checkpoint describes. It needs only the
 // center's note verifier; it returns the decoded leaf and checkpoint. Check the
-// payload, if held, with CheckPayload.
+// payload, if held, with CheckPayload. To check many leaves against one
+// checkpoint, open it once with OpenCheckpoint and use CheckInclusion.
 func VerifyInclusion(v note.Verifier, checkpoint, leaf []byte, proof tlog.RecordProof) (Record, Checkpoint, error) {
 	cp, err := OpenCheckpoint(checkpoint, v)
 	if err != nil {
 		return Record{}, Checkpoint{}, err
 	}
+	rec, err := cp.CheckInclusion(leaf, proof)
+	return rec, cp, err
+}
+
+// CheckInclusion checks that leaf is the entry at its index in the tree of
+// cp, which must come from OpenCheckpoint.
+func (cp Checkpoint) CheckInclusion(leaf []byte, proof tlog.RecordProof) (Record, error) {
 	rec, err := DecodeLeaf(leaf)
 	if err != nil {
-		return Record{}, cp, err
+		return Record{}, err
 	}
 	if rec.Index >= cp.Size {
-		return rec, cp, fmt.Errorf("ledger: entry %d is beyond the checkpoint's tree size %d: %w", rec.Index, cp.Size, ErrTampered)
+		return rec, fmt.Errorf("ledger: entry %d is beyond the checkpoint's tree size %d: %w", rec.Index, cp.Size, ErrTampered)
 	}
 	if err := tlog.CheckRecord(proof, cp.Size, cp.Root, rec.Index, tlog.RecordHash(leaf)); err != nil {
-		return rec, cp, fmt.Errorf("ledger: entry %d is not in the tree of size %d: %v: %w", rec.Index, cp.Size, err, ErrTampered)
+		return rec, fmt.Errorf("ledger: entry %d is not in the tree of size %d: %v: %w", rec.Index, cp.Size, err, ErrTampered)
 	}
-	return rec, cp, nil
+	return rec, nil
 }
 
 // VerifyConsistency checks, offline, that the tree of the newer checkpoint
@@ -133,7 +141,13 @@ func VerifyConsistency(v note.Verifier, older, newer []byte, proof tlog.TreeProo
 	if err != nil {
 		return err
 	}
-	return checkConsistency(o, n, proof)
+	return o.CheckConsistency(n, proof)
+}
+
+// CheckConsistency checks that the tree of newer extends the tree of cp;
+// both must come from OpenCheckpoint.
+func (cp Checkpoint) CheckConsistency(newer Checkpoint, proof tlog.TreeProof) error {
+	return checkConsistency(cp, newer, proof)
 }
 
 func checkConsistency(o, n Checkpoint, proof tlog.TreeProof) error {

@@ -41,14 +41,14 @@ const (
 
 // Defaults for Options.
 const (
-	DefaultCheckpointEvery    = 1000
+	DefaultCheckpointEvery    = 10000
 	DefaultCheckpointInterval = 10 * time.Second
 )
 
 // Options tune a ledger; the zero value takes the defaults.
 type Options struct {
 	// CheckpointEvery makes a checkpoint once this many entries were added
-	// since the last one (default 1000; negative: only on time and demand).
+	// since the last one (default 10000; negative: only on time and demand).
 	CheckpointEvery int64
 	// CheckpointInterval is how often Run checkpoints a tree that grew
 	// (default 10s).
@@ -72,8 +72,9 @@ type Ledger struct {
 
 	// Appends queue here; whoever holds commitMu commits the whole queue
 	// with one pair of fsyncs (group commit).
-	qmu   sync.Mutex
-	queue []*pending
+	qmu     sync.Mutex
+	queue   []*pending
+	leading bool // a caller is committing; the queue waits for its hand-off
 
 	commitMu sync.Mutex // held while committing, checkpointing, purging
 	front    frontier   // under commitMu
@@ -90,7 +91,8 @@ type pending struct {
 	entries []Entry
 	first   int64
 	err     error
-	done    chan struct{}
+	done    chan struct{} // closed once committed or failed
+	lead    chan struct{} // the previous leader hands over here
 }
 
 // Open opens (creating if needed) the ledger in dir, signing checkpoints with
@@ -175,29 +177,39 @@ func (l *Ledger) AppendBatch(entries []Entry) (int64, error) {
 	return l.submit(batch)
 }
 
-// submit queues a checked batch and commits the queue unless someone else
-// already did.
+// submit queues a checked batch. If no commit is under way the caller leads:
+// it commits the whole queue, then hands the lead to the first caller that
+// queued meanwhile, so that nobody waits for more than two commits.
 func (l *Ledger) submit(batch []Entry) (int64, error) {
-	p := &pending{entries: batch, done: make(chan struct{})}
+	p := &pending{entries: batch, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 	l.qmu.Lock()
 	l.queue = append(l.queue, p)
-	l.qmu.Unlock()
-
-	l.commitMu.Lock()
-	select {
-	case <-p.done: // a previous leader committed us
-		l.commitMu.Unlock()
-		return p.first, p.err
-	default:
+	if l.leading {
+		l.qmu.Unlock()
+		select {
+		case <-p.done:
+			return p.first, p.err
+		case <-p.lead:
+		}
+		l.qmu.Lock()
 	}
-	l.qmu.Lock()
+	l.leading = true
 	q := l.queue
 	l.queue = nil
 	l.qmu.Unlock()
+
+	l.commitMu.Lock()
 	l.commitLocked(q)
 	l.maybeCheckpointLocked()
 	l.commitMu.Unlock()
-	<-p.done
+
+	l.qmu.Lock()
+	if len(l.queue) > 0 {
+		l.queue[0].lead <- struct{}{}
+	} else {
+		l.leading = false
+	}
+	l.qmu.Unlock()
 	return p.first, p.err
 }
 
@@ -467,7 +479,9 @@ func (l *Ledger) storeCheckpoint(signed []byte) error {
 	if err := l.cpts.Sync(); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(l.dir, checkpointFile), signed, 0o644)
+	// The copy in the checkpoint file is a convenience: the checkpoints
+	// file above is the durable record, so the rename is not waited for.
+	return replaceFile(filepath.Join(l.dir, checkpointFile), signed, 0o644, false)
 }
 
 // Run checkpoints the tree every Options.CheckpointInterval while it grows,
@@ -552,8 +566,16 @@ func (f *frontier) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
-// writeFileAtomic writes via a temporary file and rename, synced.
+// writeFileAtomic writes via a temporary file and rename, synced, the
+// rename included.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return replaceFile(path, data, perm, true)
+}
+
+// replaceFile writes via a temporary file and rename; the content is synced
+// before the rename so the file is never seen empty, and syncDir makes the
+// rename itself durable before returning.
+func replaceFile(path string, data []byte, perm os.FileMode, syncRename bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
@@ -576,6 +598,9 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
+	}
+	if !syncRename {
+		return nil
 	}
 	return syncDir(filepath.Dir(path))
 }

@@ -85,7 +85,7 @@ func (l *Ledger) PurgePayloads(indexes []int64, actor, reason string) (int64, er
 	if err := writeFileAtomic(pendingPath, []byte(strconv.FormatInt(k, 10)+"\n"), 0o600); err != nil {
 		return -1, fmt.Errorf("ledger: purge: %w", err)
 	}
-	p := &pending{entries: []Entry{e}, done: make(chan struct{})}
+	p := &pending{entries: []Entry{e}, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 	l.commitLocked([]*pending{p})
 	if p.err != nil {
 		return -1, fmt.Errorf("ledger: purge: %w", p.err)

@@ -347,7 +347,7 @@ func (l *Ledger) appendRecover(n recoverNote) error {
 	if err := checkEntry(e, true); err != nil {
 		return err
 	}
-	p := &pending{entries: []Entry{e}, done: make(chan struct{})}
+	p := &pending{entries: []Entry{e}, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 	l.commitLocked([]*pending{p})
 	if p.err != nil {
 		return fmt.Errorf("ledger: open: record the recovery: %w", p.err)
