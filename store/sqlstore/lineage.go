@@ -29,8 +29,7 @@ type Process struct {
 
 // Process returns the row for (host, pid, start).
 func (s *Store) Process(ctx context.Context, host string, pid uint32, start uint64) (Process, bool, error) {
-	row := s.ro.QueryRowContext(ctx, `SELECT `+procCols+` FROM processes WHERE host = ? AND pid = ? AND start = ?`,
-		host, int64(pid), int64(start))
+	row := s.reads.process.QueryRowContext(ctx, host, int64(pid), int64(start))
 	h, p, err := scanProc(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Process{}, false, nil
@@ -88,7 +87,7 @@ var procColsQualified = qualify("p", procCols)
 // up to the first parent the table does not know, at most MaxAncestors
 // long. A cycle in the parent links ends the chain.
 func (s *Store) Ancestors(ctx context.Context, host string, pid uint32, start uint64) ([]Process, error) {
-	out, err := s.lineage(ctx, ancestorsSQL, host, int64(pid), int64(start), MaxAncestors)
+	out, err := s.lineage(ctx, s.reads.ancestors, host, int64(pid), int64(start), MaxAncestors)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: ancestors of %s/%d@%d: %w", host, pid, start, err)
 	}
@@ -106,15 +105,15 @@ func (s *Store) Descendants(ctx context.Context, host string, pid uint32, start 
 	}
 	maxDepth = min(maxDepth, MaxDepth)
 	// The CTE's LIMIT counts the seed row too.
-	out, err := s.lineage(ctx, descendantsSQL, host, int64(pid), int64(start), maxDepth, MaxDescendantRows+1)
+	out, err := s.lineage(ctx, s.reads.descendants, host, int64(pid), int64(start), maxDepth, MaxDescendantRows+1)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: descendants of %s/%d@%d: %w", host, pid, start, err)
 	}
 	return out, nil
 }
 
-func (s *Store) lineage(ctx context.Context, q string, args ...any) ([]Process, error) {
-	rows, err := s.ro.QueryContext(ctx, q, args...)
+func (s *Store) lineage(ctx context.Context, q *sql.Stmt, args ...any) ([]Process, error) {
+	rows, err := q.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -142,3 +141,37 @@ type scanPlus struct {
 }
 
 func (s scanPlus) Scan(dst ...any) error { return s.rows.Scan(append(dst, s.extra)...) }
+
+// readStmts are prepared on the read-only pool; database/sql prepares each
+// once per connection, so a lineage query does not compile its CTE (and run
+// the authorizer) every time.
+type readStmts struct {
+	process, ancestors, descendants *sql.Stmt
+}
+
+func (r *readStmts) prepare(ctx context.Context, db *sql.DB) error {
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&r.process, `SELECT ` + procCols + ` FROM processes WHERE host = ? AND pid = ? AND start = ?`},
+		{&r.ancestors, ancestorsSQL},
+		{&r.descendants, descendantsSQL},
+	} {
+		st, err := db.PrepareContext(ctx, p.sql)
+		if err != nil {
+			r.close()
+			return fmt.Errorf("prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func (r *readStmts) close() {
+	for _, st := range []*sql.Stmt{r.process, r.ancestors, r.descendants} {
+		if st != nil {
+			st.Close()
+		}
+	}
+}

@@ -98,6 +98,9 @@ CREATE INDEX processes_live ON processes (host, pid) WHERE exit_time IS NULL;
 -- Every fork, exec and exit exactly as the agent reported it. Exec fields are
 -- NULL unless the event carried an image (uid IS NOT NULL); exit fields NULL
 -- unless it carried a status; ppid/pstart NULL when the event named no parent.
+-- Parent lookups go through processes (processes_parent), then here by
+-- (host, pid, start): an index on ppid here would cost every insert a random
+-- b-tree write for a question the process table answers.
 CREATE TABLE process_events (
 	id             INTEGER PRIMARY KEY AUTOINCREMENT,
 	host           TEXT NOT NULL,
@@ -135,7 +138,6 @@ CREATE TABLE process_events (
 ) STRICT;
 CREATE INDEX process_events_time ON process_events (time);
 CREATE INDEX process_events_proc ON process_events (host, pid, start);
-CREATE INDEX process_events_parent ON process_events (host, ppid, pstart) WHERE ppid IS NOT NULL;
 CREATE INDEX process_events_trace ON process_events (trace_id, trace_seq) WHERE trace_id IS NOT NULL;
 
 -- connect, accept, close and (traced) socket create. src is the owning

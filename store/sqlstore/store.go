@@ -40,6 +40,7 @@ type Store struct {
 
 	wmu      sync.Mutex
 	stmts    *ingestStmts
+	reads    readStmts
 	closeErr error
 	closed   sync.Once
 }
@@ -111,6 +112,12 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 		s.db.Close()
 		return nil, fmt.Errorf("sqlstore: open %s: %w", abs, err)
 	}
+	if err := s.reads.prepare(ctx, s.ro); err != nil {
+		s.ro.Close()
+		s.stmts.close()
+		s.db.Close()
+		return nil, fmt.Errorf("sqlstore: open %s: %w", abs, err)
+	}
 	return s, nil
 }
 
@@ -154,6 +161,7 @@ func (s *Store) Close() error {
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
 		var errs []error
+		s.reads.close()
 		if s.ro != nil {
 			errs = append(errs, s.ro.Close())
 		}
