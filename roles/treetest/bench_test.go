@@ -7,10 +7,14 @@ package treetest
 // (latency_test.go). Run them with `make bench`; BENCHMARKS.md quotes them.
 
 import (
+	"context"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,6 +148,11 @@ func eventPool(seed uint64, chunks int) [][]capture.Event {
 	return out
 }
 
+// labeled runs fn under the pprof label node=name.
+func labeled(name string, fn func()) {
+	pprof.Do(context.Background(), pprof.Labels("node", name), func(context.Context) { fn() })
+}
+
 // emit stores events in an agent's store, as the sensor does, and wakes
 // its shipper. Unlike Agent.Emit it returns errors, so it may run on any
 // goroutine.
@@ -213,26 +222,24 @@ type pipelineResult struct {
 func (r pipelineResult) rate() float64    { return float64(r.events) / r.wall.Seconds() }
 func (r pipelineResult) cpuRate() float64 { return float64(r.events) / r.cpu.Seconds() }
 
-// The latest DaemonEye run, for the NATS run beside it: its sealed batches
-// and its figures (for the ratios).
-var (
-	lastPipeline                  *pipelineResult
-	pipelineRate, pipelineCPURate float64
-)
-
 // runPipeline builds agents -> px2 -> px1 -> center, lets every agent emit
 // perAgent realistic events as fast as its store takes them, and measures
 // from the first emit to the last event stored (fsynced) at the center.
 func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 	b.Helper()
 	tr := New(b)
-	c := tr.NewCenter("center").Start()
-	px1 := tr.NewProxy("px1", c.Cfg.Listen).Start()
-	px2 := tr.NewProxy("px2", px1.Cfg.Listen).Start()
+	// Each node runs under a pprof label that every goroutine it starts
+	// inherits, so a CPU profile of this benchmark splits by node:
+	// go tool pprof -tags treetest.test cpu.prof
+	var c *Center
+	labeled("center", func() { c = tr.NewCenter("center").Start() })
+	var px1, px2 *Proxy
+	labeled("proxy", func() { px1 = tr.NewProxy("px1", c.Cfg.Listen).Start() })
+	labeled("proxy", func() { px2 = tr.NewProxy("px2", px1.Cfg.Listen).Start() })
 	var as []*Agent
 	pools := make([][][]capture.Event, agents)
 	for i := range agents {
-		as = append(as, tr.NewAgent(fmt.Sprintf("agent-%d", i), px2.Cfg.Listen).Start())
+		labeled("agent", func() { as = append(as, tr.NewAgent(fmt.Sprintf("agent-%d", i), px2.Cfg.Listen).Start()) })
 		pools[i] = eventPool(uint64(i+1), 8)
 	}
 	sc := newStoredCounter(c)
@@ -257,7 +264,7 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 	start := time.Now()
 	errc := make(chan error, agents)
 	for i, a := range as {
-		go func() {
+		go pprof.Do(context.Background(), pprof.Labels("node", "sensor"), func(context.Context) {
 			for k := range chunks {
 				if err := emit(a, pools[i][k%len(pools[i])]); err != nil {
 					errc <- err
@@ -265,7 +272,7 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 				}
 			}
 			errc <- nil
-		}()
+		})
 	}
 	for range agents {
 		if err := <-errc; err != nil {
@@ -310,35 +317,70 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 			res.sealed[agent] = append(res.sealed[agent], sealed)
 		}
 	}
-	b.Logf("daemoneye: %d events in %d batches (%.0f B/event sealed), emitted in %v, all stored after %v",
-		res.events, res.batches, float64(res.bytes)/float64(res.events), emitted.Round(time.Millisecond), res.wall.Round(time.Millisecond))
+	b.Logf("daemoneye: %d events in %d batches (%.0f B/event sealed), emitted in %v, all stored after %v; on disk: %s",
+		res.events, res.batches, float64(res.bytes)/float64(res.events), emitted.Round(time.Millisecond), res.wall.Round(time.Millisecond),
+		diskUse(tr.Dir, "agent-0/store", "agent-0/wal", "px2/wal", "px1/wal", "center/batches"))
 	return res
+}
+
+// diskUse says how many bytes each of the dirs under root holds.
+func diskUse(root string, dirs ...string) string {
+	var out []string
+	for _, d := range dirs {
+		var n int64
+		filepath.WalkDir(filepath.Join(root, d), func(_ string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				if fi, err := e.Info(); err == nil {
+					n += fi.Size()
+				}
+			}
+			return nil
+		})
+		out = append(out, fmt.Sprintf("%s %d MB", d, n>>20))
+	}
+	return strings.Join(out, ", ")
 }
 
 // BenchmarkPipelineThroughput measures sustained events/s through
 // agent -> proxy -> proxy -> center (durable WALs, signed batches, center
-// verifies and fsyncs each batch), then NATS JetStream on the same machine
-// with the same sealed batches (file storage, acked async publishes).
+// verifies and fsyncs each batch), then, in the same iteration so the two
+// see the same machine load, NATS JetStream with the same sealed batches
+// (file storage, acked async publishes). With -count N the pairs alternate.
+// Without nats-server (and CI unset) the NATS half is skipped with a
+// message and only our figures are reported; with CI set that fails.
 func BenchmarkPipelineThroughput(b *testing.B) {
 	perAgent := envInt("PIPELINE_EVENTS", pipelinePerAgent)
-	b.Run("daemoneye", func(b *testing.B) {
-		var sum pipelineResult
-		for range b.N {
-			r := runPipeline(b, pipelineAgents, perAgent)
-			sum.events += r.events
-			sum.wall += r.wall
-			sum.cpu += r.cpu
-			sum.bytes += r.bytes
-			lastPipeline = &r
+	bin, natsErr := natsBinary()
+	if natsErr != nil {
+		if os.Getenv("CI") != "" {
+			b.Fatalf("%v (CI is set, so this fails instead of skipping the comparison)", natsErr)
 		}
-		pipelineRate = sum.rate()
-		pipelineCPURate = sum.cpuRate()
-		b.ReportMetric(sum.rate(), "events/s")
-		b.ReportMetric(sum.cpuRate(), "events/cpu-s")
-		b.ReportMetric(sum.rate()/pipelineTarget, "x-target")
-		b.ReportMetric(float64(sum.bytes)/float64(sum.events), "B/event")
-	})
-	b.Run("nats-jetstream", func(b *testing.B) {
-		benchNATS(b, perAgent)
-	})
+		b.Logf("SKIP NATS JetStream comparison: %v", natsErr)
+	}
+	var ours, theirs pipelineResult
+	for range b.N {
+		r := runPipeline(b, pipelineAgents, perAgent)
+		ours.events += r.events
+		ours.wall += r.wall
+		ours.cpu += r.cpu
+		ours.bytes += r.bytes
+		if natsErr == nil {
+			n := benchNATS(b, bin, r.sealed, r.events)
+			theirs.events += n.events
+			theirs.wall += n.wall
+			theirs.cpu += n.cpu
+		}
+	}
+	b.ReportMetric(ours.rate(), "events/s")
+	b.ReportMetric(ours.cpuRate(), "events/cpu-s")
+	b.ReportMetric(ours.rate()/pipelineTarget, "x-target")
+	b.ReportMetric(float64(ours.bytes)/float64(ours.events), "B/event")
+	if natsErr == nil {
+		b.ReportMetric(theirs.rate(), "nats-events/s")
+		b.ReportMetric(theirs.cpuRate(), "nats-events/cpu-s")
+		b.ReportMetric(ours.rate()/theirs.rate(), "daemoneye/nats")
+		b.ReportMetric(ours.cpuRate()/theirs.cpuRate(), "daemoneye/nats-cpu")
+		b.Logf("daemoneye %.0f events/s (%.2f x the %d target) vs NATS JetStream %.0f events/s: ratio %.4f; per CPU-second %.0f vs %.0f: ratio %.4f",
+			ours.rate(), ours.rate()/pipelineTarget, pipelineTarget, theirs.rate(), ours.rate()/theirs.rate(), ours.cpuRate(), theirs.cpuRate(), ours.cpuRate()/theirs.cpuRate())
+	}
 }

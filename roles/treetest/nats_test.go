@@ -2,7 +2,6 @@ package treetest
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"maps"
@@ -13,41 +12,45 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/evilbitlabs/daemoneye/transport/pki"
-	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
 // natsWindow bounds the publishes in flight per publisher: the same window
 // our uplink keeps per lane (transport.UplinkConfig.Window default).
 const natsWindow = 256
 
+// natsRounds is how many times the batch set is published (each time under
+// new message ids): one round takes well under a second, too short to time
+// on a noisy machine. NATS_ROUNDS overrides it.
+const natsRounds = 5
+
 // natsServer is a nats-server child process with JetStream on file storage.
 type natsServer struct {
-	cmd *exec.Cmd
-	url string
-	log string
+	cmd  *exec.Cmd
+	url  string
+	log  string
+	stop func()
 }
 
-// startNATS runs Debian's nats-server on a loopback port with JetStream file
-// storage in a temp dir; it is killed when the benchmark ends, also on
-// failure. Without the binary the benchmark skips, unless CI is set: there
-// a missing comparison is a failure, not a skip.
-func startNATS(tb testing.TB) *natsServer {
-	tb.Helper()
+// natsBinary finds Debian's nats-server.
+func natsBinary() (string, error) {
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			tb.Fatalf("nats-server not found (CI is set, so this fails instead of skipping): install it with testdata/bench/nats.sh (apt-get install -y nats-server)")
-		}
-		tb.Skip("nats-server not installed: skipping the NATS JetStream comparison (bash testdata/bench/nats.sh installs it)")
+		return "", fmt.Errorf("nats-server not installed (bash testdata/bench/nats.sh installs it): %w", err)
 	}
+	return bin, nil
+}
+
+// startNATS runs nats-server on a loopback port with JetStream file storage
+// in a temp dir; it is killed when the benchmark ends, also on failure.
+func startNATS(tb testing.TB, bin string) *natsServer {
+	tb.Helper()
 	dir := tb.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,12 +72,15 @@ func startNATS(tb testing.TB) *natsServer {
 		logf.Close()
 		tb.Fatalf("start nats-server: %v", err)
 	}
-	s := &natsServer{cmd: cmd, url: fmt.Sprintf("nats://127.0.0.1:%d", port), log: logPath}
-	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	})
+	var once sync.Once
+	s := &natsServer{cmd: cmd, url: fmt.Sprintf("nats://127.0.0.1:%d", port), log: logPath, stop: func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			logf.Close()
+		})
+	}}
+	tb.Cleanup(s.stop)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		nc, err := nats.Connect(s.url)
 		if err == nil {
@@ -103,45 +109,14 @@ func (s *natsServer) cpu() time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
-// natsPayloads are the sealed batches to publish, per agent: those of the
-// DaemonEye run just before (byte for byte what its center stored), or, when
-// this runs alone, as many 2000-event realistic batches sealed here.
-func natsPayloads(b *testing.B, perAgent int) (map[string][][]byte, int64) {
+// benchNATS publishes the sealed batches of a DaemonEye run (byte for byte
+// what its center stored) to a JetStream stream on file storage: one
+// publisher with its own connection per agent, as each agent has one link,
+// asynchronous with a bounded in-flight window, waiting for every ack. Each
+// message carries (agent, seq) as its Nats-Msg-Id, so the server
+// deduplicates as our center does. The set is published natsRounds times.
+func benchNATS(b *testing.B, bin string, payloads map[string][][]byte, events int64) pipelineResult {
 	b.Helper()
-	if lp := lastPipeline; lp != nil && len(lp.sealed) > 0 {
-		return lp.sealed, lp.events
-	}
-	tr := New(b)
-	out := map[string][][]byte{}
-	var events int64
-	for i := range pipelineAgents {
-		name := fmt.Sprintf("agent-%d", i)
-		files := tr.Issue(pki.RoleAgent, name)
-		cert, err := pki.LoadKeyPair(files.Cert, files.Key)
-		if err != nil {
-			b.Fatal(err)
-		}
-		key := cert.PrivateKey.(ed25519.PrivateKey)
-		pool := eventPool(uint64(i+1), 8)
-		for k := range max(1, perAgent/emitChunk) {
-			sealed, err := wire.SealBatchCert(name, uint64(k+2), pool[k%len(pool)], key, cert.Certificate[0], true)
-			if err != nil {
-				b.Fatal(err)
-			}
-			out[name] = append(out[name], sealed)
-			events += emitChunk
-		}
-	}
-	return out, events
-}
-
-// benchNATS publishes the sealed batches to a JetStream stream on file
-// storage, one publisher (own connection) per agent as our agents have one
-// link each, asynchronously with a bounded in-flight window, and waits for
-// every ack. Each message carries (agent, seq) as its Nats-Msg-Id, so the
-// server deduplicates as our center does.
-func benchNATS(b *testing.B, perAgent int) {
-	payloads, events := natsPayloads(b, perAgent)
 	agents := slices.Sorted(maps.Keys(payloads))
 	var msgs int
 	var bytes int64
@@ -151,31 +126,18 @@ func benchNATS(b *testing.B, perAgent int) {
 			bytes += int64(len(p))
 		}
 	}
-	var wall, cpu time.Duration
-	for range b.N {
-		w, c := runNATS(b, agents, payloads, msgs)
-		wall += w
-		cpu += c
-	}
-	n := float64(events) * float64(b.N)
-	rate, cpuRate := n/wall.Seconds(), n/cpu.Seconds()
-	b.ReportMetric(rate, "events/s")
-	b.ReportMetric(cpuRate, "events/cpu-s")
-	b.ReportMetric(float64(bytes)/float64(events), "B/event")
-	if pipelineRate > 0 {
-		b.ReportMetric(pipelineRate/rate, "daemoneye/nats")
-		b.ReportMetric(pipelineCPURate/cpuRate, "daemoneye/nats-cpu")
-		b.Logf("daemoneye %.0f events/s vs NATS JetStream %.0f events/s: ratio %.2f (per CPU-second %.0f vs %.0f: %.2f)",
-			pipelineRate, rate, pipelineRate/rate, pipelineCPURate, cpuRate, pipelineCPURate/cpuRate)
-	}
+	rounds := envInt("NATS_ROUNDS", natsRounds)
+	wall, cpu := runNATS(b, bin, agents, payloads, msgs, rounds)
+	return pipelineResult{events: events * int64(rounds), wall: wall, cpu: cpu, bytes: bytes * int64(rounds)}
 }
 
 // runNATS is one publish run on a fresh server; it returns the wall time
 // from the first publish to the last ack and the CPU time of this process
 // (the publishers) plus the server's.
-func runNATS(b *testing.B, agents []string, payloads map[string][][]byte, msgs int) (time.Duration, time.Duration) {
+func runNATS(b *testing.B, bin string, agents []string, payloads map[string][][]byte, msgs, rounds int) (time.Duration, time.Duration) {
 	b.Helper()
-	srv := startNATS(b)
+	srv := startNATS(b, bin)
+	defer srv.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	nc, err := nats.Connect(srv.url)
@@ -218,14 +180,16 @@ func runNATS(b *testing.B, agents []string, payloads map[string][][]byte, msgs i
 	for i, agent := range agents {
 		go func() {
 			js := pubs[i].js
-			futures := make([]jetstream.PubAckFuture, 0, len(payloads[agent]))
-			for k, p := range payloads[agent] {
-				f, err := js.PublishAsync("batches."+agent, p, jetstream.WithMsgID(fmt.Sprintf("%s/%d", agent, k)))
-				if err != nil {
-					errc <- fmt.Errorf("publish %s #%d: %w", agent, k, err)
-					return
+			futures := make([]jetstream.PubAckFuture, 0, rounds*len(payloads[agent]))
+			for r := range rounds {
+				for k, p := range payloads[agent] {
+					f, err := js.PublishAsync("batches."+agent, p, jetstream.WithMsgID(fmt.Sprintf("%s/%d/%d", agent, r, k)))
+					if err != nil {
+						errc <- fmt.Errorf("publish %s #%d: %w", agent, k, err)
+						return
+					}
+					futures = append(futures, f)
 				}
-				futures = append(futures, f)
 			}
 			select {
 			case <-js.PublishAsyncComplete():
@@ -261,9 +225,10 @@ func runNATS(b *testing.B, agents []string, payloads map[string][][]byte, msgs i
 	if err != nil {
 		b.Fatal(err)
 	}
-	if info.State.Msgs != uint64(msgs) {
-		b.Fatalf("stream holds %d messages, want %d", info.State.Msgs, msgs)
+	if want := uint64(msgs * rounds); info.State.Msgs != want {
+		b.Fatalf("stream holds %d messages, want %d", info.State.Msgs, want)
 	}
-	b.Logf("nats-jetstream: %d messages (%d MB) stored and acked after %v", msgs, info.State.Bytes>>20, wall.Round(time.Millisecond))
+	b.Logf("nats-jetstream: %d messages (%d rounds of %d, %d MB) stored and acked after %v",
+		info.State.Msgs, rounds, msgs, info.State.Bytes>>20, wall.Round(time.Millisecond))
 	return wall, cpu
 }
