@@ -385,7 +385,8 @@ type recordReader struct {
 }
 
 func newRecordReader(r io.Reader, off, end int64) *recordReader {
-	return &recordReader{r: bufio.NewReaderSize(r, 1<<20), off: off, end: end}
+	size := int(min(max(end-off, 4096), 1<<20))
+	return &recordReader{r: bufio.NewReaderSize(r, size), off: off, end: end}
 }
 
 // next returns the next framed record and its offset, io.EOF at a clean end,

@@ -46,6 +46,7 @@ type Report struct {
 // VerifyError names the first thing that failed. It wraps ErrTampered.
 type VerifyError struct {
 	Entry  int64 // the first bad entry, or -1 when the failure is not an entry's
+	Seen   int   // 1-based index in VerifyOptions.Seen of the failing checkpoint, or 0
 	Reason string
 }
 
@@ -88,7 +89,7 @@ func Verify(ctx context.Context, dir string, v note.Verifier, opts VerifyOptions
 	for k, b := range opts.Seen {
 		cp, err := openCheckpoint(b, v)
 		if err != nil {
-			return rep, fail("seen checkpoint %d: %v", k+1, err)
+			return rep, &VerifyError{Entry: -1, Seen: k + 1, Reason: fmt.Sprintf("seen checkpoint %d: %v", k+1, err)}
 		}
 		seen = append(seen, cp)
 	}
@@ -185,9 +186,21 @@ func Verify(ctx context.Context, dir string, v note.Verifier, opts VerifyOptions
 	}
 	for k, cp := range seen {
 		if err := check(cp, fmt.Sprintf("seen checkpoint %d", k+1)); err != nil {
+			var ve *VerifyError
+			if errors.As(err, &ve) {
+				ve.Seen = k + 1
+			}
 			return rep, err
 		}
 		rep.Seen++
+	}
+
+	// Open cuts torn tails; if what it cut had been acknowledged (the
+	// hashes file covered it), entries were deleted, whatever the cause.
+	for _, r := range rep.Recoveries {
+		if r.LostCount > 0 {
+			return rep, entryFail(r.Entry, "the log lost %d acknowledged entries here (%s; their leaf hashes are in this recover entry)", r.LostCount, r.Reason)
+		}
 	}
 	return rep, nil
 }
