@@ -59,14 +59,29 @@
 //
 // [Open] reads only the tail: from the last entry both hashes and index agree
 // on, to the end of entries. Complete, valid records past the hashes file (a
-// crash between the two fsyncs) are kept and hashed. The first invalid record
-// ends the log there if the damage runs to the end of the file (a torn write):
-// Open truncates it, logs it, and appends a "ledger.recover" entry saying what
-// was dropped, including, if the hashes file had covered them, the leaf hashes
-// of acknowledged entries that were lost. A bad record followed by more data is
-// never silently accepted: Open fails with [ErrTampered].
+// crash between the two fsyncs) are kept and hashed. Past the hashes file the
+// first invalid record, and everything after it, is a torn write that was
+// never acknowledged, and is cut. Within what the hashes file commits, only a
+// record that runs past the end of the file (a truncation) is cut, and the
+// hashes file is cut to match. Either way Open logs it and appends a
+// "ledger.recover" entry saying what was dropped, with the leaf hashes of any
+// acknowledged entries lost. Any other bad record is never silently accepted:
+// Open fails with [ErrTampered] and names the entry.
 //
-// Open does not re-read the whole log; [Verify] does.
+// Open does not re-read the whole log (it opens a million-entry ledger in
+// under a millisecond); [Verify] does. Verify fails on a recover entry that
+// lost acknowledged entries: whatever the cause, that is a deletion.
+//
+// # What verification can and cannot show
+//
+// [Verify] trusts nothing in the directory but needs the center's verifier
+// key. It finds any change to a committed byte (entries, hashes, index), a
+// payload dropped without a purge entry, a checkpoint not signed by the key,
+// and any stored or seen checkpoint that the tree does not extend. Someone
+// who can write the directory can still cut the log's tail together with the
+// stored checkpoints past the cut; only a checkpoint kept elsewhere (a
+// forensic package, an auditor, a witness; `ledger verify --checkpoint`)
+// shows that. So checkpoints should leave the center.
 //
 // # Checkpoints
 //
@@ -75,9 +90,12 @@
 // in base64, each ending in a newline; signed with an Ed25519 note key.
 // tlog.FormatTree writes the same three lines but with the fixed origin
 // "go.sum database tree", so the body is built here. A checkpoint is made every
-// Options.CheckpointEvery entries, every Options.CheckpointInterval while
-// [Ledger.Run] runs and the tree grew, on [Ledger.Checkpoint], after a
-// recovery, and on [Ledger.Close].
+// Options.CheckpointEvery entries (default 10000), every
+// Options.CheckpointInterval (default 10s) while [Ledger.Run] runs and the tree
+// grew, on [Ledger.Checkpoint], when Open finds the tree grew past the last
+// one, and on [Ledger.Close]. A verifier opens a checkpoint once
+// ([OpenCheckpoint]) and checks many leaves against it
+// ([Checkpoint.CheckInclusion]).
 //
 // # Purge
 //

@@ -75,7 +75,8 @@ func fail(format string, args ...any) error {
 // checkpoint, stored or seen, is a prefix of the tree. The first failure is
 // a *VerifyError naming the first bad entry where there is one. It needs no
 // lock and may run while the center appends; it checks what was committed
-// when it started.
+// when it started. (A purge applied while it runs can show it an entry half
+// purged; run it again.)
 func Verify(ctx context.Context, dir string, v note.Verifier, opts VerifyOptions) (Report, error) {
 	rep := Report{Origin: v.Name(), Kinds: map[string]int64{}, Latest: Checkpoint{Size: -1}}
 
