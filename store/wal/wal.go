@@ -103,16 +103,16 @@ type WAL struct {
 	opts Options
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	queue   []pending
-	urgent  bool
-	closed  bool
-	nextID  [maxLane + 1]uint64
-	count   [maxLane + 1]int64
-	bytes   [maxLane + 1]int64
-	oldest  [maxLane + 1]int64 // time of the oldest entry, 0 when empty
-	over    bool               // above the high watermark
+	mu     sync.Mutex
+	cond   *sync.Cond
+	queue  []pending
+	urgent bool
+	closed bool
+	nextID [maxLane + 1]uint64
+	// index mirrors each lane's entries (id, time, size) in memory, so
+	// deletes and figures never read values back or step over tombstones.
+	index   [maxLane + 1]laneIndex
+	over    bool // above the high watermark
 	commits uint64
 	syncs   uint64
 	// refusedFull counts appends refused for lack of disk space.
@@ -233,12 +233,11 @@ func (w *WAL) load() error {
 			return fmt.Errorf("wal: %w", err)
 		}
 		for it.First(); it.Valid(); it.Next() {
-			v := it.Value()
-			if w.count[lane] == 0 && len(v) >= 8 {
-				w.oldest[lane] = int64(binary.BigEndian.Uint64(v))
+			k, v := it.Key(), it.Value()
+			if len(k) != 10 || len(v) < 8 {
+				continue // Scan reports malformed entries to whoever reads them
 			}
-			w.count[lane]++
-			w.bytes[lane] += int64(len(v))
+			w.index[lane].add(binary.BigEndian.Uint64(k[2:]), int64(binary.BigEndian.Uint64(v)), int64(len(v)))
 		}
 		if err := it.Close(); err != nil {
 			return fmt.Errorf("wal: scan lane %d: %w", lane, err)
@@ -368,8 +367,11 @@ func (w *WAL) committer() {
 		b := w.db.NewBatch()
 		now := time.Now().UnixNano()
 		var added [maxLane + 1]int64
-		var addedBytes [maxLane + 1]int64
-		var firstTime [maxLane + 1]int64
+		type addedEntry struct {
+			lane     uint8
+			id, size uint64
+		}
+		entries := make([]addedEntry, 0, len(group))
 		for i, p := range group {
 			id := ids[p.lane]
 			ids[p.lane]++
@@ -382,8 +384,7 @@ func (w *WAL) committer() {
 			}
 			results[i].id = id
 			added[p.lane]++
-			addedBytes[p.lane] += int64(len(v))
-			firstTime[p.lane] = now
+			entries = append(entries, addedEntry{p.lane, id, uint64(len(v))})
 		}
 		for lane := uint8(1); lane <= maxLane; lane++ {
 			if added[lane] > 0 {
@@ -405,14 +406,8 @@ func (w *WAL) committer() {
 		} else {
 			w.syncs++
 			w.nextID = ids
-			for lane := uint8(1); lane <= maxLane; lane++ {
-				if added[lane] > 0 {
-					if w.count[lane] == 0 {
-						w.oldest[lane] = firstTime[lane]
-					}
-					w.count[lane] += added[lane]
-					w.bytes[lane] += addedBytes[lane]
-				}
+			for _, e := range entries {
+				w.index[e.lane].add(e.id, now, int64(e.size))
 			}
 		}
 		w.cond.Broadcast()
@@ -516,56 +511,32 @@ func (w *WAL) Delete(lane uint8, ids ...uint64) error {
 	defer w.leave()
 	b := w.db.NewBatch()
 	defer b.Close()
-	var freed int64
-	var n int64
-	seen := make(map[uint64]bool, len(ids))
+	w.mu.Lock()
+	var gone []uint64
 	for _, id := range ids {
-		if seen[id] {
-			continue // the same id twice in one call
+		if w.index[lane].remove(id) {
+			gone = append(gone, id) // a duplicate ack or id finds nothing to remove
 		}
-		seen[id] = true
-		k := entryKey(lane, id)
-		v, closer, err := w.db.Get(k)
-		if errors.Is(err, pebble.ErrNotFound) {
-			continue // already deleted (a duplicate ack)
-		}
-		if err != nil {
-			return fmt.Errorf("wal: delete: %w", err)
-		}
-		freed += int64(len(v))
-		closer.Close()
-		n++
-		b.Delete(k, nil)
+	}
+	w.mu.Unlock()
+	for _, id := range gone {
+		b.Delete(entryKey(lane, id), nil)
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("wal: delete: %w", err)
 	}
-	w.mu.Lock()
-	w.count[lane] -= n
-	w.bytes[lane] -= freed
-	w.mu.Unlock()
-	return w.refreshOldest(lane)
-}
-
-func (w *WAL) refreshOldest(lane uint8) error {
-	var t int64
-	err := w.scan(lane, 0, func(e Entry) bool { t = e.Time; return false })
-	w.mu.Lock()
-	w.oldest[lane] = t
-	w.mu.Unlock()
-	return err
+	return nil
 }
 
 // DropOldest deletes the n oldest entries of lane (an agent under pressure
 // sheds bulk this way) and returns how many it deleted.
 func (w *WAL) DropOldest(lane uint8, n int) (int, error) {
-	var ids []uint64
-	if err := w.Scan(lane, 0, func(e Entry) bool {
-		ids = append(ids, e.ID)
-		return len(ids) < n
-	}); err != nil {
-		return 0, err
+	if lane < 1 || lane > maxLane {
+		return 0, fmt.Errorf("wal: bad lane %d", lane)
 	}
+	w.mu.Lock()
+	ids := w.index[lane].oldestIDs(n)
+	w.mu.Unlock()
 	return len(ids), w.Delete(lane, ids...)
 }
 
@@ -596,9 +567,10 @@ func (w *WAL) Stats() Stats {
 	st := Stats{Lanes: map[uint8]LaneStats{}, Commits: w.commits, Over: w.over, RefusedFull: w.refusedFull}
 	now := time.Now().UnixNano()
 	for lane := uint8(1); lane <= maxLane; lane++ {
-		ls := LaneStats{Entries: w.count[lane], Bytes: w.bytes[lane]}
-		if w.oldest[lane] != 0 && w.count[lane] > 0 {
-			ls.Oldest = time.Duration(now - w.oldest[lane])
+		x := &w.index[lane]
+		ls := LaneStats{Entries: int64(len(x.live)), Bytes: x.bytes}
+		if t, ok := x.oldestTime(); ok {
+			ls.Oldest = time.Duration(now - t)
 		}
 		st.Lanes[lane] = ls
 	}
@@ -635,4 +607,71 @@ func diskSpace(dir string) (used float64, free int64, err error) {
 		return 0, free, nil
 	}
 	return 1 - float64(s.Bavail)/float64(s.Blocks), free, nil
+}
+
+type entryMeta struct{ time, size int64 }
+
+// laneIndex is the in-memory mirror of one lane: ids in append order (with
+// deleted ones dropped lazily from the front) and the live entries.
+type laneIndex struct {
+	ids   []uint64
+	live  map[uint64]entryMeta
+	bytes int64
+}
+
+func (x *laneIndex) add(id uint64, t, size int64) {
+	if x.live == nil {
+		x.live = map[uint64]entryMeta{}
+	}
+	x.ids = append(x.ids, id)
+	x.live[id] = entryMeta{t, size}
+	x.bytes += size
+}
+
+func (x *laneIndex) remove(id uint64) bool {
+	m, ok := x.live[id]
+	if !ok {
+		return false
+	}
+	delete(x.live, id)
+	x.bytes -= m.size
+	x.trim()
+	return true
+}
+
+// trim drops deleted ids from the front, so the oldest is ids[0].
+func (x *laneIndex) trim() {
+	i := 0
+	for i < len(x.ids) {
+		if _, ok := x.live[x.ids[i]]; ok {
+			break
+		}
+		i++
+	}
+	if i > 0 {
+		x.ids = x.ids[i:]
+	}
+	if len(x.ids) == 0 {
+		x.ids = nil // let the backing array go
+	}
+}
+
+func (x *laneIndex) oldestTime() (int64, bool) {
+	if len(x.ids) == 0 {
+		return 0, false
+	}
+	return x.live[x.ids[0]].time, true
+}
+
+func (x *laneIndex) oldestIDs(n int) []uint64 {
+	var out []uint64
+	for _, id := range x.ids {
+		if len(out) >= n {
+			break
+		}
+		if _, ok := x.live[id]; ok {
+			out = append(out, id)
+		}
+	}
+	return out
 }
