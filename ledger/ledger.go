@@ -165,9 +165,13 @@ func (l *Ledger) AppendBatch(entries []Entry) (int64, error) {
 	}
 	now := l.opts.Now()
 	batch := make([]Entry, len(entries))
+	total := 0
 	for i, e := range entries {
 		if err := checkEntry(e, false); err != nil {
 			return 0, fmt.Errorf("ledger: append: entry %d of the batch: %w", i, err)
+		}
+		if total += len(e.Payload); total > maxBatchPay {
+			return 0, fmt.Errorf("ledger: append: batch payloads are over %d bytes; split it", maxBatchPay)
 		}
 		if e.Time.IsZero() {
 			e.Time = now

@@ -209,6 +209,13 @@ func TestAppendRefusesBadEntries(t *testing.T) {
 			t.Errorf("Append(%.60q/%q) succeeded, want an error", e.Kind, e.Actor)
 		}
 	}
+	huge := make([]Entry, 5)
+	for i := range huge {
+		huge[i] = Entry{Kind: "x", Payload: make([]byte, MaxPayload)}
+	}
+	if _, err := l.AppendBatch(huge); err == nil {
+		t.Errorf("AppendBatch of 80 MiB succeeded")
+	}
 	if _, err := l.AppendBatch([]Entry{entry(0), {Kind: "BAD"}}); err == nil {
 		t.Errorf("AppendBatch with one bad entry succeeded")
 	}
@@ -1141,3 +1148,59 @@ func TestEmptyLedgerVerifies(t *testing.T) {
 }
 
 var _ = io.EOF
+
+// Readers, proofs, checkpoints and purges run while appends go on.
+func TestConcurrentReadersWhileAppending(t *testing.T) {
+	dir := t.TempDir()
+	k := newKeys(t, testOrigin)
+	l := open(t, dir, k, Options{CheckpointEvery: 50})
+	fill(t, l, 0, 20)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { // appender
+		defer wg.Done()
+		defer cancel()
+		for i := 20; i < 300; i++ {
+			if _, err := l.Append(entry(i)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	go func() { // reader and prover
+		defer wg.Done()
+		for ctx.Err() == nil {
+			n := l.Size()
+			for _, i := range []int64{0, n / 2, n - 1} {
+				if _, err := l.Entry(i); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := l.InclusionProof(i, n); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			if _, err := l.Checkpoint(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	go func() { // retention
+		defer wg.Done()
+		for i := int64(1); ctx.Err() == nil && i < 20; i += 2 {
+			if _, err := l.PurgePayloads([]int64{i}, "retention", ""); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	l.Close()
+	rep := mustVerify(t, dir, k)
+	if rep.Entries < 300 {
+		t.Fatalf("verified %d entries", rep.Entries)
+	}
+}

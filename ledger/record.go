@@ -52,7 +52,8 @@ const (
 	flagLive    = 0
 	flagPurged  = 1
 	hashSize    = tlog.HashSize
-	maxBatchLen = 1 << 16 // entries per AppendBatch call
+	maxBatchLen = 1 << 16  // entries per AppendBatch call
+	maxBatchPay = 64 << 20 // payload bytes per AppendBatch call
 )
 
 // magic opens the entries file.
