@@ -34,13 +34,6 @@ type Host struct {
 	LostEvents map[string]uint64 // counts of events lost at the source, by cause
 }
 
-func unixNano(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return t.UnixNano()
-}
-
 func fromNano(n sql.NullInt64) time.Time {
 	if !n.Valid {
 		return time.Time{}

@@ -122,13 +122,11 @@ type procTx struct {
 	get   *sql.Stmt
 	live  *sql.Stmt
 	now   int64
-	ents  map[capture.ProcKey]*procRow
-	dirty []*procRow // first-change order, so writes are deterministic
-	// absent caches misses too: a process not in the table.
+	ents  map[capture.ProcKey]*procRow // a nil value: known not to be in the table
+	dirty []*procRow                   // first-change order, so writes are deterministic
 }
 
-// lookup returns the entry for k, or nil when the table has none. Misses
-// are cached as entries with exists false via a nil map value.
+// lookup returns the entry for k, or nil when the table has none.
 func (t *procTx) lookup(k capture.ProcKey) (*procRow, error) {
 	if p, ok := t.ents[k]; ok {
 		return p, nil
