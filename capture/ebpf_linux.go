@@ -42,26 +42,43 @@ const (
 	// Indexes of the drops map (enum drop_cause in bpf/sensor.h).
 	dropRingExec  = 0
 	dropRingSmall = 1
-	dropCauses    = 2
+	dropTraceFull = 2
+	dropRingTrace = 3
+	dropCauses    = 4
 )
+
+// LossTraceMapFull counts children of traced processes that did not fit
+// the kernel's traced map and so escaped their trace.
+const LossTraceMapFull = "trace_map_full"
+
+// LossRecursion counts runs of the sensor's programs the kernel skipped
+// because one was already running on that CPU (a record lost).
+const LossRecursion = "recursion"
 
 // EBPFSource is the eBPF sensor: tp_btf programs on the scheduler's fork,
 // exec and exit tracepoints, on inet_sock_set_state for TCP, and on sys_exit
 // (filtered to accept) for the accepting process. Programs are loaded and
 // attached by NewEBPF, so a caller can fall back to another Source when that
-// fails; Close releases them.
+// fails; Close releases them. It is also the Tracer of focused traces
+// (trace_linux.go): the same programs record more for traced processes.
 type EBPFSource struct {
 	log  *slog.Logger
 	coll *ebpf.Collection
 	rd   *ringbuf.Reader
 
-	mu         sync.Mutex // guards links, drops and finalDrops
-	links      []link.Link
-	progs      []string  // attached in this order
-	drops      *ebpf.Map // nil once closed
-	finalDrops uint64    // drops counted when the map was closed
+	mu          sync.Mutex // guards links, drops and finalDrops
+	links       []link.Link
+	progs       []string           // attached in this order
+	drops       *ebpf.Map          // nil once closed
+	finalDrops  [dropCauses]uint64 // drops counted when the map was closed
+	finalMisses uint64
 
 	dec recordDecoder
+
+	traces  *traceSet
+	hasher  *exeHasher
+	kmu     sync.Mutex // kernel trace state: trace_cfgs, traces_active, userspace writes to traced
+	kactive int        // traces with a kernel slot; under kmu
 
 	running      atomic.Bool
 	closed       atomic.Bool
@@ -155,7 +172,8 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 		return nil, fmt.Errorf("load ebpf sensor: %w: %w", err, ErrUnsupported)
 	}
 
-	s := &EBPFSource{log: log, coll: coll, drops: coll.Maps["drops"]}
+	s := &EBPFSource{log: log, coll: coll, drops: coll.Maps["drops"], traces: newTraceSet(nil)}
+	s.hasher = newExeHasher(s.deliverAux)
 	s.dec.bootToWall.Store(bootToWallOffset())
 
 	s.progs = []string{"handle_fork", "handle_exec", exitProg, "handle_set_state", "handle_sys_exit"}
@@ -282,18 +300,47 @@ func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
 	stop := context.AfterFunc(ctx, func() { _ = s.rd.Flush() })
 	defer stop()
 
-	// Follow wall-clock steps (NTP, operator) for event times.
-	clockDone := make(chan struct{})
-	defer close(clockDone)
+	send := func(ev Event) bool {
+		select {
+		case out <- ev:
+			return true
+		default:
+			// Never wait for the consumer: the ring would fill and the
+			// kernel side would drop instead, blind to what was lost.
+			s.backpressure.Add(1)
+			return false
+		}
+	}
+	// Trace events are numbered and sent under the trace lock, by this
+	// goroutine and the hash workers alike.
+	s.traces.running(send)
+	defer s.traces.running(nil)
+
+	// Background work ends before Run returns: the wall-clock follower,
+	// the trace maintenance and the hash workers.
+	bg, bgStop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { bgStop(); wg.Wait() }()
+	wg.Add(2)
 	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
+		defer wg.Done()
+		s.hasher.run(bg)
+	}()
+	go func() {
+		defer wg.Done()
+		clock := time.NewTicker(time.Second)
+		defer clock.Stop()
+		tick := time.NewTicker(traceTick)
+		defer tick.Stop()
+		for n := 0; ; n++ {
 			select {
-			case <-clockDone:
+			case <-bg.Done():
 				return
-			case <-t.C:
+			case <-clock.C:
+				// Follow wall-clock steps (NTP, operator) for event times.
 				s.dec.bootToWall.Store(bootToWallOffset())
+			case <-tick.C:
+				s.traceMaintain(n%4 == 0)
 			}
 		}
 	}()
@@ -320,28 +367,29 @@ func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
 			}
 			continue
 		}
-		select {
-		case out <- ev:
-		default:
-			// Never wait for the consumer: the ring would fill and the
-			// kernel side would drop instead, blind to what was lost.
-			s.backpressure.Add(1)
+		if s.dec.tag != 0 || s.dec.focused {
+			s.onTraced(&ev, len(rec.RawSample), send)
+			continue
 		}
+		send(ev)
 	}
 }
 
 // Lost implements Source. Kernel-side reservation failures (the ring was
 // full) are read from the per-CPU drops map.
 func (s *EBPFSource) Lost() map[string]uint64 {
+	drops := s.kernelDrops()
 	lost := map[string]uint64{
-		LossRingFull:     s.ringDrops(),
+		LossRingFull:     drops[dropRingExec] + drops[dropRingSmall] + drops[dropRingTrace],
 		LossBackpressure: s.backpressure.Load(),
 		LossDecode:       s.decodeErrs.Load(),
+		LossTraceMapFull: drops[dropTraceFull],
+		LossRecursion:    s.recursionMisses(),
 	}
 	return lost
 }
 
-func (s *EBPFSource) ringDrops() uint64 {
+func (s *EBPFSource) kernelDrops() [dropCauses]uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.drops == nil {
@@ -350,18 +398,38 @@ func (s *EBPFSource) ringDrops() uint64 {
 	return s.readDrops()
 }
 
-func (s *EBPFSource) readDrops() uint64 {
-	var total uint64
+func (s *EBPFSource) readDrops() [dropCauses]uint64 {
+	var total [dropCauses]uint64
 	for cause := uint32(0); cause < dropCauses; cause++ {
 		var perCPU []uint64
 		if err := s.drops.Lookup(cause, &perCPU); err != nil {
 			continue
 		}
 		for _, n := range perCPU {
-			total += n
+			total[cause] += n
 		}
 	}
 	return total
+}
+
+// recursionMisses sums the runs the kernel skipped because the program was
+// already running on that CPU: sys_exit may run preemptible on recent
+// kernels, so another task's syscall exit on the same CPU can find it busy.
+func (s *EBPFSource) recursionMisses() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drops == nil {
+		return s.finalMisses
+	}
+	var n uint64
+	for _, name := range s.progs {
+		if p := s.coll.Programs[name]; p != nil {
+			if st, err := p.Stats(); err == nil {
+				n += st.RecursionMisses
+			}
+		}
+	}
+	return n
 }
 
 // Blind implements Source: what this sensor does not report.
@@ -391,13 +459,20 @@ func (s *EBPFSource) Close() error {
 		return nil
 	}
 	errs := []error{s.detach()}
+	s.closeTraces()
 	// The counters die with the map; keep their last value for Lost.
+	misses := s.recursionMisses()
 	s.mu.Lock()
 	if s.drops != nil {
 		s.finalDrops = s.readDrops()
+		s.finalMisses = misses
 		s.drops = nil
 	}
 	s.mu.Unlock()
+	// Kernel trace operations check closed under kmu; wait for one in
+	// flight before the maps go.
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
 	if s.rd != nil {
 		errs = append(errs, s.rd.Close())
 	}
