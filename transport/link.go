@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,7 @@ const (
 	DefaultMaxFrame  = 4 << 20  // largest frame a reader accepts
 	DefaultQueue     = 8 << 20  // bytes queued per lane before Send blocks
 	DefaultBulkFloor = 8        // bulk gets one write after this many others
+	bulkWriteSlice   = 20 * time.Millisecond
 )
 
 // ErrFrameTooLarge is returned for frames above the reader's limit.
@@ -408,10 +410,25 @@ func (l *Link) writer() {
 		chunk := head[:n]
 		l.mu.Unlock()
 
-		if _, err := l.streams[lane].Write(chunk); err != nil {
-			l.fail(fmt.Errorf("write %v lane: %w", lane, err))
-			return
+		st := l.streams[lane]
+		if lane == LaneBulk && !l.opts.NoPrio {
+			// A bulk stream blocked on flow control (a slow parent) must
+			// not hold the writer: give up after a moment, keep what was
+			// written, and pick again so trace and alert go first.
+			st.SetWriteDeadline(time.Now().Add(bulkWriteSlice))
 		}
+		w, err := st.Write(chunk)
+		if lane == LaneBulk && !l.opts.NoPrio {
+			st.SetWriteDeadline(time.Time{})
+		}
+		if err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				l.fail(fmt.Errorf("write %v lane: %w", lane, err))
+				return
+			}
+		}
+		n = w
 		l.bytesOut.Add(uint64(n))
 
 		l.mu.Lock()

@@ -37,8 +37,11 @@ type UplinkConfig struct {
 	// OnFrame receives what the parent sends down: commands, CRLs, renewal
 	// answers. It runs on the control reader; it must not block for long.
 	OnFrame func(f wire.Frame)
-	// Window bounds the batches in flight per lane (sent, not yet acked).
-	Window int
+	// Window bounds the batches in flight per lane (sent, not yet acked),
+	// and WindowBytes their size: a lane never queues more on the link than
+	// the parent can take soon.
+	Window      int
+	WindowBytes int
 	// RetryPrimary is how often a node on a fallback parent tries the primary.
 	RetryPrimary time.Duration
 	Link         Options
@@ -82,6 +85,9 @@ func NewUplink(cfg UplinkConfig) (*Uplink, error) {
 	}
 	if cfg.Window <= 0 {
 		cfg.Window = 256
+	}
+	if cfg.WindowBytes <= 0 {
+		cfg.WindowBytes = 4 << 20
 	}
 	if cfg.RetryPrimary <= 0 {
 		cfg.RetryPrimary = 10 * time.Second
@@ -260,6 +266,7 @@ type inflight struct {
 	agentID string
 	seq     uint64
 	events  int
+	size    int
 }
 
 // laneState is the sender's view of one lane during one session.
@@ -267,6 +274,7 @@ type laneState struct {
 	mu       sync.Mutex
 	next     uint64 // next WAL id to send
 	inflight []inflight
+	bytes    int       // sum of inflight sizes
 	paused   time.Time // no sending before this (parent over its watermark)
 }
 
@@ -296,12 +304,21 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 		}
 	}
 
-	errc := make(chan error, 3)
-	wake := make(chan struct{}, 1)
-	poke := func() {
+	errc := make(chan error, 5)
+	// One wake channel per lane: acks wake their lane, kicks wake all.
+	var wake [numLanes]chan struct{}
+	for i := range wake {
+		wake[i] = make(chan struct{}, 1)
+	}
+	pokeLane := func(ln Lane) {
 		select {
-		case wake <- struct{}{}:
+		case wake[ln] <- struct{}{}:
 		default:
+		}
+	}
+	poke := func() {
+		for _, ln := range []Lane{LaneTrace, LaneAlert, LaneBulk} {
+			pokeLane(ln)
 		}
 	}
 	wg.Add(2)
@@ -311,26 +328,38 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 	}()
 	go func() {
 		defer wg.Done()
-		// The sender: keep each lane's window full, most urgent lane first.
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
 		for {
-			for _, ln := range []Lane{LaneTrace, LaneAlert, LaneBulk} {
+			select {
+			case <-sctx.Done():
+				return
+			case <-u.kick:
+				poke()
+			}
+		}
+	}()
+	// One sender per lane: a bulk lane blocked on a full link queue (a slow
+	// parent) must not hold trace batches back.
+	for _, ln := range []Lane{LaneTrace, LaneAlert, LaneBulk} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for {
 				if err := u.fill(sctx, l, ln, lanes[ln]); err != nil {
 					errc <- err
 					return
 				}
+				select {
+				case <-sctx.Done():
+					errc <- nil
+					return
+				case <-wake[ln]:
+				case <-tick.C:
+				}
 			}
-			select {
-			case <-sctx.Done():
-				errc <- nil
-				return
-			case <-u.kick:
-			case <-wake:
-			case <-tick.C:
-			}
-		}
-	}()
+		}()
+	}
 	var retry <-chan time.Time
 	if idx > 0 {
 		t := time.NewTicker(u.cfg.RetryPrimary)
@@ -369,15 +398,17 @@ func (u *Uplink) fill(ctx context.Context, l *Link, ln Lane, st *laneState) erro
 		return nil
 	}
 	room := u.cfg.Window - len(st.inflight)
+	roomBytes := u.cfg.WindowBytes - st.bytes
 	from := st.next
 	st.mu.Unlock()
-	if room <= 0 {
+	if room <= 0 || roomBytes <= 0 {
 		return nil
 	}
 	var batch []wal.Entry
 	if err := u.cfg.WAL.Scan(uint8(ln), from, func(e wal.Entry) bool {
 		batch = append(batch, e)
-		return len(batch) < room
+		roomBytes -= len(e.Data)
+		return len(batch) < room && roomBytes > 0
 	}); err != nil {
 		return err
 	}
@@ -395,7 +426,8 @@ func (u *Uplink) fill(ctx context.Context, l *Link, ln Lane, st *laneState) erro
 			continue
 		}
 		st.mu.Lock()
-		st.inflight = append(st.inflight, inflight{id: e.ID, agentID: info.AgentID, seq: info.Seq, events: info.Events})
+		st.inflight = append(st.inflight, inflight{id: e.ID, agentID: info.AgentID, seq: info.Seq, events: info.Events, size: len(e.Data)})
+		st.bytes += len(e.Data)
 		st.next = e.ID + 1
 		st.mu.Unlock()
 		if err := sendFrame(ctx, l, ln, wire.BatchFrame{Lane: wire.Lane(ln), Sealed: e.Data}); err != nil {
@@ -434,6 +466,9 @@ func (u *Uplink) control(b []byte, lanes [numLanes]*laneState, poke func()) erro
 				for i, x := range st.inflight {
 					if x.agentID == m.AgentID && x.seq == m.Seq {
 						st.next = x.id
+						for _, y := range st.inflight[i:] {
+							st.bytes -= y.size
+						}
 						st.inflight = st.inflight[:i]
 						break
 					}
@@ -465,6 +500,7 @@ func (u *Uplink) settle(ln Lane, lanes [numLanes]*laneState, agentID string, seq
 	for i, x := range st.inflight {
 		if x.agentID == agentID && x.seq == seq {
 			id, events, found = x.id, x.events, true
+			st.bytes -= x.size
 			st.inflight = append(st.inflight[:i], st.inflight[i+1:]...)
 			break
 		}
