@@ -1035,6 +1035,16 @@ func FuzzEBPFDecode(f *testing.F) {
 	f.Add(execRecord(evfArgvTrunc|evfTTYPts, "/a", "/b", "tty1", []byte("x\x00y")))
 	f.Add(make([]byte, connSize))
 	f.Add(make([]byte, exitSize))
+	file := make([]byte, fileData, fileData+8)
+	file[hdrKind] = evKindRename
+	recordOrder.PutUint16(file[filePathLen:], 1)
+	recordOrder.PutUint16(file[filePath2Len:], 1)
+	recordOrder.PutUint16(file[fileBaseLen:], 3)
+	f.Add(append(file, "abcde"...))
+	sock := make([]byte, sockSize)
+	sock[hdrKind] = evKindConnRes
+	recordOrder.PutUint16(sock[sockFamily:], afInet6)
+	f.Add(sock)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var d recordDecoder
 		var ev Event
@@ -1046,9 +1056,44 @@ func FuzzEBPFDecode(f *testing.F) {
 			for _, a := range ev.Exec.Argv {
 				n += len(a)
 			}
+			for _, e := range ev.Exec.Env {
+				n += len(e)
+			}
 			if n > len(b) {
 				t.Errorf("decoded %d bytes of strings from a %d-byte record", n, len(b))
 			}
 		}
+		// Joining a base adds a "/" and a cut base "...": 8 bytes at most.
+		if ev.File != nil && len(ev.File.Path)+len(ev.File.Path2) > len(b)+8 {
+			t.Errorf("decoded %d bytes of paths from a %d-byte record", len(ev.File.Path)+len(ev.File.Path2), len(b))
+		}
 	})
+}
+
+// TestEBPFVerifierStats logs what the verifier went through for each
+// program and fails when one comes near the kernel's limit of one million
+// processed instructions: a change that makes a program that expensive to
+// verify will soon not load on some kernel.
+func TestEBPFVerifierStats(t *testing.T) {
+	src := openEBPF(t, DefaultOptions())
+	for _, name := range src.progs {
+		p := src.coll.Programs[name]
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		verified, ok := info.VerifiedInstructions()
+		if !ok {
+			t.Skip("kernel does not report verified instructions")
+		}
+		insns, err := info.Instructions()
+		if err != nil {
+			t.Fatal(err)
+		}
+		jited, _ := info.JitedSize()
+		t.Logf("%-18s %5d insns, %6d verified, %6d bytes jited", name, len(insns), verified, jited)
+		if verified > 500_000 {
+			t.Errorf("%s: %d instructions verified, half the kernel's limit", name, verified)
+		}
+	}
 }
