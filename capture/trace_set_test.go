@@ -298,7 +298,7 @@ func TestTokenBucket(t *testing.T) {
 	if n != 4 {
 		t.Errorf("burst: %d of 10 at 4/s, want 4", n)
 	}
-	if b.take(now.Add(200*time.Millisecond)) {
+	if b.take(now.Add(200 * time.Millisecond)) {
 		t.Error("a token after 200ms at 4/s")
 	}
 	if !b.take(now.Add(300 * time.Millisecond)) {
