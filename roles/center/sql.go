@@ -19,15 +19,10 @@ func (c *Center) ingestSQL(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// Drain what is queued so a clean stop leaves nothing behind.
-			for {
-				select {
-				case b := <-c.ingestQ:
-					c.ingestOne(context.Background(), b)
-				default:
-					return nil
-				}
-			}
+			// What is still queued is in the batch store already; the
+			// next start's reconcile ingests it. Draining here could take
+			// minutes under load and hold up the stop.
+			return nil
 		case b := <-c.ingestQ:
 			c.ingestOne(ctx, b)
 		}
