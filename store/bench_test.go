@@ -46,6 +46,52 @@ func BenchmarkAppend(b *testing.B) {
 	reportMemory(b)
 }
 
+// BenchmarkAppendExecStorm measures Append on the agent's exec-storm shape:
+// one parent forks, execs and reaps a short-lived child over and over, and
+// each 50 ms batch (about 75 execs at 1,500 execs/s) holds all three events
+// of most of its children.
+func BenchmarkAppendExecStorm(b *testing.B) {
+	const execs = 75
+	l := openTest(b, b.TempDir(), LocalOptions{})
+	parent := pk(4000, 1000)
+	w := newWorkload(7)
+	mustAppend(b, l, execEv(parent, pk(1, 1), w.now, "/usr/bin/go", "go", "test", "-bench", "ExecStorm"))
+	pid, start := uint32(5000), uint64(2000)
+	evs := make([]capture.Event, 0, 3*execs)
+	var total, cpu time.Duration
+	n := 0
+	for b.Loop() {
+		b.StopTimer()
+		evs = evs[:0]
+		for range execs {
+			pid++
+			if pid > 4_000_000 {
+				pid = 5000
+			}
+			start++
+			child := pk(pid, start)
+			w.now += 600_000
+			evs = append(evs, forkEv(child, parent, w.now),
+				execEv(child, parent, w.now+200_000, "/bin/true", "/bin/true"),
+				exitEv(child, w.now+500_000, 0))
+		}
+		b.StartTimer()
+		t, c := time.Now(), cpuTime()
+		if _, _, err := l.Append(evs); err != nil {
+			b.Fatal(err)
+		}
+		total += time.Since(t)
+		cpu += cpuTime() - c
+		n += len(evs)
+	}
+	if n == 0 {
+		return
+	}
+	b.ReportMetric(float64(n)/total.Seconds(), "events/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(n), "cpu-us/event")
+	reportMemory(b)
+}
+
 // BenchmarkSeed10k seeds 10,000 processes at agent start: "cold" into an
 // empty store, "restart" into the table a previous run left (10,000 entries,
 // of which half are gone and must be marked exited, and half new ones).

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -62,15 +61,6 @@ func EncodeEvent(ev *capture.Event) ([]byte, error) {
 	return b, nil
 }
 
-// appendEvent encodes ev into buf, reusing its storage (the Append hot path).
-func appendEvent(buf *bytes.Buffer, ev *capture.Event) error {
-	buf.Reset()
-	if err := encMode.MarshalToBuffer(ev, buf); err != nil {
-		return fmt.Errorf("encode event: %w", err)
-	}
-	return nil
-}
-
 // DecodeEvent parses a stored event encoding.
 func DecodeEvent(b []byte) (capture.Event, error) {
 	var ev capture.Event
@@ -81,14 +71,6 @@ func DecodeEvent(b []byte) (capture.Event, error) {
 		return capture.Event{}, fmt.Errorf("decode event: %w", err)
 	}
 	return ev, nil
-}
-
-func encodeProcess(p *capture.Process) ([]byte, error) {
-	b, err := encMode.Marshal(p)
-	if err != nil {
-		return nil, fmt.Errorf("encode process %s: %w", p.Key, err)
-	}
-	return b, nil
 }
 
 func decodeProcess(b []byte) (capture.Process, error) {
@@ -214,24 +196,10 @@ func childKey(parent, child capture.ProcKey) []byte {
 	return b
 }
 
-func exitedKey(exitTime int64, k capture.ProcKey) []byte {
-	b := make([]byte, 1+8+procKeyLen)
-	b[0] = spaceExited
-	binary.BigEndian.PutUint64(b[1:], orderedTime(exitTime))
-	putProcKey(b[9:], k)
-	return b
-}
-
 func exitedPrefix(exitTime int64) []byte {
 	b := make([]byte, 9)
 	b[0] = spaceExited
 	binary.BigEndian.PutUint64(b[1:], orderedTime(exitTime))
-	return b
-}
-
-func procKeyValue(k capture.ProcKey) []byte {
-	b := make([]byte, procKeyLen)
-	putProcKey(b, k)
 	return b
 }
 

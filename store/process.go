@@ -1,40 +1,54 @@
 package store
 
 import (
+	"bytes"
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/evilbitlabs/daemoneye/capture"
 )
 
 // tableTx is a read-modify-write view of the process table for one batch.
-// Entries are read from Pebble once, changed in memory as events apply in
-// order (a fork then an exec of the same child in one batch both land), and
-// written with their index changes at the end.
+// Entries are read once (from the live cache, or from Pebble), changed in
+// memory as events apply in order (a fork then an exec of the same child in
+// one batch both land), and written with their index changes at the end, so
+// a process that forks, execs and exits within one batch is encoded and
+// written once. Append reuses one tableTx (under Local.wmu).
 type tableTx struct {
 	r     pebble.Reader
-	cache *liveCache
+	mem   *tableMem
 	now   func() time.Time
 	ents  map[capture.ProcKey]*txEntry
-	dirty []*txEntry // in first-change order, so writes are deterministic
+	dirty []*txEntry // the changed entries; stage sorts them by key
 
 	dLive, dExited int64 // counter changes once written
 	orphans        [][]byte
 	written        []written // for the live cache once committed
+
+	// What stage works out for the batch, each in key order.
+	enc   bytes.Buffer // the encodings of dirty, one after another
+	ends  []int        // where each dirty entry's encoding ends in enc
+	kids  []childOp
+	exits []exitOp
 }
 
 type written struct {
 	key  capture.ProcKey
-	enc  []byte
-	live bool
+	p    *capture.Process // nil once exited (or an orphan): drop from the cache
+	size int
 }
 
 type txEntry struct {
 	p       capture.Process
 	exists  bool
 	isDirty bool
+	live    int8 // the live index change stage decided: +1 set, -1 delete
 	// The entry as stored before this batch, which decides index changes.
 	orig struct {
 		exists   bool
@@ -43,8 +57,33 @@ type txEntry struct {
 	}
 }
 
-func newTableTx(r pebble.Reader, cache *liveCache, now func() time.Time) *tableTx {
-	return &tableTx{r: r, cache: cache, now: now, ents: make(map[capture.ProcKey]*txEntry)}
+type childOp struct {
+	parent, child capture.ProcKey
+	del           bool
+}
+
+type exitOp struct {
+	exitTime int64
+	key      capture.ProcKey
+	parent   capture.ProcKey // the value of a set
+	del      bool
+}
+
+func newTableTx(r pebble.Reader, mem *tableMem, now func() time.Time) *tableTx {
+	return &tableTx{r: r, mem: mem, now: now, ents: make(map[capture.ProcKey]*txEntry)}
+}
+
+// reset readies a reused tableTx for the next batch.
+func (t *tableTx) reset() {
+	clear(t.ents)
+	clear(t.dirty)
+	clear(t.written)
+	t.dirty, t.written, t.orphans = t.dirty[:0], t.written[:0], nil
+	t.dLive, t.dExited = 0, 0
+	// A batch far larger than usual leaves its buffers to the collector.
+	if t.enc.Cap() > maxKeptScratch {
+		t.enc = bytes.Buffer{}
+	}
 }
 
 func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
@@ -57,13 +96,14 @@ func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
 		ok  bool
 		err error
 	)
-	if v, hit := t.cache.get(k); hit {
-		if p, err = decodeProcess(v); err != nil {
-			return nil, fmt.Errorf("cached process %s: %w", k, err)
+	if c, hit := t.mem.live.get(k); hit {
+		// A copy: the transaction changes fields, never what pointers
+		// and slices point at (Exit is replaced, not written through).
+		p, ok = *c, true
+	} else if !t.mem.keys.absent(k) {
+		if p, ok, err = getProc(t.r, k); err != nil {
+			return nil, err
 		}
-		ok = true
-	} else if p, ok, err = getProc(t.r, k); err != nil {
-		return nil, err
 	}
 	if ok {
 		e.p, e.exists = p, true
@@ -185,59 +225,197 @@ func (t *tableTx) parentOf(k capture.ProcKey) (*capture.Process, error) {
 }
 
 // write adds the changed entries and their index changes to b, then forgets
-// them, so that a long transaction (Seed) can write as it goes and hold only
-// the encodings. An entry must not be changed again after it was written:
-// reads do not see b.
-func (t *tableTx) write(b *pebble.Batch) error {
+// stage encodes the changed entries and works out their index changes, all
+// sorted by key, so that each key space can go into the batch as one
+// ascending run: Pebble's memtable inserts ascending keys at a fraction of
+// the cost of scattered ones, and the table's keys (pid first) are
+// scattered in event order.
+func (t *tableTx) stage() error {
+	slices.SortFunc(t.dirty, func(a, b *txEntry) int { return cmpProcKey(a.p.Key, b.p.Key) })
+	t.enc.Reset()
+	t.ends, t.kids, t.exits = t.ends[:0], t.kids[:0], t.exits[:0]
 	for _, e := range t.dirty {
 		k := e.p.Key
-		v, err := encodeProcess(&e.p)
-		if err != nil {
-			return err
+		if err := encMode.MarshalToBuffer(&e.p, &t.enc); err != nil {
+			return fmt.Errorf("encode process %s: %w", k, err)
 		}
-		if err := b.Set(procSpaceKey(spaceProc, k), v, nil); err != nil {
-			return err
+		t.ends = append(t.ends, t.enc.Len())
+		t.mem.keys.add(k)
+		live := e.p.ExitTime == 0
+		w := written{key: k}
+		if live {
+			w.p, w.size = &e.p, footprint(&e.p)
 		}
-		t.written = append(t.written, written{key: k, enc: v, live: e.p.ExitTime == 0})
+		t.written = append(t.written, w)
 		wasLive := e.orig.exists && e.orig.exitTime == 0
 		wasExited := e.orig.exists && e.orig.exitTime != 0
-		live := e.p.ExitTime == 0
+		e.live = 0
 		switch {
 		case wasLive && !live:
-			b.Delete(procSpaceKey(spaceLive, k), nil)
+			e.live = -1
 			t.dLive--
 		case !wasLive && live:
-			b.Set(procSpaceKey(spaceLive, k), nil, nil)
+			e.live = 1
 			t.dLive++
 		}
 		if wasExited && (live || e.orig.exitTime != e.p.ExitTime) {
-			b.Delete(exitedKey(e.orig.exitTime, k), nil)
+			t.exits = append(t.exits, exitOp{exitTime: e.orig.exitTime, key: k, del: true})
 			t.dExited--
 			wasExited = false
 		}
 		if !live {
 			// Set even when unchanged: the value carries the parent.
-			b.Set(exitedKey(e.p.ExitTime, k), procKeyValue(e.p.Parent), nil)
+			t.exits = append(t.exits, exitOp{exitTime: e.p.ExitTime, key: k, parent: e.p.Parent})
 			if !wasExited {
 				t.dExited++
 			}
 		}
 		if e.orig.parent != e.p.Parent {
 			if !e.orig.parent.IsZero() {
-				b.Delete(childKey(e.orig.parent, k), nil)
+				t.kids = append(t.kids, childOp{parent: e.orig.parent, child: k, del: true})
 			}
 			if !e.p.Parent.IsZero() {
-				b.Set(childKey(e.p.Parent, k), nil, nil)
+				t.kids = append(t.kids, childOp{parent: e.p.Parent, child: k})
 			}
 		}
 	}
+	t.dLive -= int64(len(t.orphans))
 	for _, k := range t.orphans {
-		b.Delete(k, nil)
-		t.dLive--
 		t.written = append(t.written, written{key: getProcKey(k[1:])})
 	}
+	slices.SortFunc(t.kids, func(a, b childOp) int {
+		if c := cmpProcKey(a.parent, b.parent); c != 0 {
+			return c
+		}
+		return cmpProcKey(a.child, b.child)
+	})
+	slices.SortFunc(t.exits, func(a, b exitOp) int {
+		if c := cmp.Compare(orderedTime(a.exitTime), orderedTime(b.exitTime)); c != 0 {
+			return c
+		}
+		return cmpProcKey(a.key, b.key)
+	})
+	return nil
+}
+
+func cmpProcKey(a, b capture.ProcKey) int {
+	if c := cmp.Compare(a.PID, b.PID); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Start, b.Start)
+}
+
+// batchBytes is about what the staged changes take in a batch.
+func (t *tableTx) batchBytes() int {
+	const op = 4 // kind and two length varints
+	return t.enc.Len() + len(t.dirty)*2*(op+1+procKeyLen) + len(t.orphans)*(op+1+procKeyLen) +
+		len(t.kids)*(op+1+2*procKeyLen) + len(t.exits)*(op+1+8+2*procKeyLen)
+}
+
+// The put methods add one key space each of what stage worked out. Within
+// a batch the spaces go in key order: c, (e), l, (m), p, (t), x.
+
+func (t *tableTx) putChildren(b *pebble.Batch) error {
+	var key [1 + 2*procKeyLen]byte
+	key[0] = spaceChildren
+	for _, op := range t.kids {
+		putProcKey(key[1:], op.parent)
+		putProcKey(key[1+procKeyLen:], op.child)
+		var err error
+		if op.del {
+			err = b.Delete(key[:], nil)
+		} else {
+			err = b.Set(key[:], nil, nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tableTx) putLive(b *pebble.Batch) error {
+	var key [1 + procKeyLen]byte
+	key[0] = spaceLive
+	for _, e := range t.dirty {
+		putProcKey(key[1:], e.p.Key)
+		var err error
+		switch e.live {
+		case 1:
+			err = b.Set(key[:], nil, nil)
+		case -1:
+			err = b.Delete(key[:], nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, k := range t.orphans {
+		if err := b.Delete(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tableTx) putProcs(b *pebble.Batch) error {
+	var key [1 + procKeyLen]byte
+	key[0] = spaceProc
+	enc, from := t.enc.Bytes(), 0
+	for i, e := range t.dirty {
+		putProcKey(key[1:], e.p.Key)
+		if err := b.Set(key[:], enc[from:t.ends[i]], nil); err != nil {
+			return err
+		}
+		from = t.ends[i]
+	}
+	return nil
+}
+
+func (t *tableTx) putExited(b *pebble.Batch) error {
+	var (
+		key [1 + 8 + procKeyLen]byte
+		val [procKeyLen]byte
+	)
+	key[0] = spaceExited
+	for _, op := range t.exits {
+		binary.BigEndian.PutUint64(key[1:], orderedTime(op.exitTime))
+		putProcKey(key[9:], op.key)
+		var err error
+		if op.del {
+			err = b.Delete(key[:], nil)
+		} else {
+			putProcKey(val[:], op.parent)
+			err = b.Set(key[:], val[:], nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forget drops the written entries, so that a long transaction (Seed) can
+// write as it goes and hold only what the live cache needs. An entry must
+// not be changed again after it was written: reads do not see the batch.
+func (t *tableTx) forget() {
+	clear(t.dirty)
 	t.dirty, t.orphans = t.dirty[:0], nil
 	clear(t.ents)
+}
+
+// write adds the changed entries and their index changes to b, then
+// forgets them.
+func (t *tableTx) write(b *pebble.Batch) error {
+	if err := t.stage(); err != nil {
+		return err
+	}
+	for _, put := range []func(*pebble.Batch) error{t.putChildren, t.putLive, t.putProcs, t.putExited} {
+		if err := put(b); err != nil {
+			return err
+		}
+	}
+	t.forget()
 	return nil
 }
 
@@ -245,51 +423,64 @@ func (t *tableTx) write(b *pebble.Batch) error {
 // been committed.
 func (t *tableTx) committed() {
 	for _, w := range t.written {
-		if w.live {
-			t.cache.put(w.key, w.enc)
+		if w.p != nil {
+			t.mem.live.put(w.key, w.p, w.size)
 		} else {
-			t.cache.del(w.key)
+			t.mem.live.del(w.key)
 		}
 	}
 }
 
-// liveCache holds the encodings of live processes, the entries nearly every
-// fork, exec and exit reads. Without it each of those is a Pebble Get that
-// misses the small block cache, which made the table (not the events) the
-// cost of Append. It is bounded by max bytes: past that, entries are read
-// from Pebble as before. It never holds a stale entry: every write of a
-// process updates or drops it. Guarded by Local.wmu.
+// tableMem is what Append knows about the process table without reading
+// Pebble. Guarded by Local.wmu.
+type tableMem struct {
+	live *liveCache
+	keys *newKeys
+}
+
+// liveCache holds the decoded live processes, the entries nearly every fork
+// (the parent), exec and exit reads. Without it each of those is a Pebble
+// Get that misses the small block cache, plus a CBOR decode, which made the
+// table (not the events) the cost of Append. It is bounded by max bytes of
+// footprint: past that, entries are read from Pebble as before. It never
+// holds a stale entry: every write of a process updates or drops it.
+// Entries are never changed in place.
 type liveCache struct {
-	m     map[capture.ProcKey][]byte
+	m     map[capture.ProcKey]cachedProc
 	bytes int
 	max   int
 }
 
+type cachedProc struct {
+	p    *capture.Process
+	size int
+}
+
 func newLiveCache(max int) *liveCache {
-	return &liveCache{m: make(map[capture.ProcKey][]byte), max: max}
+	return &liveCache{m: make(map[capture.ProcKey]cachedProc), max: max}
 }
 
-func (c *liveCache) get(k capture.ProcKey) ([]byte, bool) {
+func (c *liveCache) get(k capture.ProcKey) (*capture.Process, bool) {
 	v, ok := c.m[k]
-	return v, ok
+	return v.p, ok
 }
 
-func (c *liveCache) put(k capture.ProcKey, v []byte) {
+func (c *liveCache) put(k capture.ProcKey, p *capture.Process, size int) {
 	if old, ok := c.m[k]; ok {
-		c.bytes += len(v) - len(old)
-		c.m[k] = v
+		c.bytes += size - old.size
+		c.m[k] = cachedProc{p, size}
 		return
 	}
-	if c.bytes+len(v) > c.max {
+	if c.bytes+size > c.max {
 		return
 	}
-	c.m[k] = v
-	c.bytes += len(v)
+	c.m[k] = cachedProc{p, size}
+	c.bytes += size
 }
 
 func (c *liveCache) del(k capture.ProcKey) {
 	if old, ok := c.m[k]; ok {
-		c.bytes -= len(old)
+		c.bytes -= old.size
 		delete(c.m, k)
 	}
 }
@@ -309,10 +500,86 @@ func (c *liveCache) fill(r pebble.Reader) error {
 		if err != nil {
 			return fmt.Errorf("load live processes: %w", err)
 		}
-		c.put(getProcKey(it.Key()[1:]), append([]byte(nil), v...))
+		p, err := decodeProcess(v)
 		closer.Close()
+		if err != nil {
+			return fmt.Errorf("load live process %s: %w", getProcKey(it.Key()[1:]), err)
+		}
+		c.put(p.Key, &p, footprint(&p))
 	}
 	return it.Close()
+}
+
+// footprint is about the memory a cached entry holds: the struct, its map
+// slot and its strings. Strings a forked child shares with its parent are
+// counted twice, which errs on the safe side.
+func footprint(p *capture.Process) int {
+	const (
+		fixed  = int(unsafe.Sizeof(capture.Process{})) + 64 // + map slot and pointer
+		header = int(unsafe.Sizeof(""))
+	)
+	n := fixed + len(p.Comm) + len(p.Exec.Exe) + len(p.Exec.Cwd) + len(p.Exec.TTY)
+	for _, a := range p.Exec.Argv {
+		n += header + len(a)
+	}
+	for _, a := range p.Exec.Env {
+		n += header + len(a)
+	}
+	if p.Exit != nil {
+		n += int(unsafe.Sizeof(capture.Exit{}))
+	}
+	return n
+}
+
+// newKeys lets Append skip the Pebble read for a process key that cannot
+// be in the table. Nearly every fork names a child the table has never
+// seen, and that lookup was a miss through every L0 file's filter; only an
+// exec or exit applied before its fork (events from different CPUs) or a
+// duplicate fork finds something.
+//
+// Process start times only grow, so it keeps the keys written with a start
+// after ceil: every key in the table whose Start is above ceil is in
+// recent (recent may hold more: entries deleted since). A key above ceil
+// that is not in recent is therefore absent. When recent grows past max,
+// ceil rises to its median start and the keys at or below it are dropped,
+// which keeps the rule true. Guarded by Local.wmu.
+type newKeys struct {
+	ceil   uint64
+	recent map[capture.ProcKey]struct{}
+	max    int
+}
+
+func newNewKeys(ceil uint64, max int) *newKeys {
+	return &newKeys{ceil: ceil, recent: make(map[capture.ProcKey]struct{}), max: max}
+}
+
+func (n *newKeys) absent(k capture.ProcKey) bool {
+	if k.Start <= n.ceil {
+		return false
+	}
+	_, in := n.recent[k]
+	return !in
+}
+
+func (n *newKeys) add(k capture.ProcKey) {
+	if k.Start <= n.ceil {
+		return
+	}
+	n.recent[k] = struct{}{}
+	if len(n.recent) <= n.max {
+		return
+	}
+	starts := make([]uint64, 0, len(n.recent))
+	for k := range n.recent {
+		starts = append(starts, k.Start)
+	}
+	slices.Sort(starts)
+	n.ceil = starts[len(starts)/2]
+	for k := range n.recent {
+		if k.Start <= n.ceil {
+			delete(n.recent, k)
+		}
+	}
 }
 
 // Seed writes the /proc snapshot taken at agent start into the table (as
@@ -328,7 +595,7 @@ func (l *Local) Seed(procs []capture.Process) error {
 	defer l.wmu.Unlock()
 
 	now := l.opts.Now().UnixNano()
-	tx := newTableTx(l.db, l.cache, l.opts.Now)
+	tx := newTableTx(l.db, l.table, l.opts.Now)
 	b := l.db.NewBatch()
 	defer b.Close()
 	// Entries go into the batch every seedStep processes rather than being
