@@ -209,6 +209,29 @@ static __always_inline void count_drop(__u32 cause)
 		*n += 1; /* per-CPU slot: no atomic needed */
 }
 
+/* struct inode's ctime before 6.6 (i_ctime) and in 6.6-6.10 (__i_ctime);
+ * later kernels keep i_ctime_sec and i_ctime_nsec. */
+struct inode___pre66 {
+	struct timespec64 i_ctime;
+} __attribute__((preserve_access_index));
+struct inode___66 {
+	struct timespec64 __i_ctime;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 inode_ctime_ns(struct inode *ino)
+{
+	/* Bit 31 of i_ctime_nsec is a flag of multigrain timestamps
+	 * (I_CTIME_QUERIED); nanoseconds fit in 30 bits. */
+	if (bpf_core_field_exists(ino->i_ctime_sec))
+		return (__u64)BPF_CORE_READ(ino, i_ctime_sec) * 1000000000ULL +
+		       (BPF_CORE_READ(ino, i_ctime_nsec) & ((1U << 30) - 1));
+	struct inode___66 *i66 = (void *)ino;
+	if (bpf_core_field_exists(i66->__i_ctime))
+		return (__u64)BPF_CORE_READ(i66, __i_ctime.tv_sec) * 1000000000ULL + BPF_CORE_READ(i66, __i_ctime.tv_nsec);
+	struct inode___pre66 *old = (void *)ino;
+	return (__u64)BPF_CORE_READ(old, i_ctime.tv_sec) * 1000000000ULL + BPF_CORE_READ(old, i_ctime.tv_nsec);
+}
+
 /* Process identity: tgid and the group leader's start, as /proc shows them. */
 static __always_inline void fill_proc(struct ev_hdr *h, struct task_struct *t)
 {
@@ -471,11 +494,14 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	 * /proc/PID/exe says "(deleted)" then, and so do we. */
 	if (!BPF_CORE_READ(exe, f_path.dentry, d_hash.pprev))
 		flags |= EVF_EXE_DELETED;
-	/* Which file it is, so that userspace hashes this one and not a
-	 * later file at the same path. */
+	/* Which file and which version of it, so that userspace hashes
+	 * this one and not a later file at the same path, and can answer
+	 * from its cache without opening the file at all. */
 	struct inode *ino = BPF_CORE_READ(exe, f_inode);
 	e->exe_ino = BPF_CORE_READ(ino, i_ino);
 	e->exe_dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	e->exe_ctime_ns = inode_ctime_ns(ino);
+	e->exe_size = BPF_CORE_READ(ino, i_size);
 	n = path_copy(&s->pb, &e->data[off & (DATA_HEAD - 1)]);
 	e->exe_len = n;
 	off += n;

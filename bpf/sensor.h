@@ -157,6 +157,8 @@ struct ev_exec {
 	__u16 _pad;
 	__u32 exe_dev;  /* kernel dev_t (major << 20 | minor) of the exe's filesystem */
 	__u64 exe_ino;
+	__u64 exe_ctime_ns; /* the exe's version: its ctime changes on every write */
+	__s64 exe_size;
 	/* exe, cwd, tty, argv, env: exe_len + cwd_len + tty_len + argv_len + env_len bytes */
 	char data[EXEC_DATA];
 };

@@ -449,6 +449,19 @@ func (s *EBPFSource) Blind() []string {
 		// (not its chroot); a path deeper than 64 components or longer than
 		// PATH_MAX is cut at the root end.
 		"path-mntns-relative",
+
+		// Focused traces. File and socket records come from the syscalls
+		// below; the same work done another way is not seen: io_uring,
+		// 32-bit compat syscalls, and other file syscalls (mkdir,
+		// link/symlink, truncate, chmod/chown, open_by_handle_at).
+		"trace-io-uring-and-compat",
+		"trace-other-file-syscalls",
+		// Connects of AF_UNIX sockets and closes of UDP sockets; TCP close
+		// comes from the state machine.
+		"trace-unix-connect-udp-close",
+		// A binary replaced or written between the exec and the agent's
+		// read is not hashed (Hashes.Error says so).
+		"trace-hash-after-rewrite",
 	}
 }
 

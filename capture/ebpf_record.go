@@ -78,7 +78,9 @@ const (
 	execEnvLen  = hdrSize + 48
 	execExeDev  = hdrSize + 52
 	execExeIno  = hdrSize + 56
-	execData    = hdrSize + 64
+	execCtime   = hdrSize + 64
+	execExeSize = hdrSize + 72
+	execData    = hdrSize + 80
 
 	fileResult   = hdrSize
 	fileFlags    = hdrSize + 8
@@ -128,10 +130,10 @@ type recordDecoder struct {
 	comms map[[16]byte]string
 
 	// The last decoded record's trace tag (0: not traced) and, for an
-	// exec, the kernel's identity of the binary (dev in stat encoding).
+	// exec, the kernel's identity and version of the binary (dev in stat
+	// encoding).
 	tag     uint32
-	exeDev  uint64
-	exeIno  uint64
+	exe     fileID
 	focused bool // the record is trace-only: dropped rather than reported untraced
 }
 
@@ -198,8 +200,12 @@ func (d *recordDecoder) decode(b []byte, ev *Event) error {
 			return err
 		}
 		ev.Exec = x
-		d.exeDev = kernelDevToStat(recordOrder.Uint32(b[execExeDev:]))
-		d.exeIno = recordOrder.Uint64(b[execExeIno:])
+		d.exe = fileID{
+			dev:   kernelDevToStat(recordOrder.Uint32(b[execExeDev:])),
+			ino:   recordOrder.Uint64(b[execExeIno:]),
+			ctime: int64(recordOrder.Uint64(b[execCtime:])),
+			size:  int64(recordOrder.Uint64(b[execExeSize:])),
+		}
 	case evKindOpen, evKindRename, evKindUnlink:
 		ev.Kind = KindFileOpen + Kind(kind-evKindOpen)
 		f, err := decodeFile(b, flags)

@@ -909,6 +909,8 @@ func TestEBPFRecordLayout(t *testing.T) {
 		{"exec.env_len", execEnvLen, unsafe.Offsetof(e.EnvLen)},
 		{"exec.exe_dev", execExeDev, unsafe.Offsetof(e.ExeDev)},
 		{"exec.exe_ino", execExeIno, unsafe.Offsetof(e.ExeIno)},
+		{"exec.exe_ctime_ns", execCtime, unsafe.Offsetof(e.ExeCtimeNs)},
+		{"exec.exe_size", execExeSize, unsafe.Offsetof(e.ExeSize)},
 		{"exec.data", execData, unsafe.Offsetof(e.Data)},
 		{"ARGV_CAP", argvCap, unsafe.Sizeof(e.Data) - 16384 - envCap},
 		{"file.result", fileResult, unsafe.Offsetof(fl.Result)},

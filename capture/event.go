@@ -3,6 +3,11 @@
 // in-memory process table. Two Sources implement it: the eBPF sensor on tp_btf
 // hooks and the /proc + netlink proc connector + sock_diag fallback. Events flow
 // from a Source to the agent, which stores them (store/) and ships them upstream.
+//
+// The eBPF sensor is also a Tracer: a focused trace follows one process
+// lineage in the kernel and adds, for it alone, file and socket activity,
+// environment snapshots and executable hashes, as events carrying the trace's
+// id and its own sequence numbers, under caps on rate, bytes and duration.
 package capture
 
 import (

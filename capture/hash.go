@@ -10,13 +10,19 @@ package capture
 // the hash event follows, on a cache hit straight from the reader, on a
 // miss from a small bounded worker pool. Consumers join the two by Proc.
 //
-// The file is opened once, by the reader, right at the exec: through
-// /proc/PID/exe, which names the very file the kernel executed even if it
-// was renamed, unlinked or lives in another mount namespace, and by path
-// only if the process is already gone. Its inode must be the one the kernel
-// recorded at exec, or the process already runs something else and nothing
-// is hashed. Digests are cached by (dev, inode, ctime, size): any write to
-// the file changes its ctime.
+// Digests are cached by (dev, inode, ctime, size) as the kernel recorded
+// them at exec: any write to a file changes its ctime. A cache hit opens
+// nothing. On a miss the file is opened once, by the reader, right at the
+// exec: through /proc/PID/exe, which names the very file the kernel
+// executed even if it was renamed, unlinked or lives in another mount
+// namespace, and by path only if the process is already gone. Its inode and
+// ctime must be the ones the kernel recorded, or the process already runs
+// something else (or the file was written since) and nothing is hashed.
+//
+// Stealth: the read is the one trace of a trace a watcher on the host could
+// see: an inotify or fanotify watch on the binary sees one more open and
+// read of it (atime is not touched: O_NOATIME). The cache keeps that to
+// once per version of a binary per agent run.
 
 import (
 	"context"
@@ -76,7 +82,7 @@ type exeHasher struct {
 	cache map[fileID]*hashEntry
 	jobs  chan hashJob
 
-	hits, misses, queueFull atomic.Uint64
+	hits, misses, queueFull, opens atomic.Uint64
 }
 
 func newExeHasher(deliver func(tag uint32, ev Event)) *exeHasher {
@@ -117,27 +123,31 @@ func (h *exeHasher) run(ctx context.Context) {
 	}
 }
 
-// request asks for the digests of f (identified by id) for tmpl, a
-// KindExecHash event of the trace with tag. It takes f. It returns the
-// completed event when it can be sent right away (a cache hit, a full
-// queue), or nil when a worker will deliver it.
-func (h *exeHasher) request(tag uint32, tmpl Event, f *os.File, id fileID) *Event {
+// request asks for the digests of the file id names, for tmpl, a
+// KindExecHash event of the trace with tag. open is called at most once,
+// on a miss, to open that very file. request returns the completed event
+// when it can be sent at once (a cache hit, a file that cannot be opened, a
+// full queue), or nil when a worker will deliver it.
+func (h *exeHasher) request(tag uint32, tmpl Event, id fileID, open func() (*os.File, error)) *Event {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	e := h.cache[id]
 	switch {
 	case e != nil && e.done:
-		h.mu.Unlock()
-		f.Close()
 		h.hits.Add(1)
 		fillHashes(&tmpl, e.res, true)
 		return &tmpl
 	case e != nil:
 		// The same binary is being hashed for an earlier exec.
-		e.waiters = append(e.waiters, hashWaiter{tag, tmpl})
-		h.mu.Unlock()
-		f.Close()
 		h.hits.Add(1)
+		e.waiters = append(e.waiters, hashWaiter{tag, tmpl})
 		return nil
+	}
+	h.opens.Add(1)
+	f, err := open()
+	if err != nil {
+		fillHashes(&tmpl, hashResult{err: "not hashed: " + err.Error()}, false)
+		return &tmpl
 	}
 	if len(h.cache) >= hashCacheEntries {
 		for k, old := range h.cache { // map order: an arbitrary victim
@@ -147,15 +157,12 @@ func (h *exeHasher) request(tag uint32, tmpl Event, f *os.File, id fileID) *Even
 			}
 		}
 	}
-	e = &hashEntry{waiters: []hashWaiter{{tag, tmpl}}}
 	select {
 	case h.jobs <- hashJob{f, id}:
-		h.cache[id] = e
-		h.mu.Unlock()
+		h.cache[id] = &hashEntry{waiters: []hashWaiter{{tag, tmpl}}}
 		h.misses.Add(1)
 		return nil
 	default:
-		h.mu.Unlock()
 		f.Close()
 		h.queueFull.Add(1)
 		fillHashes(&tmpl, hashResult{err: "not hashed: hash queue full"}, false)

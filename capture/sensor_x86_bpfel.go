@@ -25,26 +25,28 @@ type sensorEvConn struct {
 }
 
 type sensorEvExec struct {
-	_        structs.HostLayout
-	H        sensorEvHdr
-	Uid      uint32
-	Gid      uint32
-	Euid     uint32
-	Egid     uint32
-	CgroupId uint64
-	Pidns    uint32
-	Netns    uint32
-	Mntns    uint32
-	TtyIndex uint32
-	ExeLen   uint16
-	CwdLen   uint16
-	TtyLen   uint16
-	ArgvLen  uint16
-	EnvLen   uint16
-	Pad      uint16
-	ExeDev   uint32
-	ExeIno   uint64
-	Data     [65536]int8
+	_          structs.HostLayout
+	H          sensorEvHdr
+	Uid        uint32
+	Gid        uint32
+	Euid       uint32
+	Egid       uint32
+	CgroupId   uint64
+	Pidns      uint32
+	Netns      uint32
+	Mntns      uint32
+	TtyIndex   uint32
+	ExeLen     uint16
+	CwdLen     uint16
+	TtyLen     uint16
+	ArgvLen    uint16
+	EnvLen     uint16
+	Pad        uint16
+	ExeDev     uint32
+	ExeIno     uint64
+	ExeCtimeNs uint64
+	ExeSize    int64
+	Data       [65536]int8
 }
 
 type sensorEvExit struct {

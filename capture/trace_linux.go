@@ -61,6 +61,19 @@ func (s *EBPFSource) StartTrace(spec TraceSpec) error {
 	if err != nil {
 		return fmt.Errorf("trace %s root %d: %w", spec.TraceID, spec.RootPID, err)
 	}
+	t, procs, err := s.startTrace(spec, rootStart)
+	if err != nil {
+		return err
+	}
+	if t.spec.HashExecs || t.spec.MemSnippetBytes > 0 {
+		s.startArtifacts(t.tag, t.spec, procs)
+	}
+	return nil
+}
+
+// startTrace does the part of StartTrace done under the locks and returns
+// the processes the trace took over.
+func (s *EBPFSource) startTrace(spec TraceSpec, rootStart uint64) (*traceState, []ProcKey, error) {
 
 	// kmu orders kernel changes; traces.mu is held across them so that
 	// the start note is the trace's first event and no record of the
@@ -69,14 +82,14 @@ func (s *EBPFSource) StartTrace(spec TraceSpec) error {
 	s.kmu.Lock()
 	defer s.kmu.Unlock()
 	if s.closed.Load() {
-		return errors.New("ebpf source: start trace after close")
+		return nil, nil, errors.New("ebpf source: start trace after close")
 	}
 	s.traces.mu.Lock()
 	defer s.traces.mu.Unlock()
 
 	t, err := s.traces.add(spec, ProcKey{PID: spec.RootPID, Start: rootStart})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	eff := t.spec
 	cfg := sensorTraceCfg{Tag: t.tag, EnvMax: uint32(eff.EnvMaxBytes), RateMax: kernelValve(eff, s.traces.policy)}
@@ -92,12 +105,12 @@ func (s *EBPFSource) StartTrace(spec TraceSpec) error {
 	slot := t.tag % maxTraces
 	if err := s.coll.Maps["trace_cfgs"].Put(slot, cfg); err != nil {
 		s.traces.forget(t)
-		return fmt.Errorf("trace %s: set kernel slot: %w", spec.TraceID, err)
+		return nil, nil, fmt.Errorf("trace %s: set kernel slot: %w", spec.TraceID, err)
 	}
 	s.kactive++
 	if err := s.setTracesActive(); err != nil {
 		s.kernelUndo(t)
-		return err
+		return nil, nil, err
 	}
 
 	depth := uint32(depthUnlimited)
@@ -106,9 +119,10 @@ func (s *EBPFSource) StartTrace(spec TraceSpec) error {
 	}
 	if err := s.traceRoot(t, depth); err != nil {
 		s.kernelUndo(t)
-		return err
+		return nil, nil, err
 	}
-	n := 1 + s.traceDescendants(t, spec.RootPID, depth)
+	procs := append([]ProcKey{t.root}, s.traceDescendants(t, spec.RootPID, depth)...)
+	n := len(procs)
 	t.pids = n
 	noteDepth := int32(-1)
 	if spec.Depth >= 0 {
@@ -116,7 +130,7 @@ func (s *EBPFSource) StartTrace(spec TraceSpec) error {
 	}
 	s.traces.noteLocked(t, &TraceNote{What: "start", Depth: noteDepth, Pids: uint32(n)}, s.traces.now())
 	s.log.Info("trace started", "trace_id", spec.TraceID, "root", t.root, "depth", spec.Depth, "pids", n)
-	return nil
+	return t, procs, nil
 }
 
 // kernelValve is the per-second bound the kernel puts on a trace's
@@ -155,18 +169,18 @@ func (s *EBPFSource) traceRoot(t *traceState, depth uint32) error {
 }
 
 // traceDescendants adds the live descendants of root, down to the depth,
-// and returns how many it added. A fork the walk misses cannot be lost:
+// and returns them. A fork the walk misses cannot be lost:
 // every parent is in the map before its children are listed, so a child
 // forked after the listing was added by the kernel. A child already traced
 // (by the kernel's fork hook for this trace, or by another trace, which
 // keeps it and its subtree) is not added again.
-func (s *EBPFSource) traceDescendants(t *traceState, root uint32, depth uint32) int {
+func (s *EBPFSource) traceDescendants(t *traceState, root uint32, depth uint32) []ProcKey {
 	m := s.coll.Maps["traced"]
 	type item struct{ pid, depth uint32 }
 	queue := []item{{root, depth}}
-	added := 0
+	var added []ProcKey
 	var ppidIndex map[uint32][]uint32 // built on first need, when /proc has no children files
-	for len(queue) > 0 && added < tracedMax {
+	for len(queue) > 0 && len(added) < tracedMax {
 		it := queue[0]
 		queue = queue[1:]
 		if it.depth == 0 {
@@ -204,7 +218,7 @@ func (s *EBPFSource) traceDescendants(t *traceState, root uint32, depth uint32) 
 				_ = m.Delete(c) // exited meanwhile; its pid may be a stranger's now
 				continue
 			}
-			added++
+			added = append(added, ProcKey{PID: c, Start: start})
 			queue = append(queue, item{c, childDepth})
 		}
 	}
@@ -379,7 +393,7 @@ func (s *EBPFSource) onTraced(ev *Event, size int, send func(Event) bool) {
 		s.kernelStop(stopped)
 	}
 	if spec.HashExecs || spec.MemSnippetBytes > 0 {
-		s.execArtifacts(tag, spec, ev, s.dec.exeIno)
+		s.execArtifacts(tag, spec, ev, s.dec.exe)
 	}
 }
 
@@ -394,39 +408,66 @@ func (s *EBPFSource) deliverAux(tag uint32, ev Event) {
 	}
 }
 
-// execArtifacts starts the KindExecHash event of a traced exec: the
-// binary is opened now, before the process can exec again or exit.
-func (s *EBPFSource) execArtifacts(tag uint32, spec TraceSpec, ex *Event, ino uint64) {
+// execArtifacts starts the KindExecHash event of a traced exec, whose
+// binary the kernel identified as exe.
+func (s *EBPFSource) execArtifacts(tag uint32, spec TraceSpec, ex *Event, exe fileID) {
 	tmpl := Event{Time: ex.Time, Kind: KindExecHash, Proc: ex.Proc, Comm: ex.Comm, Source: "ebpf",
-		Hashes: &Hashes{Path: ex.Exec.Exe, Inode: ino}}
+		Hashes: &Hashes{Path: ex.Exec.Exe, Dev: exe.dev, Inode: exe.ino, Size: exe.size}}
 	if spec.MemSnippetBytes > 0 {
-		tmpl.Mem = readMemSnippet(ex.Proc.PID, ino, spec.MemSnippetBytes)
+		tmpl.Mem = readMemSnippet(ex.Proc.PID, exe.ino, spec.MemSnippetBytes)
 	}
 	if !spec.HashExecs {
 		tmpl.Hashes.Error = "not hashed: the trace does not hash executables"
 		s.deliverAux(tag, tmpl)
 		return
 	}
-	f, id, err := openExe(ex.Proc.PID, ex.Exec.Exe, ino)
-	if err != nil {
-		tmpl.Hashes.Error = "not hashed: " + err.Error()
-		s.deliverAux(tag, tmpl)
-		return
+	open := func() (*os.File, error) {
+		f, _, err := openExe(ex.Proc.PID, ex.Exec.Exe, exe)
+		return f, err
 	}
-	tmpl.Hashes.Dev, tmpl.Hashes.Size = id.dev, id.size
-	if done := s.hasher.request(tag, tmpl, f, id); done != nil {
+	if done := s.hasher.request(tag, tmpl, exe, open); done != nil {
 		s.deliverAux(tag, *done)
 	}
 }
 
-var errExeReplaced = errors.New("the process runs another binary or is gone")
+// startArtifacts hashes the binaries of the processes a trace takes over
+// at start: they executed before the trace, so no exec brings their
+// hashes. Their identity is what /proc/PID/exe is now.
+func (s *EBPFSource) startArtifacts(tag uint32, spec TraceSpec, procs []ProcKey) {
+	for _, p := range procs {
+		f, id, err := openExe(p.PID, "", fileID{})
+		tmpl := Event{Time: time.Now().UnixNano(), Kind: KindExecHash, Proc: p, Source: "ebpf", Hashes: &Hashes{}}
+		if err != nil {
+			tmpl.Hashes.Error = "not hashed: " + err.Error()
+			s.deliverAux(tag, tmpl)
+			continue
+		}
+		if l, err := os.Readlink(f.Name()); err == nil {
+			tmpl.Hashes.Path = l
+		}
+		tmpl.Hashes.Dev, tmpl.Hashes.Inode, tmpl.Hashes.Size = id.dev, id.ino, id.size
+		if spec.MemSnippetBytes > 0 {
+			tmpl.Mem = readMemSnippet(p.PID, id.ino, spec.MemSnippetBytes)
+		}
+		used := false
+		done := s.hasher.request(tag, tmpl, id, func() (*os.File, error) { used = true; return f, nil })
+		if !used {
+			f.Close()
+		}
+		if done != nil {
+			s.deliverAux(tag, *done)
+		}
+	}
+}
 
-// openExe opens the binary process pid executed, whose inode the kernel
-// recorded as ino: through /proc/PID/exe, else by path. Only the inode is
-// compared: on overlayfs the device stat reports can differ from the
-// kernel's superblock device. O_NOATIME: reading the file must not change
-// what stat shows of it.
-func openExe(pid uint32, path string, ino uint64) (*os.File, fileID, error) {
+var errExeReplaced = errors.New("the process runs another binary, is gone, or its binary was written since")
+
+// openExe opens the binary process pid executed, the version the kernel
+// recorded as want: through /proc/PID/exe, else by path. The device is not
+// compared: on overlayfs stat can report another device than the kernel's
+// superblock. A zero want takes whatever /proc/PID/exe is. O_NOATIME:
+// reading the file must not change what stat shows of it.
+func openExe(pid uint32, path string, want fileID) (*os.File, fileID, error) {
 	try := func(name string) (*os.File, fileID, bool) {
 		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOATIME, 0)
 		if errors.Is(err, unix.EPERM) {
@@ -436,14 +477,19 @@ func openExe(pid uint32, path string, ino uint64) (*os.File, fileID, error) {
 			return nil, fileID{}, false
 		}
 		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil || st.Ino != ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			unix.Close(fd)
 			return nil, fileID{}, false
 		}
 		id := fileID{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+		if want != (fileID{}) && (id.ino != want.ino || id.ctime != want.ctime || id.size != want.size) {
+			unix.Close(fd)
+			return nil, fileID{}, false
+		}
 		return os.NewFile(uintptr(fd), name), id, true
 	}
-	if f, id, ok := try("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/exe"); ok {
+	proc := "/proc/" + strconv.FormatUint(uint64(pid), 10) + "/exe"
+	if f, id, ok := try(proc); ok {
 		return f, id, nil
 	}
 	if strings.HasPrefix(path, "/") && !strings.HasSuffix(path, " (deleted)") {

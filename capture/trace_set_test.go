@@ -351,22 +351,16 @@ func TestExeHasherCache(t *testing.T) {
 		mu.Unlock()
 		delivered <- struct{}{}
 	})
-	open := func() *os.File {
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	open := func() (*os.File, error) { return os.Open(path) }
 	tmpl := func(pid uint32) Event {
 		return Event{Kind: KindExecHash, Proc: ProcKey{PID: pid}, Hashes: &Hashes{Path: path}}
 	}
 	id := fileID{dev: 1, ino: 2, ctime: 3, size: 19}
 	// Two requests before any worker runs: one job, one waiter.
-	if ev := h.request(7, tmpl(1), open(), id); ev != nil {
+	if ev := h.request(7, tmpl(1), id, open); ev != nil {
 		t.Fatalf("first request answered at once: %+v", ev)
 	}
-	if ev := h.request(7, tmpl(2), open(), id); ev != nil {
+	if ev := h.request(7, tmpl(2), id, open); ev != nil {
 		t.Fatalf("request while hashing answered at once: %+v", ev)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -380,7 +374,7 @@ func TestExeHasherCache(t *testing.T) {
 			t.Fatal("hash not delivered")
 		}
 	}
-	ev := h.request(7, tmpl(3), open(), id)
+	ev := h.request(7, tmpl(3), id, open)
 	if ev == nil || !ev.Hashes.Cached {
 		t.Fatalf("request after the hash: %+v, want an immediate cached answer", ev)
 	}
@@ -393,15 +387,21 @@ func TestExeHasherCache(t *testing.T) {
 			t.Errorf("answer %d for pid %d: %+v, want the digest, cached for all but the first", i, e.Proc.PID, *e.Hashes)
 		}
 	}
-	if h.misses.Load() != 1 || h.hits.Load() != 2 {
-		t.Errorf("misses %d hits %d, want 1 and 2", h.misses.Load(), h.hits.Load())
+	if h.misses.Load() != 1 || h.hits.Load() != 2 || h.opens.Load() != 1 {
+		t.Errorf("misses %d hits %d opens %d, want 1, 2 and 1: a hit opens nothing", h.misses.Load(), h.hits.Load(), h.opens.Load())
 	}
 	// A new version of the file (another ctime) is hashed again.
 	id.ctime++
-	if ev := h.request(7, tmpl(4), open(), id); ev != nil {
+	if ev := h.request(7, tmpl(4), id, open); ev != nil {
 		t.Errorf("changed file answered from the cache: %+v", ev.Hashes)
 	}
 	<-delivered
+	// A file that cannot be opened is answered at once, with why.
+	id.ctime++
+	ev = h.request(7, tmpl(5), id, func() (*os.File, error) { return nil, os.ErrNotExist })
+	if ev == nil || ev.Hashes.Error == "" || ev.Hashes.SHA256 != "" {
+		t.Errorf("unopenable file: %+v, want an immediate error", ev)
+	}
 }
 
 func TestDecodeFileAndSockRecords(t *testing.T) {

@@ -651,9 +651,17 @@ func TestTraceExecHashes(t *testing.T) {
 	r.waitNote(t, spec.TraceID, "stop")
 	evs := r.traceOf(spec.TraceID)
 	checkSeqs(t, evs)
+	// The root executed before the trace: its binary is hashed at start.
+	sh, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := evs[1].Hashes; evs[1].Kind != KindExecHash || evs[1].Proc.PID != spec.RootPID || h.Path != sh || h.SHA256 == "" {
+		t.Errorf("second event %v %+v, want the hash of the root's %s", evs[1].Kind, h, sh)
+	}
 	var hashes []Event
 	execs := map[ProcKey]bool{}
-	for _, ev := range evs {
+	for _, ev := range evs[2:] {
 		switch ev.Kind {
 		case KindExec:
 			execs[ev.Proc] = true
@@ -679,8 +687,9 @@ func TestTraceExecHashes(t *testing.T) {
 			t.Errorf("hash %d Cached = %v, want %v (the second exec of the same binary hits the cache)", i, h.Cached, want)
 		}
 	}
-	if r.src.hasher.misses.Load() != 1 {
-		t.Errorf("%d hashes computed for two execs of one binary, want 1", r.src.hasher.misses.Load())
+	// One for the root's sh, one for true: the second true opens nothing.
+	if h := r.src.hasher; h.misses.Load() != 2 || h.opens.Load() != 2 {
+		t.Errorf("%d hashes computed and %d opens for sh and two execs of true, want 2 and 2", h.misses.Load(), h.opens.Load())
 	}
 }
 
