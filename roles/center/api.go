@@ -276,6 +276,7 @@ func (a *API) Handler() http.Handler {
 			if status == http.StatusMethodNotAllowed {
 				msg = fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, w.Header().Get("Allow"))
 			}
+			h.Set("Content-Type", "application/json; charset=utf-8")
 			a.writeError(w, status, msg)
 			return
 		}
