@@ -44,6 +44,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -123,7 +124,10 @@ type API struct {
 	views    *viewLog
 	routes   []route
 	mux      *http.ServeMux
-	hasEnv   bool // process_events has an env column (reveal returns it)
+	hasEnv   bool          // process_events has an env column (reveal returns it)
+	queries  chan struct{} // bounds concurrent sandbox queries
+	closed   sync.Once
+	closeErr error
 
 	viewEvery  time.Duration // view batch flush interval
 	drainEvery time.Duration // outbox drain interval
@@ -131,6 +135,10 @@ type API struct {
 
 // maxBody bounds every request body.
 const maxBody = 1 << 20
+
+// maxQueries sandbox queries run at once; more wait. The read-only pool
+// has 8 connections and the API's own reads need some of them.
+const maxQueries = 2
 
 // NewAPI builds the API and opens the operators (creating accounts.db
 // beside the SQL store), then moves anything `daemoneye operator` left in
@@ -152,7 +160,7 @@ func NewAPI(d APIDeps) (*API, error) {
 	ops.now = d.Now
 	a := &API{sql: d.SQL, ops: ops, audit: d.Audit, verifier: d.Verifier, cfg: d.Cfg, center: d.Center,
 		log: d.Log.With("component", "api"), now: d.Now, sessions: newSessions(d.Now), limiter: newLoginLimiter(d.Now),
-		views: newViewLog(), viewEvery: 30 * time.Second, drainEvery: 10 * time.Second}
+		views: newViewLog(), viewEvery: 30 * time.Second, drainEvery: 10 * time.Second, queries: make(chan struct{}, maxQueries)}
 	if err := d.SQL.ReadOnly().QueryRow(`SELECT count(*) > 0 FROM pragma_table_info('process_events') WHERE name = 'env'`).Scan(&a.hasEnv); err != nil {
 		ops.Close()
 		return nil, fmt.Errorf("api: %w", err)
@@ -177,8 +185,11 @@ func (a *API) Operators() *Operators { return a.ops }
 // Close releases the API's connections; views not yet flushed are
 // recorded first.
 func (a *API) Close() error {
-	a.flushViews(context.Background())
-	return a.ops.Close()
+	a.closed.Do(func() {
+		a.flushViews(context.Background())
+		a.closeErr = a.ops.Close()
+	})
+	return a.closeErr
 }
 
 // route is one endpoint: its pattern, the lowest role allowed, and whether
@@ -540,7 +551,7 @@ func (a *API) Serve(ctx context.Context, ln net.Listener, tlsConf *tls.Config) e
 		WriteTimeout:      max(time.Minute, 2*timeout+10*time.Second),
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug), // TLS handshake refusals, mostly
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelInfo), // TLS handshake refusals, mostly: who tried with what
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	a.log.Info("API listening", "addr", ln.Addr().String())

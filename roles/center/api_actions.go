@@ -637,9 +637,17 @@ func (a *API) query(w http.ResponseWriter, r *http.Request, p *principal) error 
 	if timeout <= 0 {
 		timeout = sqlstore.DefaultQueryTimeout
 	}
+	select {
+	case a.queries <- struct{}{}:
+	case <-r.Context().Done():
+		return context.Canceled
+	case <-time.After(timeout):
+		return errorf(http.StatusServiceUnavailable, "%d queries are running already; try again shortly", maxQueries)
+	}
 	began := time.Now()
 	cols, rows, truncated, qerr := a.sql.Query(r.Context(), req.SQL, args, maxRows, timeout)
 	elapsed := time.Since(began)
+	<-a.queries
 	if qerr != nil && r.Context().Err() != nil {
 		return context.Canceled // the client went away; nothing was shown
 	}

@@ -982,6 +982,32 @@ func TestAPIRequestHygiene(t *testing.T) {
 			t.Errorf("%s: Content-Type %q", tc.name, ct)
 		}
 	}
+	// Trace paging by (created, trace_id).
+	for _, pid := range []int{100, 200} {
+		if r := e.as("ana", "POST", "/api/v1/traces", map[string]any{"host": "web-1", "pid": pid, "start": pid * 10, "reason": "paging test trace"}); r.status != http.StatusCreated {
+			t.Fatalf("trace on %d: %d %q", pid, r.status, r.err())
+		}
+	}
+	var seen []string
+	for before, pages := "", 0; pages < 5; pages++ {
+		path := "/api/v1/traces?limit=2"
+		if before != "" {
+			path += "&before=" + before
+		}
+		r := e.as("vic", "GET", path, nil)
+		for _, tr := range r.body["traces"].([]any) {
+			seen = append(seen, tr.(map[string]any)["trace_id"].(string))
+		}
+		next, _ := r.body["next_before"].(string)
+		if next == "" {
+			break
+		}
+		before = next
+	}
+	if len(seen) != 3 || slices.Contains(seen[:2], seen[2]) {
+		t.Errorf("traces over pages of 2: %v, want 3 distinct", seen)
+	}
+
 	r := e.as("vic", "GET", "/api/v1/alerts?severity=high&limit=1", nil)
 	if al := r.body["alerts"].([]any); r.status != http.StatusOK || len(al) != 1 || al[0].(map[string]any)["rule_id"] != "web-shell" {
 		t.Errorf("alert filter: %d %s", r.status, r.raw)
