@@ -48,11 +48,13 @@ type Globals struct {
 type CLI struct {
 	Globals
 
-	Agent  AgentCmd  `cmd:"" help:"Run the host agent, or inspect what it recorded."`
-	Proxy  ProxyCmd  `cmd:"" help:"Run a store-and-forward proxy."`
-	Center CenterCmd `cmd:"" help:"Run the Security Center."`
-	Cfg    ConfigCmd `cmd:"" name:"config" help:"Show the effective configuration."`
-	PKI    PKICmd    `cmd:"" name:"pki" help:"Customer-owned CA: init, issue, revoke."`
+	Agent    AgentCmd    `cmd:"" help:"Run the host agent, or inspect what it recorded."`
+	Proxy    ProxyCmd    `cmd:"" help:"Run a store-and-forward proxy."`
+	Center   CenterCmd   `cmd:"" help:"Run the Security Center."`
+	Cfg      ConfigCmd   `cmd:"" name:"config" help:"Show the effective configuration."`
+	PKI      PKICmd      `cmd:"" name:"pki" help:"Customer-owned CA: init, issue, revoke."`
+	Ledger   LedgerCmd   `cmd:"" help:"Audit ledger: verify the whole log and its consistency with checkpoints seen before."`
+	Operator OperatorCmd `cmd:"" help:"Operators of the center: add, list, disable."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.
