@@ -777,15 +777,15 @@ static __always_inline struct ev_sock *sock_reserve(__u8 kind)
  * out), seen in softirq: the owner is the one remembered at SYN_SENT, the
  * error is the one the kernel set before closing.
  */
-static __always_inline void emit_connect_failed(struct sock_owner *o, const struct sock *sk)
+static __always_inline bool emit_connect_failed(struct sock_owner *o, const struct sock *sk)
 {
 	struct trace_cfg *c = trace_live(o->trace);
 	if (!c || !(c->flags & TRF_NET) || !trace_admit(c))
-		return;
+		return false;
 	owner_tuple(o, sk);
 	struct ev_sock *e = sock_reserve(EV_CONNECT_RESULT);
 	if (!e)
-		return;
+		return false;
 	e->h.trace = o->trace;
 	e->h.pid = o->pid;
 	e->h.start_ns = o->start_ns;
@@ -797,6 +797,7 @@ static __always_inline void emit_connect_failed(struct sock_owner *o, const stru
 	e->proto = IPPROTO_TCP;
 	sock_tuple(e, o);
 	submit(e, sizeof(*e));
+	return true;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -833,8 +834,7 @@ int BPF_PROG(handle_set_state, const struct sock *sk, const int oldstate, const 
 			 * reported; a traced one is, as a failure. The entry
 			 * stays, marked, so that the connect syscall that
 			 * returns this failure does not report it again. */
-			if (o->trace && trace_live(o->trace)) {
-				emit_connect_failed(o, sk);
+			if (o->trace && emit_connect_failed(o, sk)) {
 				o->state = OWN_FAILED;
 				return 0;
 			}
