@@ -7,8 +7,11 @@ package center
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -18,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/store"
 	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/store/wal"
@@ -39,6 +43,8 @@ type Center struct {
 	// SQL is the queryable store derived from the batch store: every
 	// batch durable in Pebble is ingested here (again after a crash).
 	SQL      *sqlstore.Store
+	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
+	API      *API           // nil when center.api.listen is empty
 	ingestQ  chan *wire.Batch
 	stopping chan struct{} // closed when Run's context ends
 
@@ -80,8 +86,32 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
 	}
-	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, ingestQ: make(chan *wire.Batch, 1024),
+	signer, _, err := ledger.LoadOrCreateSigner(filepath.Join(cfg.DataDir, "ledger.key"), ledger.Origin(id.Name))
+	if err != nil {
+		sq.Close()
+		outbox.Close()
+		db.Close()
+		return nil, fmt.Errorf("center: ledger key: %w", err)
+	}
+	lg, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), signer, log, ledger.Options{})
+	if err != nil {
+		sq.Close()
+		outbox.Close()
+		db.Close()
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
 		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}}
+	if cfg.API.Listen != "" {
+		c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
+		if err != nil {
+			lg.Close()
+			sq.Close()
+			outbox.Close()
+			db.Close()
+			return nil, fmt.Errorf("center: %w", err)
+		}
+	}
 	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
 	c.Ingest.toSQL = func(b *wire.Batch) {
 		select {
@@ -122,6 +152,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		Log: log,
 	})
 	if err != nil {
+		lg.Close()
 		sq.Close()
 		outbox.Close()
 		db.Close()
@@ -141,6 +172,7 @@ func (c *Center) Agents() []string { return c.srv.Agents() }
 func (c *Center) Run(ctx context.Context) error {
 	defer func() {
 		c.outbox.Close()
+		c.Ledger.Close()
 		c.SQL.Close()
 		c.db.Close()
 	}()
@@ -151,6 +183,16 @@ func (c *Center) Run(ctx context.Context) error {
 	defer stop()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.ingestSQL(gctx) })
+	g.Go(func() error { return c.Ledger.Run(gctx) })
+	if c.API != nil {
+		ln, err := net.Listen("tcp", c.cfg.API.Listen)
+		if err != nil {
+			return fmt.Errorf("center: api: %w", err)
+		}
+		c.log.Info("operator API listening", "addr", ln.Addr().String())
+		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}
+		g.Go(func() error { return c.API.Serve(gctx, ln, tlsConf) })
+	}
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })
@@ -253,4 +295,28 @@ func (c *Center) watchCRL(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// RequestTrace sends an approved trace request down the tree to the target
+// agent as a command, and records it in the ledger. (The agent's focused
+// trace capture obeys it once it lands; until then the agent acknowledges.)
+func (c *Center) RequestTrace(ctx context.Context, req TraceRequest) error {
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	cmd := wire.Command{CommandID: "trace-start-" + req.TraceID, Target: req.Host,
+		Expires: time.Now().Add(10 * time.Minute).UnixNano(), Payload: payload}
+	return c.SendCommand(ctx, cmd)
+}
+
+// StopTrace sends a stop for a trace down to its agent.
+func (c *Center) StopTrace(ctx context.Context, traceID, reason string) error {
+	var host string
+	if err := c.SQL.ReadOnly().QueryRowContext(ctx, "SELECT host FROM traces WHERE trace_id = ?", traceID).Scan(&host); err != nil {
+		return fmt.Errorf("stop trace %s: %w", traceID, err)
+	}
+	payload, _ := json.Marshal(map[string]string{"trace_id": traceID, "reason": reason})
+	return c.SendCommand(ctx, wire.Command{CommandID: "trace-stop-" + traceID, Target: host,
+		Expires: time.Now().Add(10 * time.Minute).UnixNano(), Payload: payload})
 }

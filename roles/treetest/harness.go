@@ -144,6 +144,7 @@ func (tr *Tree) NewCenter(name string) *Center {
 	c.DataDir = filepath.Join(tr.Dir, name)
 	c.TLS = tr.Issue(pki.RoleCenter, name)
 	c.CADir = tr.CA.Dir()
+	c.API.Listen = "" // tests that want the API set an address
 	return &Center{tr: tr, Cfg: c}
 }
 

@@ -1,9 +1,13 @@
 package treetest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +63,42 @@ func TestProxyMetricsEndpoint(t *testing.T) {
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// The center serves its operator API over TLS with its own certificate and
+// keeps a signed ledger in its data directory.
+func TestCenterServesAPIAndLedger(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Cfg.API.Listen = l.Addr().String()
+	l.Close()
+	c.Start()
+	pool := x509.NewCertPool()
+	pool.AddCert(tr.CA.Certificate())
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
+	var resp *http.Response
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err = client.Get("https://" + c.Cfg.API.Listen + "/api/v1/hosts")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("API over TLS: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /api/v1/hosts without credentials = %d, want 401", resp.StatusCode)
+	}
+	for _, f := range []string{"ledger.key", "ledger.key.vkey", "ledger"} {
+		if _, err := os.Stat(filepath.Join(c.Cfg.DataDir, f)); err != nil {
+			t.Errorf("center data dir lacks %s: %v", f, err)
 		}
 	}
 }
