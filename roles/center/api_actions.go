@@ -723,14 +723,7 @@ func operatorErr(err error) error {
 		return errorf(http.StatusNotFound, "%v", err)
 	case errors.Is(err, ErrLastAdmin):
 		return errorf(http.StatusConflict, "%v: make another operator admin first", err)
-	case errors.Is(err, ErrWeakPassword):
-		return errorf(http.StatusBadRequest, "%v", err)
-	}
-	var ae *apiError
-	if errors.As(err, &ae) || errors.Is(err, errAudit) {
-		return err
-	}
-	if strings.Contains(err.Error(), "operator id:") || strings.Contains(err.Error(), "operator role:") || strings.Contains(err.Error(), "operator name:") {
+	case errors.Is(err, ErrWeakPassword), errors.Is(err, ErrInvalidOperator):
 		return errorf(http.StatusBadRequest, "%v", err)
 	}
 	return err

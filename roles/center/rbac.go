@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
 	"modernc.org/sqlite"
@@ -79,6 +80,7 @@ var (
 	ErrWeakPassword    = fmt.Errorf("password must be %d to %d bytes long", MinPasswordLen, MaxPasswordLen)
 	ErrBadCredentials  = errors.New("wrong operator name or password")
 	ErrOperatorBlocked = errors.New("operator disabled")
+	ErrInvalidOperator = errors.New("invalid operator")
 )
 
 // Password bounds. The upper one caps the work an attacker can make the KDF
@@ -338,13 +340,13 @@ var errAudit = errors.New("audit ledger unavailable")
 // the outbox (the command line).
 func (o *Operators) Add(ctx context.Context, n NewOperator, actor string, a Auditor) (Operator, error) {
 	if err := pki.ValidateName(n.ID); err != nil {
-		return Operator{}, fmt.Errorf("operator id: %w", err)
+		return Operator{}, fmt.Errorf("%w: id: %w", ErrInvalidOperator, err)
 	}
 	if n.Role == RoleNone || n.Role > RoleAdmin {
-		return Operator{}, errors.New("operator role: want viewer, analyst, approver or admin")
+		return Operator{}, fmt.Errorf("%w: role: want viewer, analyst, approver or admin", ErrInvalidOperator)
 	}
-	if len(n.Name) > 200 {
-		return Operator{}, errors.New("operator name: at most 200 bytes")
+	if len(n.Name) > 200 || !utf8.ValidString(n.Name) {
+		return Operator{}, fmt.Errorf("%w: name: at most 200 bytes of UTF-8", ErrInvalidOperator)
 	}
 	var phc string
 	if n.Password != "" {
@@ -385,7 +387,7 @@ func (o *Operators) Add(ctx context.Context, n NewOperator, actor string, a Audi
 // refuses to leave the center without an active admin.
 func (o *Operators) Update(ctx context.Context, id string, c OperatorChange, actor string, a Auditor) (Operator, error) {
 	if c.Role != nil && (*c.Role == RoleNone || *c.Role > RoleAdmin) {
-		return Operator{}, errors.New("operator role: want viewer, analyst, approver or admin")
+		return Operator{}, fmt.Errorf("%w: role: want viewer, analyst, approver or admin", ErrInvalidOperator)
 	}
 	var phc string
 	if c.Password != nil && *c.Password != "" {
