@@ -196,9 +196,10 @@ func (a *Agent) seed() error {
 	return nil
 }
 
-// pipeline caps the event rate and writes batches to the store. Exits and
-// closes are never rate-limited: they are bounded by the forks and connects
-// that were let through, and dropping them would leave the table wrong.
+// pipeline caps the baseline event rate and writes batches to the store.
+// Exits and closes are never rate-limited: they are bounded by the forks and
+// connects that were let through, and dropping them would leave the table
+// wrong. Trace events have their own caps (capture applies them).
 func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSource func() error) error {
 	max := a.cfg.Baseline.MaxEventsPerSec
 	lim := rate.NewLimiter(rate.Limit(max), max)
@@ -219,7 +220,9 @@ func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSou
 		batch = batch[:0]
 	}
 	add := func(ev capture.Event) {
-		if ev.Kind != capture.KindExit && ev.Kind != capture.KindClose && !lim.Allow() {
+		// Trace events passed their trace's own caps in capture; dropping
+		// one here would leave a gap in its TraceSeq.
+		if ev.TraceID == "" && ev.Kind != capture.KindExit && ev.Kind != capture.KindClose && !lim.Allow() {
 			a.rateLost.Add(1)
 			return
 		}
