@@ -171,12 +171,27 @@ func (c *Center) Agents() []string { return c.srv.Agents() }
 // Run serves until ctx ends.
 func (c *Center) Run(ctx context.Context) error {
 	defer func() {
+		if c.API != nil {
+			c.API.Close()
+		}
 		c.outbox.Close()
 		c.Ledger.Close()
 		c.SQL.Close()
 		c.db.Close()
 	}()
+	var apiLn net.Listener
+	if c.API != nil {
+		// Listen before anything starts, so a busy port fails the start
+		// cleanly instead of leaving goroutines behind.
+		var err error
+		if apiLn, err = net.Listen("tcp", c.cfg.API.Listen); err != nil {
+			return fmt.Errorf("center: api: %w", err)
+		}
+	}
 	if err := c.reconcile(ctx); err != nil {
+		if apiLn != nil {
+			apiLn.Close()
+		}
 		return err
 	}
 	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
@@ -184,14 +199,9 @@ func (c *Center) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.ingestSQL(gctx) })
 	g.Go(func() error { return c.Ledger.Run(gctx) })
-	if c.API != nil {
-		ln, err := net.Listen("tcp", c.cfg.API.Listen)
-		if err != nil {
-			return fmt.Errorf("center: api: %w", err)
-		}
-		c.log.Info("operator API listening", "addr", ln.Addr().String())
+	if apiLn != nil {
 		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}
-		g.Go(func() error { return c.API.Serve(gctx, ln, tlsConf) })
+		g.Go(func() error { return c.API.Serve(gctx, apiLn, tlsConf) })
 	}
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
