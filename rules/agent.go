@@ -29,8 +29,10 @@ type AgentConfig struct {
 	// and so are processes that exited before it (default 10m).
 	Window time.Duration
 	// MaxBytes is a hard bound on the database (default 24 MiB), enforced
-	// by SQLite (max_page_count): an insert that would pass it fails, the
-	// oldest half of the events is dropped and the insert retried.
+	// by SQLite (max_page_count): a Feed that would pass it fails, the
+	// oldest half of every table (exited processes first) is dropped and
+	// the Feed retried once; if it still does not fit, its events are
+	// dropped and counted.
 	MaxBytes int64
 	// Engine: rule time limit and friends. The agent's default Timeout is
 	// 500ms (its window is small, and a slow rule holds up Feed).
@@ -201,8 +203,8 @@ func (a *AgentEngine) Feed(events []capture.Event) error {
 	seq := a.feeds
 	err := a.inTx(func(tx *sql.Tx) error { return a.insert(tx, seq, events) })
 	if isFull(err) {
-		// The hard cap: drop the oldest half of every event table and
-		// try once more.
+		// The hard cap: drop the oldest half of every table and try once
+		// more.
 		a.log.Warn("rule window full; dropping the oldest half of its events", "max_bytes", a.cfg.MaxBytes)
 		if herr := a.inTx(func(tx *sql.Tx) error { return a.evict(tx, -1, true) }); herr != nil {
 			a.mu.Unlock()
@@ -392,7 +394,7 @@ func markExit(tx *sql.Tx, host string, k capture.ProcKey, t int64, x *capture.Ex
 }
 
 // evict applies the bounds: at most keep rows per event table (-1: half
-// of what each holds), nothing
+// of what each table, the process table included, holds), nothing
 // older than Window before the newest event, processes that exited before
 // the window, and at most MaxProcesses processes (exited first, then the
 // oldest). force: also when rules have not evaluated the rows (the
@@ -440,7 +442,11 @@ func (a *AgentEngine) evict(tx *sql.Tx, keep int64, force bool) error {
 	if err := tx.QueryRow(`SELECT count(*) FROM processes`).Scan(&n); err != nil {
 		return err
 	}
-	if excess := n - int64(a.cfg.MaxProcesses); excess > 0 {
+	limit := int64(a.cfg.MaxProcesses)
+	if keep < 0 {
+		limit = min(limit, n/2)
+	}
+	if excess := n - limit; excess > 0 {
 		if _, err := tx.Exec(`DELETE FROM processes WHERE (host, pid, start) IN (
 			SELECT host, pid, start FROM processes
 			ORDER BY exit_time IS NULL, coalesce(exit_time, start_time, 0), start LIMIT ?)`, excess); err != nil {

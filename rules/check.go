@@ -150,7 +150,7 @@ func staticCheck(ctx context.Context, c *compiled, db *memDB) error {
 
 var (
 	noSuchRE = regexp.MustCompile(`no such (column|table|function): ([^\s()]+)`)
-	sqliteRE = regexp.MustCompile(`^SQL logic error: (.*?)(?: \(\d+\))?$`)
+	sqliteRE = regexp.MustCompile(`^(?:SQL logic error|constraint failed): (.*?)(?: \(\d+\))?$`)
 )
 
 // describeSQLError rewrites SQLite's messages into a rule author's terms.
