@@ -106,8 +106,8 @@ func TestCheckAccepts(t *testing.T) {
 )
 SELECT host, pid, start FROM anc WHERE pid IS NOT NULL`,
 		"comments and trailing semicolon": "-- leading comment\n/* block; with a semicolon */ SELECT host, pid, start FROM new_process_events -- why\n;",
-		"named bounds": "SELECT host, pid, start FROM process_events WHERE id > :since_process_events AND id <= :until_process_events AND id IN (SELECT id FROM new_process_events)",
-		"network and files": "SELECT n.host, n.pid, n.start FROM new_network_events n UNION SELECT f.host, f.pid, f.start FROM new_file_events f",
+		"named bounds":                    "SELECT host, pid, start FROM process_events WHERE id > :since_process_events AND id <= :until_process_events AND id IN (SELECT id FROM new_process_events)",
+		"network and files":               "SELECT n.host, n.pid, n.start FROM new_network_events n UNION SELECT f.host, f.pid, f.start FROM new_file_events f",
 	} {
 		t.Run(name, func(t *testing.T) {
 			rr := checkOne(t, packWith(t, sql, "both"))
