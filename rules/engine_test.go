@@ -389,3 +389,39 @@ func TestEngineCancelIsNotAFailure(t *testing.T) {
 		}
 	}
 }
+
+func TestEngineContextValues(t *testing.T) {
+	p := &Pack{Name: "p", Rules: []Rule{{ID: "ctx", Title: "t", Severity: SeverityLow, RunsOn: Center,
+		SQL: "SELECT host, pid, start, 1e999 AS inf, exe, argv, NULL AS absent, CAST('b' AS BLOB) AS blob FROM new_process_events"}}}
+	c := openCenter(t)
+	got := &alerts{}
+	e := newCenterEngine(t, c, got, Config{}, p)
+	c.ingest(t, "h", 1, exec(1e9, key(5, 5), key(1, 1), 0, "/usr/bin/x", "x", "y"))
+	runOnce(t, e)
+	as := got.take()
+	if len(as) != 1 {
+		t.Fatalf("alerts = %v", as)
+	}
+	want := map[string]any{"inf": "+Inf", "exe": "/usr/bin/x", "argv": `["x","y"]`, "absent": nil, "blob": "b"}
+	for k, v := range want {
+		if as[0].Context[k] != v {
+			t.Errorf("context[%s] = %#v, want %#v", k, as[0].Context[k], v)
+		}
+	}
+	var stored string
+	if err := c.st.ReadOnly().QueryRow(`SELECT context FROM alerts`).Scan(&stored); err != nil || !strings.Contains(stored, `"inf":"+Inf"`) {
+		t.Errorf("stored context = %s (%v)", stored, err)
+	}
+}
+
+func TestCheckAgainstLiveStoreSchema(t *testing.T) {
+	c := openCenter(t)
+	ddl, err := SchemaFromDB(context.Background(), c.st.ReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Check(context.Background(), mustDefault(t), ddl)
+	if err != nil || !rep.OK() {
+		t.Fatalf("default pack on the live schema: %v\n%s", err, rep.Format("default"))
+	}
+}

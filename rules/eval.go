@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 )
 
@@ -185,11 +187,18 @@ func toMatch(cols []string, idx map[string]int, vals []any) (match, bool) {
 		if m.context == nil {
 			m.context = map[string]any{}
 		}
-		v := vals[i]
-		if b, ok := v.([]byte); ok {
-			v = string(b)
+		switch v := vals[i].(type) {
+		case []byte:
+			m.context[c] = string(v)
+		case float64:
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				m.context[c] = strconv.FormatFloat(v, 'g', -1, 64) // JSON has no NaN
+			} else {
+				m.context[c] = v
+			}
+		default:
+			m.context[c] = v
 		}
-		m.context[c] = v
 	}
 	return m, true
 }

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"regexp"
 	"slices"
@@ -30,7 +31,7 @@ type Pack struct {
 	Raw []byte
 	// Signer is the key that verified the pack's signature (nil when the
 	// pack was accepted unsigned, or is the built-in pack).
-	Signer []byte
+	Signer ed25519.PublicKey
 	// SignatureProblem says why a pack accepted with allowUnsigned was not
 	// verified ("" for a verified or built-in pack).
 	SignatureProblem string
@@ -174,7 +175,7 @@ var (
 	attackRE = regexp.MustCompile(`^T[0-9]{4}(\.[0-9]{3})?$`)
 )
 
-// Rules returns the rules that run on t.
+// RulesFor returns the rules that run on t.
 func (p *Pack) RulesFor(t Target) []Rule {
 	var out []Rule
 	for _, r := range p.Rules {

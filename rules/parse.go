@@ -173,7 +173,11 @@ func (p *parser) entries(n *yaml.Node, what string, allowed []string) []entry {
 		}
 		seen[k.Value] = k
 		if allowed != nil && !slices.Contains(allowed, k.Value) {
-			p.errf(k, "%s: unknown key %q (allowed: %s)", what, k.Value, strings.Join(allowed, ", "))
+			if near := nearest(k.Value, allowed); near != "" {
+				p.errf(k, "%s: unknown key %q (did you mean %q?)", what, k.Value, near)
+			} else {
+				p.errf(k, "%s: unknown key %q (allowed: %s)", what, k.Value, strings.Join(allowed, ", "))
+			}
 			continue
 		}
 		out = append(out, entry{k.Value, k, v})
@@ -185,6 +189,41 @@ func (p *parser) entries(n *yaml.Node, what string, allowed []string) []entry {
 		}
 	}
 	return out
+}
+
+// nearest returns the allowed key within two edits of key, if one is.
+func nearest(key string, allowed []string) string {
+	best, bestD := "", 3
+	for _, a := range allowed {
+		if d := editDistance(key, a); d < bestD {
+			best, bestD = a, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance, for short keys.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 64
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			c := prev[j-1]
+			if a[i-1] != b[j-1] {
+				c++
+			}
+			cur[j] = min(c, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func (p *parser) merge(v *yaml.Node, what string, allowed []string) []entry {
@@ -311,9 +350,14 @@ func (p *parser) rule(n *yaml.Node) (Rule, bool) {
 		return r, false
 	}
 	r.Line = n.Line
-	es := p.entries(n, "rule", ruleKeys)
 	// The id first, so that every other message can name the rule.
 	what := fmt.Sprintf("rule at line %d", n.Line)
+	for i := 0; n.Kind == yaml.MappingNode && i+1 < len(n.Content); i += 2 {
+		if k, v := n.Content[i], p.resolve(n.Content[i+1]); k.Value == "id" && v != nil && v.Kind == yaml.ScalarNode {
+			what = fmt.Sprintf("rule %q", v.Value)
+		}
+	}
+	es := p.entries(n, what, ruleKeys)
 	for _, e := range es {
 		if e.key == "id" {
 			if s, ok := p.str(e.v, "rule id"); ok {

@@ -61,7 +61,7 @@ func TestSignVerifyLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("signed pack: %v", err)
 	}
-	if !ed25519.PublicKey(p.Signer).Equal(pub) || p.SignatureProblem != "" || len(p.Rules) == 0 {
+	if !p.Signer.Equal(pub) || p.SignatureProblem != "" || len(p.Rules) == 0 {
 		t.Errorf("signed pack: signer %x problem %q", p.Signer, p.SignatureProblem)
 	}
 	// A raw 64-byte signature file works too.
