@@ -84,13 +84,36 @@ func decodeProcess(b []byte) (capture.Process, error) {
 	return p, nil
 }
 
+// exitRecord is the value of a live index key whose process exited after its
+// entry was stored: the exit, kept out of the entry so that the entry is not
+// rewritten for it (see tableTx.stage).
+type exitRecord struct {
+	ExitTime int64         `cbor:"1,keyasint"`
+	Exit     *capture.Exit `cbor:"2,keyasint,omitempty"`
+}
+
+func decodeExitRecord(b []byte) (exitRecord, error) {
+	var x exitRecord
+	if len(b) > maxValueBytes {
+		return x, fmt.Errorf("decode exit record: value of %d bytes exceeds %d", len(b), maxValueBytes)
+	}
+	if err := decMode.Unmarshal(b, &x); err != nil {
+		return exitRecord{}, fmt.Errorf("decode exit record: %w", err)
+	}
+	if x.ExitTime == 0 {
+		return exitRecord{}, fmt.Errorf("decode exit record: no exit time")
+	}
+	return x, nil
+}
+
 // Key spaces. Every key starts with one byte naming its space; integers are
 // big-endian so that byte order is numeric order.
 //
 //	e seq                      -> event encoding            events by seq (primary)
 //	t time seq                 -> uvarint(len(event value)) time index
 //	p pid start                -> process encoding          process table
-//	l pid start                -> empty                     live processes
+//	l pid start                -> empty or exit record      live processes, and the exits of
+//	                                                        entries stored before they exited
 //	c ppid pstart pid start    -> empty                     children of a process
 //	x exittime pid start       -> parent procKey (12 bytes) exited processes by exit time
 //	m name                     -> value                     counters and format version
@@ -98,7 +121,10 @@ func decodeProcess(b []byte) (capture.Process, error) {
 // The time index carries the event's value size so that retention can keep
 // the byte counter exact without reading the events it deletes. The exited
 // index carries the parent so that retention can unlink a process from its
-// parent's children without reading the process.
+// parent's children without reading the process. A process whose entry was
+// stored while it was alive keeps its live index key when it exits, with
+// the exit as value, instead of a rewrite of the entry: an entry with no exit
+// time is live exactly when its live index value is empty.
 const (
 	spaceEvent    byte = 'e'
 	spaceTime     byte = 't'
@@ -119,7 +145,8 @@ var (
 )
 
 // formatVersion is the layout above. Bump it when a key or value changes.
-const formatVersion = 1
+// 2: exit records in the live index.
+const formatVersion = 2
 
 func eventKey(seq uint64) []byte {
 	k := make([]byte, 9)

@@ -289,11 +289,12 @@ func (l *Local) load() error {
 	}
 	// Every table entry is in the live or the exited index, so these scans
 	// also find the newest start in the table.
+	// (Live index keys with an exit record are exited, and not counted.)
 	liveMax, exitedMax := uint64(0), uint64(0)
-	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1); err != nil {
+	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1, true); err != nil {
 		return err
 	}
-	if l.exited, exitedMax, err = scanIndex(l.db, spaceExited, 1+8); err != nil {
+	if l.exited, exitedMax, err = scanIndex(l.db, spaceExited, 1+8, false); err != nil {
 		return err
 	}
 	l.table = &tableMem{live: newLiveCache(liveCacheBytes), keys: newNewKeys(max(liveMax, exitedMax), newKeysMax)}
@@ -305,17 +306,28 @@ func (l *Local) load() error {
 }
 
 // scanIndex counts the keys of a process index whose procKey starts at
-// offset, and returns the largest start among them.
-func scanIndex(r pebble.Reader, space byte, offset int) (n int64, maxStart uint64, err error) {
+// offset (with emptyOnly, those with an empty value), and returns the
+// largest start among all its keys.
+func scanIndex(r pebble.Reader, space byte, offset int, emptyOnly bool) (n int64, maxStart uint64, err error) {
 	it, err := r.NewIter(spaceBounds(space))
 	if err != nil {
 		return 0, 0, err
 	}
 	for it.First(); it.Valid(); it.Next() {
-		n++
 		if k := it.Key(); len(k) == offset+procKeyLen {
 			maxStart = max(maxStart, getProcKey(k[offset:]).Start)
 		}
+		if emptyOnly {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				it.Close()
+				return 0, 0, fmt.Errorf("scan %c keys: %w", space, err)
+			}
+			if len(v) > 0 {
+				continue
+			}
+		}
+		n++
 	}
 	if err := it.Close(); err != nil {
 		return 0, 0, fmt.Errorf("count %c keys: %w", space, err)

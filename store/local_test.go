@@ -392,6 +392,40 @@ func checkIndexes(t testing.TB, l *Local) {
 	if keysOf(live) != keysOf(wantLive) {
 		t.Errorf("live index holds [%s], table's live entries are [%s]", keysOf(live), keysOf(wantLive))
 	}
+	// Every live index key names an entry; an empty value means live, and
+	// an exit record stands for an entry stored without its exit.
+	byKey := map[capture.ProcKey]capture.Process{}
+	for _, p := range all {
+		byKey[p.Key] = p
+	}
+	it, err := l.db.NewIter(spaceBounds(spaceLive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := map[capture.ProcKey]bool{}
+	for it.First(); it.Valid(); it.Next() {
+		k := getProcKey(it.Key()[1:])
+		v, _ := it.ValueAndErr()
+		p, ok := byKey[k]
+		stored, _, _ := getEntry(l.db, k)
+		switch {
+		case !ok:
+			t.Errorf("live index key %s names no entry", k)
+		case len(v) == 0 && !p.Alive():
+			t.Errorf("live index says %s is live, its entry says exited", k)
+		case len(v) > 0 && (p.Alive() || stored.ExitTime != 0):
+			t.Errorf("live index holds an exit record for %s, whose stored entry has exit time %d", k, stored.ExitTime)
+		}
+		if len(v) > 0 {
+			records[k] = true
+		}
+	}
+	it.Close()
+	for _, p := range all {
+		if stored, _, _ := getEntry(l.db, p.Key); !p.Alive() && stored.ExitTime == 0 && !records[p.Key] {
+			t.Errorf("%s exited, but neither its entry nor the live index holds the exit", p.Key)
+		}
+	}
 	if n, err := countSpace(l.db, spaceExited); err != nil || n != exited {
 		t.Errorf("exited index holds %d keys (%v), table has %d exited entries", n, err, exited)
 	}
@@ -420,6 +454,69 @@ func checkIndexes(t testing.TB, l *Local) {
 	if st.LiveProcesses != int64(len(wantLive)) || st.ExitedProcesses != exited {
 		t.Errorf("Stats live=%d exited=%d, table has %d and %d", st.LiveProcesses, st.ExitedProcesses, len(wantLive), exited)
 	}
+}
+
+// TestExitRecords covers processes that exit in a later batch than the one
+// that stored their entry: the exit goes into the live index key, and every
+// later change must see it there.
+func TestExitRecords(t *testing.T) {
+	init1, a, b, c := pk(1, 1), pk(10, 100), pk(20, 200), pk(30, 300)
+	now := t0.Add(time.Hour)
+	dir := t.TempDir()
+	l := openTest(t, dir, LocalOptions{Now: func() time.Time { return now }})
+	mustAppend(t, l, execEv(init1, capture.ProcKey{}, at(0), "/sbin/init"),
+		forkEv(a, init1, at(1)), execEv(a, init1, at(1), "/usr/bin/make"),
+		execEv(b, capture.ProcKey{}, at(2), "/usr/bin/cc"), // its fork was missed
+		forkEv(c, init1, at(3)))
+	noStatus := exitEv(a, at(4), 0)
+	noStatus.Exit = nil
+	mustAppend(t, l, noStatus, exitEv(b, at(5), 1), exitEv(c, at(6), 2))
+	checkAgainstReplay(t, l)
+
+	// A late status fills the missing one; a late fork gives b its parent.
+	mustAppend(t, l, exitEv(a, at(7), 3), forkEv(b, a, at(2)))
+	if p := mustProcess(t, l, a); p.ExitTime != at(4) || p.Exit == nil || p.Exit.Code != 3 {
+		t.Errorf("a after a late status: exit %d %+v, want %d with code 3", p.ExitTime, p.Exit, at(4))
+	}
+	if p := mustProcess(t, l, b); p.Parent != a || p.ExitTime != at(5) || p.Exit == nil || p.Exit.Code != 1 {
+		t.Errorf("b after a late fork: parent %s exit %d %+v, want parent %s, exit %d code 1", p.Parent, p.ExitTime, p.Exit, a, at(5))
+	}
+	if kids, _ := l.Children(a); keysOf(kids) != "20@200" {
+		t.Errorf("Children(a) = [%s], want [20@200]", keysOf(kids))
+	}
+	checkIndexes(t, l)
+
+	// /proc still shows c: seeding brings it back to life.
+	if err := l.Seed([]capture.Process{{Key: init1, Execed: true, StartTime: at(0)}, {Key: c, Parent: init1, StartTime: at(3)}}); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok, _ := l.LiveByPID(c.PID); !ok || p.Key != c || p.ExitTime != 0 || p.Exit != nil {
+		t.Errorf("LiveByPID(%d) after Seed = %s %v exit %d %+v, want %s live", c.PID, p.Key, ok, p.ExitTime, p.Exit, c)
+	}
+	checkIndexes(t, l)
+
+	// The counters and the live cache come back from the indexes.
+	want, _ := l.Stats()
+	l.Close()
+	l = openTest(t, dir, LocalOptions{})
+	if got, _ := l.Stats(); got.LiveProcesses != want.LiveProcesses || got.ExitedProcesses != want.ExitedProcesses {
+		t.Errorf("after reopen live=%d exited=%d, want %d and %d", got.LiveProcesses, got.ExitedProcesses, want.LiveProcesses, want.ExitedProcesses)
+	}
+	if n := len(l.table.live.m); int64(n) != want.LiveProcesses {
+		t.Errorf("live cache holds %d entries after reopen, want %d", n, want.LiveProcesses)
+	}
+	mustAppend(t, l, exitEv(c, at(8), 0))
+	st, err := l.Retain(t0.Add(3 * time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Processes != 3 { // a, b and c; init1 never exited
+		t.Errorf("Retain deleted %d processes, want 3", st.Processes)
+	}
+	if n, _ := countSpace(l.db, spaceLive); n != 1 {
+		t.Errorf("live index holds %d keys after retention, want 1 (init)", n)
+	}
+	checkIndexes(t, l)
 }
 
 func TestLineage(t *testing.T) {

@@ -48,14 +48,28 @@ type txEntry struct {
 	p       capture.Process
 	exists  bool
 	isDirty bool
-	live    int8 // the live index change stage decided: +1 set, -1 delete
+	// core: something besides the exit changed, so the entry itself must be
+	// rewritten. An exit alone of a stored live entry goes into its live
+	// index key instead (see stage).
+	core bool
+	lop  int8 // the live index change stage decided (lop*)
 	// The entry as stored before this batch, which decides index changes.
 	orig struct {
 		exists   bool
 		exitTime int64
 		parent   capture.ProcKey
+		inEntry  bool // the stored entry holds its exit itself
+		indexed  bool // the live index has its key (live, or an exit record)
 	}
 }
+
+// Live index changes.
+const (
+	lopNone   int8 = iota
+	lopLive        // set, empty: live
+	lopExit        // set to the exit record
+	lopDelete      // the entry holds its exit, or is gone
+)
 
 type childOp struct {
 	parent, child capture.ProcKey
@@ -93,6 +107,7 @@ func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
 	e := &txEntry{}
 	var (
 		p   capture.Process
+		st  procState
 		ok  bool
 		err error
 	)
@@ -100,20 +115,24 @@ func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
 		// A copy: the transaction changes fields, never what pointers
 		// and slices point at (Exit is replaced, not written through).
 		p, ok = *c, true
+		st.indexed = true // cached entries are live
 	} else if !t.mem.keys.absent(k) {
-		if p, ok, err = getProc(t.r, k); err != nil {
+		if p, st, ok, err = readProc(t.r, k); err != nil {
 			return nil, err
 		}
 	}
 	if ok {
 		e.p, e.exists = p, true
 		e.orig.exists, e.orig.exitTime, e.orig.parent = true, p.ExitTime, p.Parent
+		e.orig.inEntry, e.orig.indexed = st.inEntry, st.indexed
 	}
 	t.ents[k] = e
 	return e, nil
 }
 
-func (t *tableTx) touch(e *txEntry) {
+// touch marks e changed; core says whether more than its exit changed.
+func (t *tableTx) touch(e *txEntry, core bool) {
+	e.core = e.core || core
 	if !e.isDirty {
 		e.isDirty = true
 		t.dirty = append(t.dirty, e)
@@ -134,7 +153,7 @@ func (t *tableTx) apply(ev *capture.Event) error {
 			// Exec or exit applied first, or a duplicate: only fill gaps.
 			if e.p.Parent.IsZero() && !ev.Parent.IsZero() {
 				e.p.Parent = ev.Parent
-				t.touch(e)
+				t.touch(e, true)
 			}
 			return nil
 		}
@@ -153,7 +172,7 @@ func (t *tableTx) apply(ev *capture.Event) error {
 			}
 		}
 		e.p, e.exists = p, true
-		t.touch(e)
+		t.touch(e, true)
 	case capture.KindExec:
 		e, err := t.get(ev.Proc)
 		if err != nil {
@@ -173,7 +192,7 @@ func (t *tableTx) apply(ev *capture.Event) error {
 		if e.p.Parent.IsZero() {
 			e.p.Parent = ev.Parent
 		}
-		t.touch(e)
+		t.touch(e, true)
 	case capture.KindExit:
 		e, err := t.get(ev.Proc)
 		if err != nil {
@@ -181,12 +200,13 @@ func (t *tableTx) apply(ev *capture.Event) error {
 		}
 		if !e.exists {
 			e.p, e.exists = capture.Process{Key: ev.Proc, Parent: ev.Parent, Comm: ev.Comm}, true
+			t.touch(e, true)
 		}
 		if e.p.ExitTime != 0 {
 			if e.p.Exit == nil && ev.Exit != nil {
 				x := *ev.Exit
 				e.p.Exit = &x
-				t.touch(e)
+				t.touch(e, false)
 			}
 			return nil
 		}
@@ -198,21 +218,33 @@ func (t *tableTx) apply(ev *capture.Event) error {
 			x := *ev.Exit
 			e.p.Exit = &x
 		}
-		t.touch(e)
+		t.touch(e, false)
 	}
 	// Connect, accept and close do not change the table.
 	return nil
 }
 
-// parentOf finds a parent entry. A source that knows only the parent's pid
-// sends Start 0; then the live incarnation of that pid is the parent.
+// parentOf finds a parent entry, for its image. A source that knows only the
+// parent's pid sends Start 0; then the live incarnation of that pid is the
+// parent. A parent read from Pebble is not added to the transaction: its
+// image does not depend on its exit, so the entry alone (one read, not the
+// two of readProc) will do.
 func (t *tableTx) parentOf(k capture.ProcKey) (*capture.Process, error) {
-	e, err := t.get(k)
-	if err != nil {
-		return nil, err
-	}
-	if e.exists {
+	if e, ok := t.ents[k]; ok && e.exists {
 		return &e.p, nil
+	} else if !ok {
+		if c, hit := t.mem.live.get(k); hit {
+			return c, nil
+		}
+		if !t.mem.keys.absent(k) {
+			p, found, err := getEntry(t.r, k)
+			if err != nil {
+				return nil, err
+			}
+			if found {
+				return &p, nil
+			}
+		}
 	}
 	if k.Start != 0 {
 		return nil, nil
@@ -224,38 +256,59 @@ func (t *tableTx) parentOf(k capture.ProcKey) (*capture.Process, error) {
 	return &p, nil
 }
 
-// write adds the changed entries and their index changes to b, then forgets
 // stage encodes the changed entries and works out their index changes, all
 // sorted by key, so that each key space can go into the batch as one
 // ascending run: Pebble's memtable inserts ascending keys at a fraction of
 // the cost of scattered ones, and the table's keys (pid first) are
 // scattered in event order.
+//
+// An entry whose only change is the exit of a stored live process is not
+// rewritten: the exit record (a few bytes) goes into its live index key,
+// which the exit would otherwise have deleted. A process that outlives the
+// batch of its fork thus costs one entry write, not two, and the table
+// (keyed by pid, so rewritten whole by compactions) grows half as fast.
+// Readers merge the record back (readProc).
 func (t *tableTx) stage() error {
 	slices.SortFunc(t.dirty, func(a, b *txEntry) int { return cmpProcKey(a.p.Key, b.p.Key) })
 	t.enc.Reset()
 	t.ends, t.kids, t.exits = t.ends[:0], t.kids[:0], t.exits[:0]
 	for _, e := range t.dirty {
 		k := e.p.Key
-		if err := encMode.MarshalToBuffer(&e.p, &t.enc); err != nil {
+		live := e.p.ExitTime == 0
+		wasLive := e.orig.exists && e.orig.exitTime == 0
+		wasExited := e.orig.exists && e.orig.exitTime != 0
+		full := e.core || live || !e.orig.exists || e.orig.inEntry
+		e.lop = lopNone
+		var err error
+		switch {
+		case !full:
+			e.lop = lopExit
+			err = encMode.MarshalToBuffer(&exitRecord{ExitTime: e.p.ExitTime, Exit: e.p.Exit}, &t.enc)
+		case live:
+			if !wasLive || !e.orig.indexed {
+				e.lop = lopLive
+			}
+			err = encMode.MarshalToBuffer(&e.p, &t.enc)
+		default:
+			if e.orig.indexed {
+				e.lop = lopDelete
+			}
+			err = encMode.MarshalToBuffer(&e.p, &t.enc)
+		}
+		if err != nil {
 			return fmt.Errorf("encode process %s: %w", k, err)
 		}
 		t.ends = append(t.ends, t.enc.Len())
 		t.mem.keys.add(k)
-		live := e.p.ExitTime == 0
 		w := written{key: k}
 		if live {
 			w.p, w.size = &e.p, footprint(&e.p)
 		}
 		t.written = append(t.written, w)
-		wasLive := e.orig.exists && e.orig.exitTime == 0
-		wasExited := e.orig.exists && e.orig.exitTime != 0
-		e.live = 0
 		switch {
 		case wasLive && !live:
-			e.live = -1
 			t.dLive--
 		case !wasLive && live:
-			e.live = 1
 			t.dLive++
 		}
 		if wasExited && (live || e.orig.exitTime != e.p.ExitTime) {
@@ -337,18 +390,22 @@ func (t *tableTx) putChildren(b *pebble.Batch) error {
 func (t *tableTx) putLive(b *pebble.Batch) error {
 	var key [1 + procKeyLen]byte
 	key[0] = spaceLive
-	for _, e := range t.dirty {
+	enc, from := t.enc.Bytes(), 0
+	for i, e := range t.dirty {
 		putProcKey(key[1:], e.p.Key)
 		var err error
-		switch e.live {
-		case 1:
+		switch e.lop {
+		case lopLive:
 			err = b.Set(key[:], nil, nil)
-		case -1:
+		case lopExit:
+			err = b.Set(key[:], enc[from:t.ends[i]], nil)
+		case lopDelete:
 			err = b.Delete(key[:], nil)
 		}
 		if err != nil {
 			return err
 		}
+		from = t.ends[i]
 	}
 	for _, k := range t.orphans {
 		if err := b.Delete(k, nil); err != nil {
@@ -363,9 +420,11 @@ func (t *tableTx) putProcs(b *pebble.Batch) error {
 	key[0] = spaceProc
 	enc, from := t.enc.Bytes(), 0
 	for i, e := range t.dirty {
-		putProcKey(key[1:], e.p.Key)
-		if err := b.Set(key[:], enc[from:t.ends[i]], nil); err != nil {
-			return err
+		if e.lop != lopExit { // an exit record went to the live index instead
+			putProcKey(key[1:], e.p.Key)
+			if err := b.Set(key[:], enc[from:t.ends[i]], nil); err != nil {
+				return err
+			}
 		}
 		from = t.ends[i]
 	}
@@ -493,6 +552,11 @@ func (c *liveCache) fill(r pebble.Reader) error {
 	}
 	defer it.Close()
 	for it.First(); it.Valid() && c.bytes < c.max; it.Next() {
+		if v, err := it.ValueAndErr(); err != nil {
+			return fmt.Errorf("load live processes: %w", err)
+		} else if len(v) > 0 {
+			continue // an exit record: exited
+		}
 		v, closer, err := r.Get(append([]byte{spaceProc}, it.Key()[1:]...))
 		if errors.Is(err, pebble.ErrNotFound) {
 			continue
@@ -633,7 +697,7 @@ func (l *Local) Seed(procs []capture.Process) error {
 		p.Seeded = true
 		p.ExitTime, p.Exit = 0, nil // it is in /proc, so it is alive
 		e.p, e.exists = p, true
-		tx.touch(e)
+		tx.touch(e, true)
 		inSnapshot[p.Key] = struct{}{}
 	}
 	it, err := l.db.NewIter(spaceBounds(spaceLive))
@@ -644,6 +708,12 @@ func (l *Local) Seed(procs []capture.Process) error {
 		k := getProcKey(it.Key()[1:])
 		if _, ok := inSnapshot[k]; ok {
 			continue
+		}
+		if v, err := it.ValueAndErr(); err != nil {
+			it.Close()
+			return fmt.Errorf("seed: %w", err)
+		} else if len(v) > 0 {
+			continue // an exit record: exited already
 		}
 		if len(tx.dirty) >= seedStep {
 			if err := tx.write(b); err != nil {
@@ -662,7 +732,7 @@ func (l *Local) Seed(procs []capture.Process) error {
 		}
 		if e.p.ExitTime == 0 {
 			e.p.ExitTime, e.p.Exit = now, nil
-			tx.touch(e)
+			tx.touch(e, false)
 		}
 	}
 	if err := it.Close(); err != nil {
@@ -681,7 +751,61 @@ func (l *Local) Seed(procs []capture.Process) error {
 	return nil
 }
 
+// procState says where a stored entry's exit state is.
+type procState struct {
+	inEntry bool // the entry holds its exit
+	indexed bool // the live index has its key: live, or with an exit record
+}
+
+// getProc returns the entry for k with its exit merged in.
 func getProc(r pebble.Reader, k capture.ProcKey) (capture.Process, bool, error) {
+	p, _, ok, err := readProc(r, k)
+	return p, ok, err
+}
+
+// readProc returns the entry for k with its exit merged in, and where the
+// exit state was found. An entry that does not hold an exit is live unless
+// its live index key holds an exit record.
+func readProc(r pebble.Reader, k capture.ProcKey) (p capture.Process, st procState, ok bool, err error) {
+	if p, ok, err = getEntry(r, k); err != nil || !ok {
+		return p, st, ok, err
+	}
+	if p.ExitTime != 0 {
+		st.inEntry = true
+		return p, st, true, nil
+	}
+	v, closer, err := r.Get(procSpaceKey(spaceLive, k))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return p, st, true, nil // live, but missing from the index
+	}
+	if err != nil {
+		return capture.Process{}, st, false, fmt.Errorf("read process %s: %w", k, err)
+	}
+	defer closer.Close()
+	st.indexed = true
+	if err := mergeExit(&p, v); err != nil {
+		return capture.Process{}, st, false, fmt.Errorf("process %s: %w", k, err)
+	}
+	return p, st, true, nil
+}
+
+// mergeExit applies a live index value to the entry it indexes: nothing if
+// empty (live), else the exit record.
+func mergeExit(p *capture.Process, v []byte) error {
+	if len(v) == 0 {
+		return nil
+	}
+	x, err := decodeExitRecord(v)
+	if err != nil {
+		return err
+	}
+	p.ExitTime, p.Exit = x.ExitTime, x.Exit
+	return nil
+}
+
+// getEntry returns the stored entry for k as it is, without an exit that
+// its live index key may hold.
+func getEntry(r pebble.Reader, k capture.ProcKey) (capture.Process, bool, error) {
 	v, closer, err := r.Get(procSpaceKey(spaceProc, k))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return capture.Process{}, false, nil
@@ -705,8 +829,13 @@ func liveByPID(r pebble.Reader, pid uint32) (capture.Process, bool, error) {
 		return capture.Process{}, false, err
 	}
 	for ok := it.Last(); ok; ok = it.Prev() {
-		k := getProcKey(it.Key()[1:])
-		p, found, err := getProc(r, k)
+		if v, err := it.ValueAndErr(); err != nil {
+			it.Close()
+			return capture.Process{}, false, fmt.Errorf("live pid %d: %w", pid, err)
+		} else if len(v) > 0 {
+			continue // an exit record: exited
+		}
+		p, found, err := getEntry(r, getProcKey(it.Key()[1:]))
 		if err != nil || found {
 			it.Close()
 			return p, found, err
@@ -746,36 +875,74 @@ func (l *Local) Processes(includeExited bool) ([]capture.Process, error) {
 	defer l.leave()
 	snap := l.db.NewSnapshot()
 	defer snap.Close()
-	space := spaceLive
 	if includeExited {
-		space = spaceProc
+		return allProcesses(snap)
 	}
-	it, err := snap.NewIter(spaceBounds(space))
+	it, err := snap.NewIter(spaceBounds(spaceLive))
 	if err != nil {
 		return nil, fmt.Errorf("processes: %w", err)
 	}
 	defer it.Close()
 	var out []capture.Process
 	for it.First(); it.Valid(); it.Next() {
-		if includeExited {
-			v, err := it.ValueAndErr()
-			if err != nil {
-				return nil, fmt.Errorf("processes: %w", err)
-			}
-			p, err := decodeProcess(v)
-			if err != nil {
-				return nil, fmt.Errorf("process %s: %w", getProcKey(it.Key()[1:]), err)
-			}
-			out = append(out, p)
-			continue
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("processes: %w", err)
 		}
-		p, ok, err := getProc(snap, getProcKey(it.Key()[1:]))
+		if len(v) > 0 {
+			continue // an exit record: exited
+		}
+		p, ok, err := getEntry(snap, getProcKey(it.Key()[1:]))
 		if err != nil {
 			return nil, err
 		}
 		if ok {
 			out = append(out, p)
 		}
+	}
+	return out, nil
+}
+
+// allProcesses walks the table and, in step (both are in key order), the
+// live index for the exit records of the entries that do not hold theirs.
+func allProcesses(r pebble.Reader) ([]capture.Process, error) {
+	it, err := r.NewIter(spaceBounds(spaceProc))
+	if err != nil {
+		return nil, fmt.Errorf("processes: %w", err)
+	}
+	defer it.Close()
+	lit, err := r.NewIter(spaceBounds(spaceLive))
+	if err != nil {
+		return nil, fmt.Errorf("processes: %w", err)
+	}
+	defer lit.Close()
+	var out []capture.Process
+	lok := lit.First()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[1:]
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("processes: %w", err)
+		}
+		p, err := decodeProcess(v)
+		if err != nil {
+			return nil, fmt.Errorf("process %s: %w", getProcKey(k), err)
+		}
+		if p.ExitTime == 0 {
+			for lok && bytes.Compare(lit.Key()[1:], k) < 0 {
+				lok = lit.Next()
+			}
+			if lok && bytes.Equal(lit.Key()[1:], k) {
+				lv, err := lit.ValueAndErr()
+				if err == nil {
+					err = mergeExit(&p, lv)
+				}
+				if err != nil {
+					return nil, fmt.Errorf("process %s: %w", getProcKey(k), err)
+				}
+			}
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

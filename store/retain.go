@@ -288,6 +288,10 @@ func (l *Local) retainProcsChunk(cutoff int64, resume []byte, st *RetainStats) (
 			continue
 		}
 		b.Delete(procSpaceKey(spaceProc, c.key), nil)
+		// The live index key holds the exit if the entry was stored
+		// before the process exited; a blind delete is cheaper than a
+		// read to find out.
+		b.Delete(procSpaceKey(spaceLive, c.key), nil)
 		b.Delete(c.xkey, nil)
 		if !c.parent.IsZero() {
 			b.Delete(childKey(c.parent, c.key), nil)
