@@ -79,6 +79,12 @@ func TestSignVerifyLoad(t *testing.T) {
 	if _, err := Open("t.yaml", tampered, EncodeSignature(sig), trusted, false); !errors.Is(err, ErrBadSignature) {
 		t.Errorf("tampered pack: err = %v, want ErrBadSignature", err)
 	}
+	// A bad signature where unsigned packs are allowed: accepted as
+	// unsigned, with the problem reported for the log.
+	p, err = Open("t.yaml", tampered, EncodeSignature(sig), trusted, true)
+	if err != nil || p.Signer != nil || !strings.Contains(p.SignatureProblem, "does not verify") {
+		t.Errorf("tampered pack with unsigned allowed: %v, signer %x, problem %q", err, p.Signer, p.SignatureProblem)
+	}
 	// Signed by a key that is not trusted.
 	otherPath := filepath.Join(dir, "other.key")
 	if _, err := GenerateKey(otherPath); err != nil {
