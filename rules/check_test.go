@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 )
@@ -196,6 +197,34 @@ rules:
 		"FAIL nofix (p.yaml:48, runs on center, 0/0 fixture runs passed)",
 		"no fixtures",
 		"0 rule(s) passed, 2 failed",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestBrokenPackReport(t *testing.T) {
+	data, err := os.ReadFile("../testdata/rules/broken.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse("broken.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Check(context.Background(), p, storeDDL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := rep.Format("broken.yaml")
+	for _, want := range []string{
+		"FAIL writes (broken.yaml:6,", "rule sql is not read-only: DELETE processes refused",
+		"FAIL typo (broken.yaml:12,", "on the center schema: unknown column e.cmd_line", "on the agent schema: unknown column e.cmd_line",
+		"FAIL no-start (broken.yaml:19,", "lacks column(s) start",
+		"FAIL wrong-fixture (broken.yaml:25,", `fixture "expects sh" (line 31, center schema): matched 0 process(es) [], want 1`,
+		"PASS good (broken.yaml:36,",
+		"1 rule(s) passed, 4 failed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
