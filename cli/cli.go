@@ -55,6 +55,7 @@ type CLI struct {
 	PKI      PKICmd      `cmd:"" name:"pki" help:"Customer-owned CA: init, issue, revoke."`
 	Ledger   LedgerCmd   `cmd:"" help:"Audit ledger: verify the whole log and its consistency with checkpoints seen before."`
 	Operator OperatorCmd `cmd:"" help:"Operators of the center: add, list, disable."`
+	Rules    RulesCmd    `cmd:"" name:"rules" help:"SQL rule packs: check, sign, keygen."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.

@@ -128,11 +128,22 @@ type Center struct {
 	// CADir is the customer CA directory (`daemoneye pki init`); when set,
 	// the center pushes its CRL down the tree as it changes.
 	CADir string `yaml:"ca_dir"`
-	// API is the operators\' HTTPS API (and later the UI), with client
+	// API is the operators' HTTPS API (and later the UI), with client
 	// certificates from the customer CA or local accounts.
-	API     API     `yaml:"api"`
+	API API `yaml:"api"`
+	// Rules are the SQL rule packs the center runs.
+	Rules   Rules   `yaml:"rules"`
 	TLS     TLS     `yaml:"tls"`
 	Metrics Metrics `yaml:"metrics"`
+}
+
+// Rules configures SQL rule packs: the built-in default pack and packs
+// signed with a customer key (`daemoneye rules sign`).
+type Rules struct {
+	Default       bool     `yaml:"default"`        // load the built-in pack
+	Packs         []string `yaml:"packs"`          // pack files; PACK.sig beside each
+	TrustedKeys   []string `yaml:"trusted_keys"`   // public keys (rules keygen) that may sign packs
+	AllowUnsigned bool     `yaml:"allow_unsigned"` // load unsigned packs (refused by default)
 }
 
 // API configures the center's HTTPS API.
@@ -188,6 +199,7 @@ func Default() Config {
 			Listen:  "0.0.0.0:7443",
 			DataDir: "/var/lib/daemoneye/center",
 			API:     API{Listen: "127.0.0.1:8443", TwoPersonTraces: true, QueryMaxRows: 10000, QueryTimeoutMS: 5000},
+			Rules:   Rules{Default: true},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
 		},
 		Log: Log{Level: "info", Format: "text"},

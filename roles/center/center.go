@@ -22,6 +22,7 @@ import (
 
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/ledger"
+	"github.com/evilbitlabs/daemoneye/rules"
 	"github.com/evilbitlabs/daemoneye/store"
 	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/store/wal"
@@ -45,6 +46,7 @@ type Center struct {
 	SQL      *sqlstore.Store
 	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
 	API      *API           // nil when center.api.listen is empty
+	Rules    *rules.Engine
 	ingestQ  chan *wire.Batch
 	stopping chan struct{} // closed when Run's context ends
 
@@ -196,8 +198,18 @@ func (c *Center) Run(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
 	defer stop()
+	eng, closeRules, err := c.startRules(ctx)
+	if err != nil {
+		if apiLn != nil {
+			apiLn.Close()
+		}
+		return fmt.Errorf("center: %w", err)
+	}
+	defer closeRules()
+	c.Rules = eng
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.ingestSQL(gctx) })
+	g.Go(func() error { return eng.Run(gctx) })
 	g.Go(func() error { return c.Ledger.Run(gctx) })
 	if apiLn != nil {
 		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}

@@ -33,6 +33,9 @@ func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
 	for attempt := 0; attempt < 5; attempt++ {
 		err := c.SQL.IngestBatch(ctx, b)
 		if err == nil {
+			if c.Rules != nil {
+				c.Rules.Poke()
+			}
 			return
 		}
 		c.log.Warn("SQL ingest", "agent", b.AgentID, "seq", b.Seq, "attempt", attempt+1, "err", err)

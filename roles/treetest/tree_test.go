@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/transport"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
@@ -339,5 +340,41 @@ func TestCenterSQLIngestAndReconcile(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("after losing center.db and restarting: %d events in SQL, want 4500", count())
 		}
+	}
+}
+
+// Apache spawning bash on an agent raises the default pack's alert at the
+// center: events travel the tree, land in SQL, and the rule engine fires once.
+func TestRuleAlertThroughTree(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px := tr.NewProxy("px", c.Cfg.Listen).Start()
+	a := tr.NewAgent("web-1", px.Cfg.Listen).Start()
+	now := time.Now().UnixNano()
+	apache := capture.ProcKey{PID: 4100, Start: 900}
+	bash := capture.ProcKey{PID: 4242, Start: 1000}
+	evs := []capture.Event{
+		{Time: now, Kind: capture.KindExec, Proc: apache, Parent: capture.ProcKey{PID: 1, Start: 1}, Comm: "apache2",
+			Exec: &capture.Exec{Exe: "/usr/sbin/apache2", Argv: []string{"/usr/sbin/apache2", "-k", "start"}, UID: 33, EUID: 33}},
+		{Time: now + 1, Kind: capture.KindFork, Proc: bash, Parent: apache, Comm: "apache2"},
+		{Time: now + 2, Kind: capture.KindExec, Proc: bash, Parent: apache, Comm: "bash",
+			Exec: &capture.Exec{Exe: "/usr/bin/bash", Argv: []string{"bash", "-c", "id"}, UID: 33, EUID: 33}},
+	}
+	if _, _, err := a.Store.Append(evs); err != nil {
+		t.Fatal(err)
+	}
+	a.Ship.Kick()
+	var rows [][]any
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, r, _, err := c.SQL.Query(context.Background(), "SELECT rule_id, host, pid, start FROM alerts WHERE rule_id = 'webserver-spawns-shell'", nil, 10, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows = r; len(rows) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(rows) != 1 || rows[0][1] != "web-1" || rows[0][2] != int64(4242) {
+		t.Fatalf("alerts = %v, want one webserver-spawns-shell alert for web-1 pid 4242", rows)
 	}
 }
