@@ -42,8 +42,8 @@ const (
 	// about 25,000 processes at ~350 bytes each (struct, map slot, strings).
 	liveCacheBytes = 8 << 20
 	// newKeysMax bounds the keys kept to tell a new process from a known one
-	// without a read (about 1 MiB): at 1,500 forks a second, 20 seconds.
-	newKeysMax = 1 << 15
+	// without a read (under 1 MiB): at 1,500 forks a second, 10 seconds.
+	newKeysMax = 1 << 14
 )
 
 // Compaction. The process table and its children and live indexes are keyed

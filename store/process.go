@@ -601,15 +601,17 @@ func footprint(p *capture.Process) int {
 // exec or exit applied before its fork (events from different CPUs) or a
 // duplicate fork finds something.
 //
-// Process start times only grow, so it keeps the keys written with a start
-// after ceil: every key in the table whose Start is above ceil is in
-// recent (recent may hold more: entries deleted since). A key above ceil
-// that is not in recent is therefore absent. When recent grows past max,
-// ceil rises to its median start and the keys at or below it are dropped,
-// which keeps the rule true. Guarded by Local.wmu.
+// Process start times only grow, so it keeps the last max keys written
+// with a start after ceil, and raises ceil to the start of each key it
+// lets go: every key in the table whose Start is above ceil is then in
+// recent (recent may hold more: entries deleted since, or keys at or below
+// a risen ceil), and a key above ceil that is not in recent is absent.
+// Guarded by Local.wmu.
 type newKeys struct {
 	ceil   uint64
 	recent map[capture.ProcKey]struct{}
+	order  []capture.ProcKey // recent in the order added, a ring once full
+	next   int               // the oldest in order, once full
 	max    int
 }
 
@@ -629,21 +631,19 @@ func (n *newKeys) add(k capture.ProcKey) {
 	if k.Start <= n.ceil {
 		return
 	}
-	n.recent[k] = struct{}{}
-	if len(n.recent) <= n.max {
+	if _, in := n.recent[k]; in {
 		return
 	}
-	starts := make([]uint64, 0, len(n.recent))
-	for k := range n.recent {
-		starts = append(starts, k.Start)
+	if len(n.order) < n.max {
+		n.order = append(n.order, k)
+	} else {
+		old := n.order[n.next]
+		delete(n.recent, old)
+		n.ceil = max(n.ceil, old.Start)
+		n.order[n.next] = k
+		n.next = (n.next + 1) % n.max
 	}
-	slices.Sort(starts)
-	n.ceil = starts[len(starts)/2]
-	for k := range n.recent {
-		if k.Start <= n.ceil {
-			delete(n.recent, k)
-		}
-	}
+	n.recent[k] = struct{}{}
 }
 
 // Seed writes the /proc snapshot taken at agent start into the table (as
