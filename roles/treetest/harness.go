@@ -88,7 +88,7 @@ func FreeAddr(t testing.TB) string {
 // node that was just stopped on it (quic-go closes its socket asynchronously).
 func retryBind[T any](t testing.TB, mk func() (T, error)) T {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		v, err := mk()
 		if err == nil {
