@@ -224,7 +224,8 @@ func listings(t *testing.T) string {
 		es, _ := os.ReadDir(d)
 		for _, e := range es {
 			if strings.HasPrefix(e.Name(), "Test") || strings.HasPrefix(e.Name(), "Fuzz") ||
-				strings.HasPrefix(e.Name(), "Benchmark") || strings.HasPrefix(e.Name(), "go-build") {
+				strings.HasPrefix(e.Name(), "Benchmark") || strings.HasPrefix(e.Name(), "go-build") ||
+				strings.HasPrefix(e.Name(), "daemoneye-") { // other packages' test helpers (built binaries, trace fixtures)
 				continue // temp dirs of this and other test binaries running in parallel
 			}
 			if filepath.Join(d, e.Name()) == "/run/netns" {
