@@ -84,12 +84,42 @@ func decodeProcess(b []byte) (capture.Process, error) {
 	return p, nil
 }
 
-// exitRecord is the value of a live index key whose process exited after its
-// entry was stored: the exit, kept out of the entry so that the entry is not
-// rewritten for it (see tableTx.stage).
+// Live index values. A live process's key holds its parent, so that its
+// exit needs no read of the entry (the exited index wants the parent); a
+// process whose entry was stored before it exited keeps its key with the
+// exit record instead of a rewrite of the entry (see tableTx.stage). The
+// first byte tells the two apart.
+const (
+	liveTag = 'l' // + parent procKey
+	exitTag = 'x' // + CBOR exitRecord
+)
+
 type exitRecord struct {
 	ExitTime int64         `cbor:"1,keyasint"`
 	Exit     *capture.Exit `cbor:"2,keyasint,omitempty"`
+}
+
+func liveValue(parent capture.ProcKey) [1 + procKeyLen]byte {
+	var v [1 + procKeyLen]byte
+	v[0] = liveTag
+	putProcKey(v[1:], parent)
+	return v
+}
+
+// isLive reports whether a live index value says live.
+func isLive(v []byte) bool { return len(v) > 0 && v[0] == liveTag }
+
+// parseLiveValue reads a live index value: the parent if live, else the
+// exit record.
+func parseLiveValue(v []byte) (parent capture.ProcKey, x exitRecord, live bool, err error) {
+	switch {
+	case len(v) == 1+procKeyLen && v[0] == liveTag:
+		return getProcKey(v[1:]), x, true, nil
+	case len(v) > 1 && v[0] == exitTag:
+		x, err = decodeExitRecord(v[1:])
+		return parent, x, false, err
+	}
+	return parent, x, false, fmt.Errorf("live index value of %d bytes, tag %q: neither live nor an exit record", len(v), v[:min(len(v), 1)])
 }
 
 func decodeExitRecord(b []byte) (exitRecord, error) {
@@ -112,8 +142,8 @@ func decodeExitRecord(b []byte) (exitRecord, error) {
 //	e seq                      -> event encoding            events by seq (primary)
 //	t time seq                 -> uvarint(len(event value)) time index
 //	p pid start                -> process encoding          process table
-//	l pid start                -> empty or exit record      live processes, and the exits of
-//	                                                        entries stored before they exited
+//	l pid start                -> 'l' parent procKey        live processes
+//	                              or 'x' exit record        exits of entries stored while alive
 //	c ppid pstart pid start    -> empty                     children of a process
 //	x exittime pid start       -> parent procKey (12 bytes) exited processes by exit time
 //	m name                     -> value                     counters and format version
@@ -124,7 +154,7 @@ func decodeExitRecord(b []byte) (exitRecord, error) {
 // parent's children without reading the process. A process whose entry was
 // stored while it was alive keeps its live index key when it exits, with
 // the exit as value, instead of a rewrite of the entry: an entry with no exit
-// time is live exactly when its live index value is empty.
+// time is live exactly when its live index value is tagged live.
 const (
 	spaceEvent    byte = 'e'
 	spaceTime     byte = 't'

@@ -99,6 +99,9 @@ type LocalOptions struct {
 
 	// fs replaces the filesystem in tests (a crashable in-memory FS).
 	fs vfs.FS
+	// liveCacheBytes replaces liveCacheBytes in tests (negative: no cache,
+	// so that every lookup goes to Pebble).
+	liveCacheBytes int
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
@@ -291,13 +294,17 @@ func (l *Local) load() error {
 	// also find the newest start in the table.
 	// (Live index keys with an exit record are exited, and not counted.)
 	liveMax, exitedMax := uint64(0), uint64(0)
-	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1, true); err != nil {
+	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1, isLive); err != nil {
 		return err
 	}
-	if l.exited, exitedMax, err = scanIndex(l.db, spaceExited, 1+8, false); err != nil {
+	if l.exited, exitedMax, err = scanIndex(l.db, spaceExited, 1+8, nil); err != nil {
 		return err
 	}
-	l.table = &tableMem{live: newLiveCache(liveCacheBytes), keys: newNewKeys(max(liveMax, exitedMax), newKeysMax)}
+	liveBytes := liveCacheBytes
+	if l.opts.liveCacheBytes != 0 {
+		liveBytes = max(l.opts.liveCacheBytes, 0)
+	}
+	l.table = &tableMem{live: newLiveCache(liveBytes), keys: newNewKeys(max(liveMax, exitedMax), newKeysMax)}
 	l.tx = newTableTx(l.db, l.table, l.opts.Now)
 	if !l.readOnly {
 		return l.table.live.fill(l.db)
@@ -306,9 +313,9 @@ func (l *Local) load() error {
 }
 
 // scanIndex counts the keys of a process index whose procKey starts at
-// offset (with emptyOnly, those with an empty value), and returns the
+// offset (those whose value passes count, if not nil), and returns the
 // largest start among all its keys.
-func scanIndex(r pebble.Reader, space byte, offset int, emptyOnly bool) (n int64, maxStart uint64, err error) {
+func scanIndex(r pebble.Reader, space byte, offset int, count func([]byte) bool) (n int64, maxStart uint64, err error) {
 	it, err := r.NewIter(spaceBounds(space))
 	if err != nil {
 		return 0, 0, err
@@ -317,13 +324,13 @@ func scanIndex(r pebble.Reader, space byte, offset int, emptyOnly bool) (n int64
 		if k := it.Key(); len(k) == offset+procKeyLen {
 			maxStart = max(maxStart, getProcKey(k[offset:]).Start)
 		}
-		if emptyOnly {
+		if count != nil {
 			v, err := it.ValueAndErr()
 			if err != nil {
 				it.Close()
 				return 0, 0, fmt.Errorf("scan %c keys: %w", space, err)
 			}
-			if len(v) > 0 {
+			if !count(v) {
 				continue
 			}
 		}

@@ -315,52 +315,60 @@ func TestProcessTransitions(t *testing.T) {
 			live: 1,
 		},
 	}
+	// Without the live cache every lookup goes to Pebble (the path of
+	// processes the cache has no room for).
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			l := openTest(t, t.TempDir(), LocalOptions{})
-			for _, b := range c.batches {
-				mustAppend(t, l, b...)
+		for _, cache := range []int{0, -1} {
+			name := c.name
+			if cache < 0 {
+				name += " (no live cache)"
 			}
-			for _, w := range c.want {
-				p := mustProcess(t, l, w.key)
-				if p.Parent != w.parent {
-					t.Errorf("%s: Parent = %s, want %s", w.key, p.Parent, w.parent)
+			t.Run(name, func(t *testing.T) {
+				l := openTest(t, t.TempDir(), LocalOptions{liveCacheBytes: cache})
+				for _, b := range c.batches {
+					mustAppend(t, l, b...)
 				}
-				if p.Exec.Exe != w.exe {
-					t.Errorf("%s: Exe = %q, want %q", w.key, p.Exec.Exe, w.exe)
+				for _, w := range c.want {
+					p := mustProcess(t, l, w.key)
+					if p.Parent != w.parent {
+						t.Errorf("%s: Parent = %s, want %s", w.key, p.Parent, w.parent)
+					}
+					if p.Exec.Exe != w.exe {
+						t.Errorf("%s: Exe = %q, want %q", w.key, p.Exec.Exe, w.exe)
+					}
+					if p.Comm != w.comm {
+						t.Errorf("%s: Comm = %q, want %q", w.key, p.Comm, w.comm)
+					}
+					if p.Execed != w.execed {
+						t.Errorf("%s: Execed = %v, want %v", w.key, p.Execed, w.execed)
+					}
+					if p.StartTime != w.startTime {
+						t.Errorf("%s: StartTime = %d, want %d", w.key, p.StartTime, w.startTime)
+					}
+					if p.ExitTime != w.exitTime {
+						t.Errorf("%s: ExitTime = %d, want %d", w.key, p.ExitTime, w.exitTime)
+					}
+					if !reflect.DeepEqual(p.Exit, w.exit) {
+						t.Errorf("%s: Exit = %+v, want %+v", w.key, p.Exit, w.exit)
+					}
+					live, ok, err := l.LiveByPID(w.key.PID)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if wantLive := w.exitTime == 0; ok != wantLive || (ok && live.Key != w.key) {
+						t.Errorf("LiveByPID(%d) = %s, %v; want live=%v", w.key.PID, live.Key, ok, wantLive)
+					}
 				}
-				if p.Comm != w.comm {
-					t.Errorf("%s: Comm = %q, want %q", w.key, p.Comm, w.comm)
-				}
-				if p.Execed != w.execed {
-					t.Errorf("%s: Execed = %v, want %v", w.key, p.Execed, w.execed)
-				}
-				if p.StartTime != w.startTime {
-					t.Errorf("%s: StartTime = %d, want %d", w.key, p.StartTime, w.startTime)
-				}
-				if p.ExitTime != w.exitTime {
-					t.Errorf("%s: ExitTime = %d, want %d", w.key, p.ExitTime, w.exitTime)
-				}
-				if !reflect.DeepEqual(p.Exit, w.exit) {
-					t.Errorf("%s: Exit = %+v, want %+v", w.key, p.Exit, w.exit)
-				}
-				live, ok, err := l.LiveByPID(w.key.PID)
+				st, err := l.Stats()
 				if err != nil {
 					t.Fatal(err)
 				}
-				if wantLive := w.exitTime == 0; ok != wantLive || (ok && live.Key != w.key) {
-					t.Errorf("LiveByPID(%d) = %s, %v; want live=%v", w.key.PID, live.Key, ok, wantLive)
+				if st.LiveProcesses != c.live || st.ExitedProcesses != c.exited {
+					t.Errorf("Stats live=%d exited=%d, want %d and %d", st.LiveProcesses, st.ExitedProcesses, c.live, c.exited)
 				}
-			}
-			st, err := l.Stats()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st.LiveProcesses != c.live || st.ExitedProcesses != c.exited {
-				t.Errorf("Stats live=%d exited=%d, want %d and %d", st.LiveProcesses, st.ExitedProcesses, c.live, c.exited)
-			}
-			checkIndexes(t, l)
-		})
+				checkIndexes(t, l)
+			})
+		}
 	}
 }
 
@@ -392,8 +400,9 @@ func checkIndexes(t testing.TB, l *Local) {
 	if keysOf(live) != keysOf(wantLive) {
 		t.Errorf("live index holds [%s], table's live entries are [%s]", keysOf(live), keysOf(wantLive))
 	}
-	// Every live index key names an entry; an empty value means live, and
-	// an exit record stands for an entry stored without its exit.
+	// Every live index key names an entry; a live value (with the entry's
+	// parent) means live, and an exit record stands for an entry stored
+	// without its exit.
 	byKey := map[capture.ProcKey]capture.Process{}
 	for _, p := range all {
 		byKey[p.Key] = p
@@ -411,12 +420,12 @@ func checkIndexes(t testing.TB, l *Local) {
 		switch {
 		case !ok:
 			t.Errorf("live index key %s names no entry", k)
-		case len(v) == 0 && !p.Alive():
-			t.Errorf("live index says %s is live, its entry says exited", k)
-		case len(v) > 0 && (p.Alive() || stored.ExitTime != 0):
+		case isLive(v) && (!p.Alive() || getProcKey(v[1:]) != p.Parent):
+			t.Errorf("live index says %s is live with parent %s, its entry says exit time %d, parent %s", k, getProcKey(v[1:]), p.ExitTime, p.Parent)
+		case !isLive(v) && (p.Alive() || stored.ExitTime != 0):
 			t.Errorf("live index holds an exit record for %s, whose stored entry has exit time %d", k, stored.ExitTime)
 		}
-		if len(v) > 0 {
+		if !isLive(v) {
 			records[k] = true
 		}
 	}
@@ -460,10 +469,15 @@ func checkIndexes(t testing.TB, l *Local) {
 // that stored their entry: the exit goes into the live index key, and every
 // later change must see it there.
 func TestExitRecords(t *testing.T) {
+	t.Run("live cache", func(t *testing.T) { testExitRecords(t, 0) })
+	t.Run("no live cache", func(t *testing.T) { testExitRecords(t, -1) })
+}
+
+func testExitRecords(t *testing.T, cache int) {
 	init1, a, b, c := pk(1, 1), pk(10, 100), pk(20, 200), pk(30, 300)
 	now := t0.Add(time.Hour)
 	dir := t.TempDir()
-	l := openTest(t, dir, LocalOptions{Now: func() time.Time { return now }})
+	l := openTest(t, dir, LocalOptions{Now: func() time.Time { return now }, liveCacheBytes: cache})
 	mustAppend(t, l, execEv(init1, capture.ProcKey{}, at(0), "/sbin/init"),
 		forkEv(a, init1, at(1)), execEv(a, init1, at(1), "/usr/bin/make"),
 		execEv(b, capture.ProcKey{}, at(2), "/usr/bin/cc"), // its fork was missed
@@ -498,11 +512,11 @@ func TestExitRecords(t *testing.T) {
 	// The counters and the live cache come back from the indexes.
 	want, _ := l.Stats()
 	l.Close()
-	l = openTest(t, dir, LocalOptions{})
+	l = openTest(t, dir, LocalOptions{liveCacheBytes: cache})
 	if got, _ := l.Stats(); got.LiveProcesses != want.LiveProcesses || got.ExitedProcesses != want.ExitedProcesses {
 		t.Errorf("after reopen live=%d exited=%d, want %d and %d", got.LiveProcesses, got.ExitedProcesses, want.LiveProcesses, want.ExitedProcesses)
 	}
-	if n := len(l.table.live.m); int64(n) != want.LiveProcesses {
+	if n := len(l.table.live.m); cache >= 0 && int64(n) != want.LiveProcesses {
 		t.Errorf("live cache holds %d entries after reopen, want %d", n, want.LiveProcesses)
 	}
 	mustAppend(t, l, exitEv(c, at(8), 0))

@@ -27,6 +27,9 @@ type tableTx struct {
 	ents  map[capture.ProcKey]*txEntry
 	dirty []*txEntry // the changed entries; stage sorts them by key
 
+	heirs   []*txEntry              // forks that may still be pending
+	heirsOf map[capture.ProcKey]int // pending forks per parent
+
 	dLive, dExited int64 // counter changes once written
 	orphans        [][]byte
 	written        []written // for the live cache once committed
@@ -52,7 +55,15 @@ type txEntry struct {
 	// rewritten. An exit alone of a stored live entry goes into its live
 	// index key instead (see stage).
 	core bool
-	lop  int8 // the live index change stage decided (lop*)
+	// partial: only Key, Parent and the exit state are known, from the live
+	// index key of a live process (see read); complete reads the rest
+	// before anything else is read or changed.
+	partial bool
+	// pending: a fork whose parent image (heirOf's) is still to be copied;
+	// see inherit.
+	pending bool
+	heirOf  capture.ProcKey
+	lop     int8 // the live index change stage decided (lop*)
 	// The entry as stored before this batch, which decides index changes.
 	orig struct {
 		exists   bool
@@ -66,7 +77,7 @@ type txEntry struct {
 // Live index changes.
 const (
 	lopNone   int8 = iota
-	lopLive        // set, empty: live
+	lopLive        // set to the parent: live
 	lopExit        // set to the exit record
 	lopDelete      // the entry holds its exit, or is gone
 )
@@ -84,7 +95,7 @@ type exitOp struct {
 }
 
 func newTableTx(r pebble.Reader, mem *tableMem, now func() time.Time) *tableTx {
-	return &tableTx{r: r, mem: mem, now: now, ents: make(map[capture.ProcKey]*txEntry)}
+	return &tableTx{r: r, mem: mem, now: now, ents: make(map[capture.ProcKey]*txEntry), heirsOf: make(map[capture.ProcKey]int)}
 }
 
 // reset readies a reused tableTx for the next batch.
@@ -92,6 +103,9 @@ func (t *tableTx) reset() {
 	clear(t.ents)
 	clear(t.dirty)
 	clear(t.written)
+	clear(t.heirs)
+	clear(t.heirsOf)
+	t.heirs = t.heirs[:0]
 	t.dirty, t.written, t.orphans = t.dirty[:0], t.written[:0], nil
 	t.dLive, t.dExited = 0, 0
 	// A batch far larger than usual leaves its buffers to the collector.
@@ -105,29 +119,89 @@ func (t *tableTx) get(k capture.ProcKey) (*txEntry, error) {
 		return e, nil
 	}
 	e := &txEntry{}
-	var (
-		p   capture.Process
-		st  procState
-		ok  bool
-		err error
-	)
 	if c, hit := t.mem.live.get(k); hit {
 		// A copy: the transaction changes fields, never what pointers
 		// and slices point at (Exit is replaced, not written through).
-		p, ok = *c, true
-		st.indexed = true // cached entries are live
+		e.found(*c, procState{indexed: true}) // cached entries are live
 	} else if !t.mem.keys.absent(k) {
-		if p, st, ok, err = readProc(t.r, k); err != nil {
+		if err := t.read(e, k); err != nil {
 			return nil, err
 		}
 	}
-	if ok {
-		e.p, e.exists = p, true
-		e.orig.exists, e.orig.exitTime, e.orig.parent = true, p.ExitTime, p.Parent
-		e.orig.inEntry, e.orig.indexed = st.inEntry, st.indexed
-	}
 	t.ents[k] = e
 	return e, nil
+}
+
+func (e *txEntry) found(p capture.Process, st procState) {
+	e.p, e.exists = p, true
+	e.orig.exists, e.orig.exitTime, e.orig.parent = true, p.ExitTime, p.Parent
+	e.orig.inEntry, e.orig.indexed = st.inEntry, st.indexed
+}
+
+// read loads k from Pebble into e. A live process is known from its live
+// index key alone (its parent; one read in a small, well-cached key space)
+// until something needs the rest of its entry: its exit, the common case
+// for processes the live cache has no room for, then needs no read of the
+// entry at all.
+func (t *tableTx) read(e *txEntry, k capture.ProcKey) error {
+	v, closer, err := t.r.Get(procSpaceKey(spaceLive, k))
+	if errors.Is(err, pebble.ErrNotFound) {
+		// Exited with its exit in the entry, or unknown.
+		p, ok, err := getEntry(t.r, k)
+		if err != nil {
+			return err
+		}
+		if ok {
+			e.found(p, procState{inEntry: p.ExitTime != 0})
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read process %s: %w", k, err)
+	}
+	parent, x, live, err := parseLiveValue(v)
+	closer.Close()
+	if err != nil {
+		return fmt.Errorf("process %s: %w", k, err)
+	}
+	if live {
+		e.found(capture.Process{Key: k, Parent: parent}, procState{indexed: true})
+		e.partial = true
+		return nil
+	}
+	p, ok, err := getEntry(t.r, k)
+	if err != nil {
+		return err
+	}
+	if ok {
+		p.ExitTime, p.Exit = x.ExitTime, x.Exit
+		e.found(p, procState{indexed: true})
+	} else {
+		e.orig.indexed = true // an exit record without an entry: rewritten or deleted
+	}
+	return nil
+}
+
+// complete reads the rest of a partial entry, keeping the exit that may
+// have been applied to it since.
+func (t *tableTx) complete(e *txEntry) error {
+	if !e.partial {
+		return nil
+	}
+	e.partial = false
+	p, ok, err := getEntry(t.r, e.p.Key)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// The live index named an entry that is gone: from here on it is
+		// a new entry with what is known.
+		e.orig.exists = false
+		return nil
+	}
+	p.ExitTime, p.Exit = e.p.ExitTime, e.p.Exit
+	e.p = p
+	return nil
 }
 
 // touch marks e changed; core says whether more than its exit changed.
@@ -143,6 +217,12 @@ func (t *tableTx) touch(e *txEntry, core bool) {
 // arrive out of order (an exec before its fork, an exit before its exec), so
 // each rule keeps what an earlier-applied, later-happened event established.
 func (t *tableTx) apply(ev *capture.Event) error {
+	if len(t.heirsOf) > 0 && t.heirsOf[ev.Proc] > 0 {
+		// Forks inherit the image ev.Proc has now, before ev changes it.
+		if err := t.settleHeirs(ev.Proc); err != nil {
+			return err
+		}
+	}
 	switch ev.Kind {
 	case capture.KindFork:
 		e, err := t.get(ev.Proc)
@@ -152,30 +232,32 @@ func (t *tableTx) apply(ev *capture.Event) error {
 		if e.exists {
 			// Exec or exit applied first, or a duplicate: only fill gaps.
 			if e.p.Parent.IsZero() && !ev.Parent.IsZero() {
+				if err := t.complete(e); err != nil {
+					return err
+				}
 				e.p.Parent = ev.Parent
 				t.touch(e, true)
 			}
 			return nil
 		}
-		p := capture.Process{Key: ev.Proc, Parent: ev.Parent, Comm: ev.Comm, StartTime: ev.Time}
+		e.p, e.exists = capture.Process{Key: ev.Proc, Parent: ev.Parent, Comm: ev.Comm, StartTime: ev.Time}, true
 		if !ev.Parent.IsZero() {
-			par, err := t.parentOf(ev.Parent)
-			if err != nil {
-				return err
-			}
-			if par != nil {
-				// A forked child runs its parent's image until it execs.
-				p.Exec = par.Exec
-				if p.Comm == "" {
-					p.Comm = par.Comm
-				}
-			}
+			t.inherit(e, ev.Parent)
 		}
-		e.p, e.exists = p, true
 		t.touch(e, true)
 	case capture.KindExec:
 		e, err := t.get(ev.Proc)
 		if err != nil {
+			return err
+		}
+		if e.pending && ev.Exec != nil && ev.Comm != "" {
+			e.pending = false // the exec replaces all a fork inherits
+			t.heirsOf[e.heirOf]--
+		}
+		if err := t.resolve(e); err != nil {
+			return err
+		}
+		if err := t.complete(e); err != nil {
 			return err
 		}
 		if !e.exists {
@@ -224,6 +306,71 @@ func (t *tableTx) apply(ev *capture.Event) error {
 	return nil
 }
 
+// inherit gives a forked child e its parent's image: a forked child runs
+// its parent's image until it execs. The image is copied now if it is at
+// hand; if it would take a Pebble read (a parent the live cache has no room
+// for) the copy waits until something needs it, because most children exec
+// in the same batch and replace it. Until then e is pending: an exec of e
+// that replaces the image and comm drops it; anything that reads e's image
+// (stage, e as a parent), or the exec of e without a full image, copies it
+// first; and any event about the parent settles its pending children
+// before it applies, so that they copy the image the parent had at the fork.
+func (t *tableTx) inherit(e *txEntry, parent capture.ProcKey) {
+	pe, inTx := t.ents[parent]
+	switch {
+	case inTx && pe.exists && !pe.partial && !pe.pending:
+		copyImage(e, &pe.p)
+		return
+	case inTx && !pe.exists && !pe.partial && parent.Start != 0:
+		return // known to be absent
+	case !inTx:
+		if c, hit := t.mem.live.get(parent); hit {
+			copyImage(e, c)
+			return
+		}
+		if parent.Start != 0 && t.mem.keys.absent(parent) {
+			return
+		}
+	}
+	e.pending, e.heirOf = true, parent
+	t.heirs = append(t.heirs, e)
+	t.heirsOf[parent]++
+}
+
+func copyImage(e *txEntry, par *capture.Process) {
+	e.p.Exec = par.Exec
+	if e.p.Comm == "" {
+		e.p.Comm = par.Comm
+	}
+}
+
+// resolve copies the parent image a pending fork waits for.
+func (t *tableTx) resolve(e *txEntry) error {
+	if !e.pending {
+		return nil
+	}
+	e.pending = false
+	t.heirsOf[e.heirOf]--
+	par, err := t.parentOf(e.heirOf)
+	if err != nil || par == nil {
+		return err
+	}
+	copyImage(e, par)
+	return nil
+}
+
+// settleHeirs resolves the pending forks of parent.
+func (t *tableTx) settleHeirs(parent capture.ProcKey) error {
+	for _, e := range t.heirs {
+		if e.pending && e.heirOf == parent {
+			if err := t.resolve(e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // parentOf finds a parent entry, for its image. A source that knows only the
 // parent's pid sends Start 0; then the live incarnation of that pid is the
 // parent. A parent read from Pebble is not added to the transaction: its
@@ -231,6 +378,12 @@ func (t *tableTx) apply(ev *capture.Event) error {
 // two of readProc) will do.
 func (t *tableTx) parentOf(k capture.ProcKey) (*capture.Process, error) {
 	if e, ok := t.ents[k]; ok && e.exists {
+		if err := t.complete(e); err != nil {
+			return nil, err
+		}
+		if err := t.resolve(e); err != nil {
+			return nil, err
+		}
 		return &e.p, nil
 	} else if !ok {
 		if c, hit := t.mem.live.get(k); hit {
@@ -269,6 +422,14 @@ func (t *tableTx) parentOf(k capture.ProcKey) (*capture.Process, error) {
 // (keyed by pid, so rewritten whole by compactions) grows half as fast.
 // Readers merge the record back (readProc).
 func (t *tableTx) stage() error {
+	for _, e := range t.heirs {
+		if err := t.resolve(e); err != nil {
+			return err
+		}
+	}
+	clear(t.heirs)
+	clear(t.heirsOf)
+	t.heirs = t.heirs[:0]
 	slices.SortFunc(t.dirty, func(a, b *txEntry) int { return cmpProcKey(a.p.Key, b.p.Key) })
 	t.enc.Reset()
 	t.ends, t.kids, t.exits = t.ends[:0], t.kids[:0], t.exits[:0]
@@ -278,14 +439,20 @@ func (t *tableTx) stage() error {
 		wasLive := e.orig.exists && e.orig.exitTime == 0
 		wasExited := e.orig.exists && e.orig.exitTime != 0
 		full := e.core || live || !e.orig.exists || e.orig.inEntry
+		if full {
+			if err := t.complete(e); err != nil {
+				return err
+			}
+		}
 		e.lop = lopNone
 		var err error
 		switch {
 		case !full:
 			e.lop = lopExit
+			t.enc.WriteByte(exitTag)
 			err = encMode.MarshalToBuffer(&exitRecord{ExitTime: e.p.ExitTime, Exit: e.p.Exit}, &t.enc)
 		case live:
-			if !wasLive || !e.orig.indexed {
+			if !wasLive || !e.orig.indexed || e.orig.parent != e.p.Parent {
 				e.lop = lopLive
 			}
 			err = encMode.MarshalToBuffer(&e.p, &t.enc)
@@ -396,7 +563,8 @@ func (t *tableTx) putLive(b *pebble.Batch) error {
 		var err error
 		switch e.lop {
 		case lopLive:
-			err = b.Set(key[:], nil, nil)
+			v := liveValue(e.p.Parent)
+			err = b.Set(key[:], v[:], nil)
 		case lopExit:
 			err = b.Set(key[:], enc[from:t.ends[i]], nil)
 		case lopDelete:
@@ -554,7 +722,7 @@ func (c *liveCache) fill(r pebble.Reader) error {
 	for it.First(); it.Valid() && c.bytes < c.max; it.Next() {
 		if v, err := it.ValueAndErr(); err != nil {
 			return fmt.Errorf("load live processes: %w", err)
-		} else if len(v) > 0 {
+		} else if !isLive(v) {
 			continue // an exit record: exited
 		}
 		v, closer, err := r.Get(append([]byte{spaceProc}, it.Key()[1:]...))
@@ -678,6 +846,9 @@ func (l *Local) Seed(procs []capture.Process) error {
 			}
 		}
 		e, err := tx.get(p.Key)
+		if err == nil {
+			err = tx.complete(e)
+		}
 		if err != nil {
 			return fmt.Errorf("seed: %w", err)
 		}
@@ -712,7 +883,7 @@ func (l *Local) Seed(procs []capture.Process) error {
 		if v, err := it.ValueAndErr(); err != nil {
 			it.Close()
 			return fmt.Errorf("seed: %w", err)
-		} else if len(v) > 0 {
+		} else if !isLive(v) {
 			continue // an exit record: exited already
 		}
 		if len(tx.dirty) >= seedStep {
@@ -790,13 +961,10 @@ func readProc(r pebble.Reader, k capture.ProcKey) (p capture.Process, st procSta
 }
 
 // mergeExit applies a live index value to the entry it indexes: nothing if
-// empty (live), else the exit record.
+// live, else the exit record.
 func mergeExit(p *capture.Process, v []byte) error {
-	if len(v) == 0 {
-		return nil
-	}
-	x, err := decodeExitRecord(v)
-	if err != nil {
+	_, x, live, err := parseLiveValue(v)
+	if err != nil || live {
 		return err
 	}
 	p.ExitTime, p.Exit = x.ExitTime, x.Exit
@@ -832,7 +1000,7 @@ func liveByPID(r pebble.Reader, pid uint32) (capture.Process, bool, error) {
 		if v, err := it.ValueAndErr(); err != nil {
 			it.Close()
 			return capture.Process{}, false, fmt.Errorf("live pid %d: %w", pid, err)
-		} else if len(v) > 0 {
+		} else if !isLive(v) {
 			continue // an exit record: exited
 		}
 		p, found, err := getEntry(r, getProcKey(it.Key()[1:]))
@@ -889,7 +1057,7 @@ func (l *Local) Processes(includeExited bool) ([]capture.Process, error) {
 		if err != nil {
 			return nil, fmt.Errorf("processes: %w", err)
 		}
-		if len(v) > 0 {
+		if !isLive(v) {
 			continue // an exit record: exited
 		}
 		p, ok, err := getEntry(snap, getProcKey(it.Key()[1:]))
