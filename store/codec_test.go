@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"testing"
 
@@ -112,4 +113,42 @@ func hugeArgv(n int) []byte {
 	b := []byte{0xa1, 0x07, 0xa1, 0x06, 0x9a}
 	b = append(b, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	return append(b, bytes.Repeat([]byte{0x40}, n)...)
+}
+
+// FuzzParseLiveValue: live index values are file input too (see
+// FuzzDecodeEvent). What parses must re-encode to the same value.
+func FuzzParseLiveValue(f *testing.F) {
+	v := liveValue(pk(7, 70))
+	f.Add(v[:])
+	for _, x := range []exitRecord{{ExitTime: at(1)}, {ExitTime: -5, Exit: &capture.Exit{Code: -1, Signal: 9, Core: true}}} {
+		b, err := encMode.Marshal(&x)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(append([]byte{exitTag}, b...))
+	}
+	f.Add([]byte{})
+	f.Add([]byte{exitTag})
+	f.Add([]byte{liveTag, 1, 2})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parent, x, live, err := parseLiveValue(data)
+		if err != nil {
+			return
+		}
+		var again []byte
+		if live {
+			v := liveValue(parent)
+			again = v[:]
+		} else {
+			b, err := encMode.Marshal(&x)
+			if err != nil {
+				t.Fatalf("parsed exit record does not encode: %v", err)
+			}
+			again = append([]byte{exitTag}, b...)
+		}
+		p2, x2, live2, err := parseLiveValue(again)
+		if err != nil || live2 != live || p2 != parent || !reflect.DeepEqual(x2, x) {
+			t.Fatalf("%x parses to %v %+v %v, its re-encoding %x to %v %+v %v (%v)", data, parent, x, live, again, p2, x2, live2, err)
+		}
+	})
 }
