@@ -39,7 +39,7 @@ const (
 	memTableQueued = 2 // Pebble's MemTableStopWritesThreshold default
 	maxOpenFiles   = 256
 	// liveCacheBytes bounds the in-memory copy of live process entries:
-	// about 25,000 processes at ~350 bytes each (struct, map slot, strings).
+	// about 20,000 processes at ~400 bytes each (struct, map slot, strings).
 	liveCacheBytes = 8 << 20
 	// newKeysMax bounds the keys kept to tell a new process from a known one
 	// without a read (under 1 MiB): at 1,500 forks a second, 10 seconds.
@@ -291,8 +291,8 @@ func (l *Local) load() error {
 		l.lastSeq = last
 	}
 	// Every table entry is in the live or the exited index, so these scans
-	// also find the newest start in the table.
-	// (Live index keys with an exit record are exited, and not counted.)
+	// also find the newest start in the table. Live index keys with an exit
+	// record are exited (and in the exited index): not counted as live.
 	liveMax, exitedMax := uint64(0), uint64(0)
 	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1, isLive); err != nil {
 		return err
@@ -545,6 +545,7 @@ func (l *Local) Append(evs []capture.Event) (first, last uint64, err error) {
 	}
 	tx.committed()
 	tx.forget()
+	s.ev = capture.Event{} // holds no caller's memory between calls
 	l.lastSeq = last
 	l.events += uint64(len(evs))
 	l.bytes += added
@@ -577,7 +578,6 @@ type timeRef struct {
 const maxKeptScratch = 4 << 20
 
 func (s *appendScratch) reset() {
-	s.ev = capture.Event{}
 	if s.vals.Cap() > maxKeptScratch {
 		s.vals, s.ends, s.times = bytes.Buffer{}, nil, nil
 	}

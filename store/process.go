@@ -669,9 +669,9 @@ type tableMem struct {
 // (the parent), exec and exit reads. Without it each of those is a Pebble
 // Get that misses the small block cache, plus a CBOR decode, which made the
 // table (not the events) the cost of Append. It is bounded by max bytes of
-// footprint: past that, entries are read from Pebble as before. It never
-// holds a stale entry: every write of a process updates or drops it.
-// Entries are never changed in place.
+// footprint: past that, processes are read from Pebble (their live index
+// key first, see tableTx.read). It never holds a stale entry: every write
+// of a process updates or drops it. Entries are never changed in place.
 type liveCache struct {
 	m     map[capture.ProcKey]cachedProc
 	bytes int
