@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 )
 
 // migrations are applied in order; migration i brings the schema from
@@ -421,4 +422,49 @@ func migrate(ctx context.Context, db *sql.DB) (from, to int, err error) {
 		return v, v, fmt.Errorf("migrate: commit: %w", err)
 	}
 	return v, len(migrations), nil
+}
+
+// TableDDL returns the current schema's CREATE TABLE and CREATE INDEX
+// statements for the named tables, in schema order: for a database that
+// holds only some tables (the agent's in-memory rule window), without a copy
+// of the DDL that could drift.
+func TableDDL(tables ...string) string {
+	want := map[string]bool{}
+	for _, t := range tables {
+		want[t] = true
+	}
+	var b strings.Builder
+	// Comments go first: they may hold semicolons.
+	for _, stmt := range strings.Split(stripSQLComments(migrations[len(migrations)-1]), ";") {
+		fields := strings.Fields(stmt)
+		var name string
+		switch {
+		case len(fields) >= 3 && fields[0] == "CREATE" && fields[1] == "TABLE":
+			name = fields[2]
+		case len(fields) >= 3 && fields[0] == "CREATE" && (fields[1] == "INDEX" || fields[1] == "UNIQUE"):
+			for i := range fields[:len(fields)-1] {
+				if fields[i] == "ON" {
+					name = fields[i+1]
+					break
+				}
+			}
+		}
+		if want[strings.TrimSuffix(name, "(")] {
+			b.WriteString(strings.TrimSpace(stmt))
+			b.WriteString(";\n")
+		}
+	}
+	return b.String()
+}
+
+func stripSQLComments(s string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(s, "\n") {
+		if i := strings.Index(line, "--"); i >= 0 {
+			line = line[:i]
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
