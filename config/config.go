@@ -66,10 +66,28 @@ type Stream struct {
 	FsyncIntervalMS int      `yaml:"fsync_interval_ms"`
 }
 
-// Trace holds focused-trace defaults.
+// Trace holds focused-trace defaults and the agent's own ceiling on what
+// a TraceCommand may ask (the smaller of the command's cap and this wins).
 type Trace struct {
 	DefaultDepth    int  `yaml:"default_depth"`
 	PrivacyMaskArgs bool `yaml:"privacy_mask_args"`
+	// MaxEventsPerSec (per trace) and AgentEventsPerSec (all traces
+	// together): over them a trace is sampled and the drops are counted.
+	MaxEventsPerSec   int           `yaml:"max_events_per_sec"`
+	AgentEventsPerSec int           `yaml:"agent_events_per_sec"`
+	MaxBytes          ByteSize      `yaml:"max_bytes"`
+	MaxDuration       time.Duration `yaml:"max_duration"`
+	// MemSnippets allows commands to collect the first bytes of each traced
+	// executable's first mapping, up to MemSnippetBytes. Off by default.
+	MemSnippets     bool `yaml:"mem_snippets"`
+	MemSnippetBytes int  `yaml:"mem_snippet_bytes"`
+	// MaxCommandAge is how old a command's operator timestamp may be when
+	// it arrives (approvals under the two-person rule take time).
+	MaxCommandAge time.Duration `yaml:"max_command_age"`
+	// AcceptCenterSigned lets the agent run a start the center signed on
+	// behalf of an operator without an operator key (a local account). Off:
+	// the operator's own signature proves who asked.
+	AcceptCenterSigned bool `yaml:"accept_center_signed"`
 }
 
 // Baseline caps the passive baseline so it never hurts the host.
@@ -173,7 +191,8 @@ func Default() Config {
 			DataDir:        "/var/lib/daemoneye/agent",
 			Capture:        "auto",
 			Stream:         Stream{BatchMaxEvents: 2000, BatchMaxMS: 250, MaxQueueBytes: 256 << 20, FsyncIntervalMS: 100},
-			Trace:          Trace{DefaultDepth: 6, PrivacyMaskArgs: true},
+			Trace: Trace{DefaultDepth: 6, PrivacyMaskArgs: true, MaxEventsPerSec: 5000, AgentEventsPerSec: 20000,
+				MaxBytes: 256 << 20, MaxDuration: 24 * time.Hour, MemSnippetBytes: 256, MaxCommandAge: 24 * time.Hour},
 			Baseline: Baseline{
 				MaxEventsPerSec: 50000,
 				ArgvMaxBytes:    4096,
@@ -226,6 +245,9 @@ func (c *Config) Validate() error {
 		if positive[k] <= 0 {
 			errs = append(errs, fmt.Sprintf("%s: must be positive, got %d", k, positive[k]))
 		}
+	}
+	if t := c.Agent.Trace; t.MaxEventsPerSec < 0 || t.AgentEventsPerSec < 0 || t.MaxDuration < 0 || t.MemSnippetBytes < 0 || t.MaxCommandAge < 0 {
+		errs = append(errs, "agent.trace: caps must not be negative")
 	}
 	if c.Agent.Trace.DefaultDepth < 0 {
 		errs = append(errs, fmt.Sprintf("agent.trace.default_depth: must not be negative, got %d", c.Agent.Trace.DefaultDepth))
