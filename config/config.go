@@ -162,6 +162,10 @@ type Rules struct {
 	Packs         []string `yaml:"packs"`          // pack files; PACK.sig beside each
 	TrustedKeys   []string `yaml:"trusted_keys"`   // public keys (rules keygen) that may sign packs
 	AllowUnsigned bool     `yaml:"allow_unsigned"` // load unsigned packs (refused by default)
+	// TracePolicy decides what a rule's request for a trace does: "auto"
+	// starts it at once, "approval" waits for an approver, "off" records
+	// the request only.
+	TracePolicy string `yaml:"trace_policy"`
 }
 
 // API configures the center's HTTPS API.
@@ -218,7 +222,7 @@ func Default() Config {
 			Listen:  "0.0.0.0:7443",
 			DataDir: "/var/lib/daemoneye/center",
 			API:     API{Listen: "127.0.0.1:8443", TwoPersonTraces: true, QueryMaxRows: 10000, QueryTimeoutMS: 5000},
-			Rules:   Rules{Default: true},
+			Rules:   Rules{Default: true, TracePolicy: "approval"},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
 		},
 		Log: Log{Level: "info", Format: "text"},
@@ -248,6 +252,11 @@ func (c *Config) Validate() error {
 	}
 	if t := c.Agent.Trace; t.MaxEventsPerSec < 0 || t.AgentEventsPerSec < 0 || t.MaxDuration < 0 || t.MemSnippetBytes < 0 || t.MaxCommandAge < 0 {
 		errs = append(errs, "agent.trace: caps must not be negative")
+	}
+	switch c.Center.Rules.TracePolicy {
+	case "auto", "approval", "off":
+	default:
+		errs = append(errs, fmt.Sprintf("center.rules.trace_policy: want auto, approval or off, got %q", c.Center.Rules.TracePolicy))
 	}
 	if c.Agent.Trace.DefaultDepth < 0 {
 		errs = append(errs, fmt.Sprintf("agent.trace.default_depth: must not be negative, got %d", c.Agent.Trace.DefaultDepth))
