@@ -201,8 +201,9 @@ type MemSnippet struct {
 
 // TraceNote marks a point in a trace's life.
 type TraceNote struct {
-	// What is "start", "sampled" (events were dropped just before this
-	// note) or "stop".
+	// What is "start", "resume" (the agent restarted and took the trace
+	// up again), "sampled" (events were dropped just before this note) or
+	// "stop".
 	What string `cbor:"1,keyasint"`
 	// Reason: for "sampled" the cap that dropped ("cap:max_events_per_sec",
 	// "cap:agent_events_per_sec", "cap:kernel_valve", "backpressure"); for

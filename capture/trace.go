@@ -31,6 +31,9 @@ var (
 	ErrTraceConflict = errors.New("process already traced by another trace")
 	// ErrTraceSpec: the spec is invalid (no id, no root).
 	ErrTraceSpec = errors.New("invalid trace spec")
+	// ErrTraceRoot: the root pid is not the process the spec names (it
+	// exited, and the pid may have been reused).
+	ErrTraceRoot = errors.New("root process is not the one asked for")
 )
 
 // Tracer runs focused traces. Only the eBPF source implements it for real;
@@ -55,6 +58,15 @@ type Tracer interface {
 type TraceSpec struct {
 	TraceID string
 	RootPID uint32
+	// RootStart, when set, is the root's start time in clock ticks since
+	// boot: StartTrace refuses with ErrTraceRoot if RootPID now names
+	// another process.
+	RootStart uint64
+	// SeqBase and BytesBase resume a trace the agent ran before a restart:
+	// its events are numbered from SeqBase+1 and BytesBase already counts
+	// against MaxBytes. The first note then says "resume", not "start".
+	SeqBase   uint64
+	BytesBase int64
 	// Depth is how many generations below the root are traced: 0 the root
 	// only, 1 its children too, and so on; negative means no limit.
 	Depth int
@@ -336,7 +348,7 @@ func (ts *traceSet) add(spec TraceSpec, root ProcKey) (*traceState, error) {
 	now := ts.now()
 	eff := effectiveSpec(spec, ts.policy)
 	t := &traceState{
-		spec: eff, tag: tag, root: root, started: now,
+		spec: eff, tag: tag, root: root, started: now, seq: spec.SeqBase, bytes: spec.BytesBase,
 		bucket:  newTokenBucket(eff.MaxEventsPerSec, now),
 		dropped: map[string]uint64{},
 		sampled: map[string]uint64{},

@@ -59,7 +59,10 @@ func (s *EBPFSource) StartTrace(spec TraceSpec) error {
 	}
 	rootStart, err := pidStart(spec.RootPID)
 	if err != nil {
-		return fmt.Errorf("trace %s root %d: %w", spec.TraceID, spec.RootPID, err)
+		return fmt.Errorf("trace %s root %d: %w: %w", spec.TraceID, spec.RootPID, ErrTraceRoot, err)
+	}
+	if spec.RootStart != 0 && spec.RootStart != rootStart {
+		return fmt.Errorf("trace %s root %d started at tick %d, asked for %d: %w", spec.TraceID, spec.RootPID, rootStart, spec.RootStart, ErrTraceRoot)
 	}
 	t, procs, err := s.startTrace(spec, rootStart)
 	if err != nil {
@@ -128,7 +131,11 @@ func (s *EBPFSource) startTrace(spec TraceSpec, rootStart uint64) (*traceState, 
 	if spec.Depth >= 0 {
 		noteDepth = int32(min(spec.Depth, 1<<30))
 	}
-	s.traces.noteLocked(t, &TraceNote{What: "start", Depth: noteDepth, Pids: uint32(n)}, s.traces.now())
+	what := "start"
+	if spec.SeqBase > 0 {
+		what = "resume"
+	}
+	s.traces.noteLocked(t, &TraceNote{What: what, Depth: noteDepth, Pids: uint32(n)}, s.traces.now())
 	s.log.Info("trace started", "trace_id", spec.TraceID, "root", t.root, "depth", spec.Depth, "pids", n)
 	return t, procs, nil
 }

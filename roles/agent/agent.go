@@ -34,11 +34,12 @@ const SocketName = "agent.sock"
 
 // Agent is the running host role.
 type Agent struct {
-	cfg   config.Agent
-	log   *slog.Logger
-	store *store.Local
-	src   capture.Source
-	ship  *Shipper // nil when standalone
+	cfg    config.Agent
+	log    *slog.Logger
+	store  *store.Local
+	src    capture.Source
+	ship   *Shipper // nil when standalone
+	tracer *tracer  // nil when standalone
 
 	ready     chan struct{} // closed once the table is seeded
 	seeded    atomic.Int64  // processes seeded at start
@@ -81,10 +82,23 @@ func New(cfg config.Agent, log *slog.Logger) (*Agent, error) {
 	}
 	src, err := OpenSource(cfg.Capture, sourceOptions(cfg), log)
 	if err != nil {
+		if ship != nil {
+			ship.wal.Close()
+		}
 		st.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Agent{cfg: cfg, log: log, store: st, src: src, ship: ship, ready: make(chan struct{})}, nil
+	a := &Agent{cfg: cfg, log: log, store: st, src: src, ship: ship, ready: make(chan struct{})}
+	if ship != nil {
+		// Commands arrive only through the uplink: a standalone agent has
+		// no one to take them from.
+		a.tracer = newTracer(cfg.Trace, ship.id.Name, ship.id.Verifier, src, ship.wal, st, log)
+		ship.handler = a.tracer.handle
+		if p, ok := src.(interface{ SetTracePolicy(capture.TracePolicy) }); ok {
+			p.SetTracePolicy(a.tracer.policy())
+		}
+	}
+	return a, nil
 }
 
 func sourceOptions(cfg config.Agent) capture.Options {
@@ -154,8 +168,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		stopSource()
 		return err
 	}
+	if a.tracer != nil {
+		a.tracer.resume(events)
+	}
 	close(a.ready) // seeded and answering on its socket
 	g, gctx := errgroup.WithContext(ctx)
+	if a.tracer != nil {
+		g.Go(func() error { return a.tracer.run(gctx) })
+	}
 	g.Go(func() error { return a.pipeline(gctx, events, stopSource) })
 	g.Go(func() error { return a.serveSocket(gctx, sock) })
 	if a.cfg.Metrics.Listen != "" {

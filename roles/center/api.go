@@ -62,7 +62,7 @@ type CenterOps interface {
 	RequestTrace(ctx context.Context, req TraceRequest) error
 	// StopTrace stops a trace that was approved or is active; the API has
 	// already recorded it stopped with the reason.
-	StopTrace(ctx context.Context, traceID, reason string) error
+	StopTrace(ctx context.Context, traceID, by, reason string) error
 }
 
 // TraceFlags say what a focused trace collects (traces.flags).
@@ -96,6 +96,11 @@ type TraceRequest struct {
 	ApprovedBy  string // the second operator under the two-person rule; "" otherwise
 	Reason      string
 	AlertID     int64 // 0: none
+	// Command is the TraceCommand as the operator signed it (wire.SignTrace);
+	// nil when the center signs (a rule's trace, a local account's).
+	Command []byte
+	// FollowOf is the link that fans an existing trace out to Host.
+	FollowOf uint64
 }
 
 // APIDeps is what the API is built from.

@@ -18,6 +18,7 @@ import (
 	"github.com/evilbitlabs/daemoneye/privacy"
 	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
 // Justifications: reveal, trace start and stop, and approval decisions
@@ -206,6 +207,46 @@ type traceReq struct {
 	Collect   *collectReq `json:"collect"`
 	Reason    string      `json:"reason"`
 	AlertID   int64       `json:"alert_id"`
+	// Command is the TraceCommand signed with the operator's key
+	// (`daemoneye trace start`): the request's target, depth, collection
+	// and caps are then the command's, and the agent checks the operator's
+	// own signature. Without it the center signs on the operator's behalf.
+	Command []byte `json:"command,omitempty"`
+}
+
+// fromSignedCommand fills req from its signed command after checking the
+// signature and that the signer is the caller.
+func (a *API) fromSignedCommand(req *traceReq, p *principal) (traceID string, err error) {
+	if a.verifier == nil {
+		return "", errorf(http.StatusBadRequest, "this center has no CA to check a signed command with")
+	}
+	v, err := wire.VerifyTrace(req.Command, a.verifier, wire.TraceCheck{Now: a.now(), MaxAge: CommandTTL})
+	if err != nil {
+		return "", errorf(http.StatusBadRequest, "signed trace command refused: %v", err)
+	}
+	c := v.Command
+	if v.SignerRole != pki.RoleOperator || v.Signer != p.ID {
+		return "", errorf(http.StatusForbidden, "the command is signed by %s %s, and you are %s", v.SignerRole, v.Signer, p.ID)
+	}
+	if c.Action != wire.TraceStart || c.FollowOf != 0 {
+		return "", errorf(http.StatusBadRequest, "a signed trace request must be a start of a new trace")
+	}
+	for _, f := range []struct {
+		name      string
+		set, same bool
+	}{
+		{"host", req.Host != "", req.Host == c.TargetAgent}, {"pid", req.PID != 0, req.PID == c.TargetPID},
+		{"start", req.Start != 0, req.Start == c.TargetStart}, {"reason", req.Reason != "", req.Reason == c.Reason},
+	} {
+		if f.set && !f.same {
+			return "", errorf(http.StatusBadRequest, "%s in the request differs from the signed command's", f.name)
+		}
+	}
+	depth := int(c.Depth)
+	req.Host, req.PID, req.Start, req.Depth, req.Reason = c.TargetAgent, c.TargetPID, c.TargetStart, &depth, c.Reason
+	req.DurationS, req.MaxBytes, req.MaxEPS = int64(c.MaxDurationSecs), int64(c.MaxBytes), int64(c.MaxEventsPerSec)
+	req.Collect = &collectReq{Cmdlines: c.CollectCmdlines, Network: c.CollectNetwork, Files: c.CollectFiles, Memory: c.CollectMemory}
+	return c.TraceID, nil
 }
 
 // Trace request bounds and defaults.
@@ -256,6 +297,13 @@ func (a *API) requestTrace(w http.ResponseWriter, r *http.Request, p *principal)
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	var signedID string
+	if len(req.Command) > 0 {
+		var err error
+		if signedID, err = a.fromSignedCommand(&req, p); err != nil {
+			return err
+		}
+	}
 	reason, err := checkReason("starting a trace", req.Reason)
 	if err != nil {
 		return err
@@ -295,9 +343,11 @@ func (a *API) requestTrace(w http.ResponseWriter, r *http.Request, p *principal)
 	if !proc.Alive() {
 		return errorf(http.StatusConflict, "process %d@%d on %s has exited: nothing left to trace", req.PID, req.Start, req.Host)
 	}
-	id, err := newTraceID()
-	if err != nil {
-		return err
+	id := signedID
+	if id == "" {
+		if id, err = newTraceID(); err != nil {
+			return err
+		}
 	}
 	capsJSON, err := json.Marshal(caps)
 	if err != nil {
@@ -319,6 +369,13 @@ func (a *API) requestTrace(w http.ResponseWriter, r *http.Request, p *principal)
 		if !errors.Is(err, sql.ErrNoRows) {
 			return nil, err
 		}
+		var n int
+		if err := tx.QueryRowContext(r.Context(), `SELECT count(*) FROM traces WHERE trace_id = ?`, id).Scan(&n); err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			return nil, errorf(http.StatusConflict, "trace id %s is taken", id)
+		}
 		var alertID any
 		if req.AlertID != 0 {
 			var n int
@@ -330,9 +387,9 @@ func (a *API) requestTrace(w http.ResponseWriter, r *http.Request, p *principal)
 			}
 			alertID = req.AlertID
 		}
-		if _, err := tx.ExecContext(r.Context(), `INSERT INTO traces (trace_id, host, pid, start, depth, flags, caps, state, created, initiated_by, reason, alert_id)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, id, req.Host, int64(req.PID), int64(req.Start), depth, int64(flags),
-			string(capsJSON), state, now, p.ID, reason, alertID); err != nil {
+		if _, err := tx.ExecContext(r.Context(), `INSERT INTO traces (trace_id, host, pid, start, depth, flags, caps, state, created, initiated_by, reason, alert_id, command)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, id, req.Host, int64(req.PID), int64(req.Start), depth, int64(flags),
+			string(capsJSON), state, now, p.ID, reason, alertID, req.Command); err != nil {
 			return nil, err
 		}
 		if _, err := tx.ExecContext(r.Context(), `INSERT INTO trace_targets (trace_id, host, pid, start, state, added) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -362,7 +419,7 @@ func (a *API) requestTrace(w http.ResponseWriter, r *http.Request, p *principal)
 		return a.replyTrace(w, r.Context(), http.StatusAccepted, id, map[string]any{"approval_id": approvalID})
 	}
 	treq := TraceRequest{TraceID: id, Host: req.Host, PID: req.PID, Start: req.Start, Depth: int(depth), Flags: flags,
-		Caps: caps, InitiatedBy: p.ID, Reason: reason, AlertID: req.AlertID}
+		Caps: caps, InitiatedBy: p.ID, Reason: reason, AlertID: req.AlertID, Command: req.Command}
 	if err := a.startTrace(r.Context(), treq); err != nil {
 		return err
 	}
@@ -452,7 +509,7 @@ func (a *API) stopTrace(w http.ResponseWriter, r *http.Request, p *principal) er
 		return err
 	}
 	if prev != "pending" {
-		if err := a.center.StopTrace(r.Context(), id, reason); err != nil {
+		if err := a.center.StopTrace(r.Context(), id, p.ID, reason); err != nil {
 			a.log.Error("center could not stop the trace", "trace", id, "err", err)
 			return errorf(http.StatusBadGateway, "trace %s is recorded as stopped, but the center could not send the stop: %v", id, err)
 		}
@@ -549,8 +606,12 @@ func (a *API) decide(w http.ResponseWriter, r *http.Request, p *principal) error
 			if t.AlertID != nil {
 				alertID = *t.AlertID
 			}
+			var signedCmd []byte
+			if err := tx.QueryRowContext(r.Context(), `SELECT command FROM traces WHERE trace_id = ?`, t.TraceID).Scan(&signedCmd); err != nil {
+				return nil, err
+			}
 			treq = &TraceRequest{TraceID: t.TraceID, Host: t.Host, PID: t.PID, Start: t.Start, Depth: t.Depth, Flags: t.Flags,
-				Caps: caps, InitiatedBy: t.InitiatedBy, ApprovedBy: p.ID, Reason: t.Reason, AlertID: alertID}
+				Caps: caps, InitiatedBy: t.InitiatedBy, ApprovedBy: p.ID, Reason: t.Reason, AlertID: alertID, Command: signedCmd}
 		}
 		payload["trace_state"] = newState
 		return payload, nil

@@ -95,7 +95,7 @@ func (c *fakeCenter) RequestTrace(_ context.Context, req TraceRequest) error {
 	return nil
 }
 
-func (c *fakeCenter) StopTrace(_ context.Context, id, _ string) error {
+func (c *fakeCenter) StopTrace(_ context.Context, id, _, _ string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {

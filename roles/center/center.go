@@ -8,7 +8,6 @@ package center
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -49,6 +48,11 @@ type Center struct {
 	Rules    *rules.Engine
 	ingestQ  chan *wire.Batch
 	stopping chan struct{} // closed when Run's context ends
+
+	// ops writes trace state (the same center.db as the API's operators);
+	// auditor records what it writes in the ledger.
+	ops     *Operators
+	auditor Auditor
 
 	ackMu sync.Mutex
 	acks  map[string][]wire.CommandAck // command id -> acks received
@@ -102,8 +106,16 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
 	}
+	ops, err := OpenOperators(sq.Path())
+	if err != nil {
+		lg.Close()
+		sq.Close()
+		outbox.Close()
+		db.Close()
+		return nil, fmt.Errorf("center: %w", err)
+	}
 	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
-		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}}
+		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}, ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
 		c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
 		if err != nil {
@@ -177,6 +189,7 @@ func (c *Center) Run(ctx context.Context) error {
 			c.API.Close()
 		}
 		c.outbox.Close()
+		c.ops.Close()
 		c.Ledger.Close()
 		c.SQL.Close()
 		c.db.Close()
@@ -239,6 +252,7 @@ func (c *Center) recordAck(a wire.CommandAck) {
 	c.acks[a.CommandID] = append(c.acks[a.CommandID], a)
 	c.ackMu.Unlock()
 	c.log.Info("command ack", "command", a.CommandID, "agent", a.AgentID, "status", a.Status, "detail", a.Detail)
+	c.traceAck(a)
 	if c.OnCommandAck != nil {
 		c.OnCommandAck(a)
 	}
@@ -317,28 +331,4 @@ func (c *Center) watchCRL(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-// RequestTrace sends an approved trace request down the tree to the target
-// agent as a command, and records it in the ledger. (The agent's focused
-// trace capture obeys it once it lands; until then the agent acknowledges.)
-func (c *Center) RequestTrace(ctx context.Context, req TraceRequest) error {
-	payload, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	cmd := wire.Command{CommandID: "trace-start-" + req.TraceID, Target: req.Host,
-		Expires: time.Now().Add(10 * time.Minute).UnixNano(), Payload: payload}
-	return c.SendCommand(ctx, cmd)
-}
-
-// StopTrace sends a stop for a trace down to its agent.
-func (c *Center) StopTrace(ctx context.Context, traceID, reason string) error {
-	var host string
-	if err := c.SQL.ReadOnly().QueryRowContext(ctx, "SELECT host FROM traces WHERE trace_id = ?", traceID).Scan(&host); err != nil {
-		return fmt.Errorf("stop trace %s: %w", traceID, err)
-	}
-	payload, _ := json.Marshal(map[string]string{"trace_id": traceID, "reason": reason})
-	return c.SendCommand(ctx, wire.Command{CommandID: "trace-stop-" + traceID, Target: host,
-		Expires: time.Now().Add(10 * time.Minute).UnixNano(), Payload: payload})
 }

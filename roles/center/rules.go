@@ -2,6 +2,9 @@ package center
 
 import (
 	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -74,10 +77,97 @@ func (c *Center) onAlert(a rules.Alert) {
 		c.log.Error("ledger alert", "err", err)
 	}
 	if a.Trace != nil {
-		// Starting it is the focused-trace stage's policy (at once, or
-		// after approval); until then the request is recorded.
-		if _, err := c.Ledger.Append(ledger.Entry{Kind: "rule.trace_request", Actor: "rule:" + a.RuleID, Time: time.Now(), Payload: []byte(payload)}); err != nil {
-			c.log.Error("ledger trace request", "err", err)
+		if err := c.ruleTrace(context.Background(), a); err != nil {
+			c.log.Error("rule trace request", "rule", a.RuleID, "alert_id", a.ID, "err", err)
 		}
 	}
+}
+
+// ruleTrace records a rule's request for a trace on the alert's process
+// and, by center.rules.trace_policy, starts it at once ("auto"), leaves it
+// for an approver ("approval") or only records it ("off").
+func (c *Center) ruleTrace(ctx context.Context, a rules.Alert) error {
+	policy := c.cfg.Rules.TracePolicy
+	by := a.Trace.InitiatedBy
+	if by == "" {
+		by = ruleInitiatorPref + a.RuleID
+	}
+	p := a.Process
+	payload := map[string]any{"alert_id": a.ID, "rule": a.RuleID, "host": p.Host, "pid": p.PID, "start": p.Start, "policy": policy}
+	if policy == "off" || policy == "" {
+		_, err := c.Ledger.Append(ledger.Entry{Kind: AuditRuleTrace, Actor: by, Time: time.Now(), Payload: mustJSON(payload)})
+		return err
+	}
+	id, err := newTraceID()
+	if err != nil {
+		return err
+	}
+	caps := TraceCaps{MaxDurationS: DefaultTraceDuration, MaxBytes: DefaultTraceBytes, MaxEPS: DefaultTraceEPS}
+	if a.Trace.Duration > 0 {
+		caps.MaxDurationS = min(int64(a.Trace.Duration/time.Second), MaxTraceDuration)
+	}
+	depth := a.Trace.Depth
+	if depth <= 0 || depth > MaxTraceDepth {
+		depth = DefaultTraceDepth
+	}
+	state := "approved"
+	if policy == "approval" {
+		state = "pending"
+	}
+	reason := fmt.Sprintf("rule %s: %s", a.RuleID, a.Title)
+	capsJSON, _ := json.Marshal(caps)
+	now := time.Now().UnixNano()
+	started := false
+	err = c.ops.inTx(ctx, c.auditor, AuditRuleTrace, by, func(tx *sql.Tx) (any, error) {
+		var other string
+		err := tx.QueryRowContext(ctx, `SELECT trace_id FROM traces WHERE host = ? AND pid = ? AND start = ?
+			AND state IN ('pending', 'approved', 'active') LIMIT 1`, p.Host, int64(p.PID), int64(p.Start)).Scan(&other)
+		if err == nil {
+			payload["already"] = other // one trace per process: the alert is recorded against it
+			return payload, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return nil, err
+		}
+		var alertID any
+		if a.ID != 0 {
+			alertID = a.ID
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO traces (trace_id, host, pid, start, depth, flags, caps, state, created, initiated_by, reason, alert_id)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, id, p.Host, int64(p.PID), int64(p.Start), depth, int64(a.Trace.Flags()),
+			string(capsJSON), state, now, by, reason, alertID); err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO trace_targets (trace_id, host, pid, start, state, added) VALUES (?, ?, ?, ?, ?, ?)`,
+			id, p.Host, int64(p.PID), int64(p.Start), state, now); err != nil {
+			return nil, err
+		}
+		if state == "pending" {
+			res, err := tx.ExecContext(ctx, `INSERT INTO approvals (subject_kind, subject_id, requested_by, requested_at, reason)
+				VALUES ('trace', ?, ?, ?, ?)`, id, by, now, reason)
+			if err != nil {
+				return nil, err
+			}
+			if payload["approval_id"], err = res.LastInsertId(); err != nil {
+				return nil, err
+			}
+		}
+		payload["trace_id"], payload["state"] = id, state
+		started = state == "approved"
+		return payload, nil
+	})
+	if err != nil || !started {
+		return err
+	}
+	c.log.Info("rule started a trace", "rule", a.RuleID, "trace", id, "host", p.Host, "pid", p.PID)
+	return c.RequestTrace(ctx, TraceRequest{TraceID: id, Host: p.Host, PID: p.PID, Start: p.Start, Depth: depth,
+		Flags: TraceFlags(a.Trace.Flags()), Caps: caps, InitiatedBy: by, Reason: reason, AlertID: a.ID})
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only maps of plain values reach here
+	}
+	return b
 }

@@ -33,6 +33,9 @@ func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
 	for attempt := 0; attempt < 5; attempt++ {
 		err := c.SQL.IngestBatch(ctx, b)
 		if err == nil {
+			if err := c.traceEvents(ctx, b); err != nil {
+				c.log.Error("trace events of a batch", "agent", b.AgentID, "seq", b.Seq, "err", err)
+			}
 			if c.Rules != nil {
 				c.Rules.Poke()
 			}
@@ -77,6 +80,9 @@ func (c *Center) reconcile(ctx context.Context) error {
 			continue
 		}
 		if err := c.SQL.IngestBatch(ctx, b); err != nil {
+			return fmt.Errorf("center: reconcile %s/%d: %w", agent, seq, err)
+		}
+		if err := c.traceEvents(ctx, b); err != nil {
 			return fmt.Errorf("center: reconcile %s/%d: %w", agent, seq, err)
 		}
 		n++
