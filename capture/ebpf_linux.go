@@ -75,6 +75,8 @@ type EBPFSource struct {
 
 	dec recordDecoder
 
+	scope *scopeFilter // nil: the whole machine
+
 	traces  *traceSet
 	hasher  *exeHasher
 	kmu     sync.Mutex // kernel trace state: trace_cfgs, traces_active, userspace writes to traced
@@ -97,6 +99,10 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 	}
 	log = log.With("component", "capture.ebpf")
 
+	sc, err := ParseScope(opts.Scope)
+	if err != nil {
+		return nil, fmt.Errorf("ebpf sensor: %w", err)
+	}
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		return nil, fmt.Errorf("ebpf sensor needs kernel BTF (/sys/kernel/btf/vmlinux): %w: %w", err, ErrUnsupported)
 	}
@@ -172,7 +178,8 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 		return nil, fmt.Errorf("load ebpf sensor: %w: %w", err, ErrUnsupported)
 	}
 
-	s := &EBPFSource{log: log, coll: coll, drops: coll.Maps["drops"], traces: newTraceSet(nil)}
+	s := &EBPFSource{log: log, coll: coll, drops: coll.Maps["drops"], traces: newTraceSet(nil),
+		scope: newScopeFilter(sc, opts.ProcRoot)}
 	s.hasher = newExeHasher(s.deliverAux)
 	s.dec.bootToWall.Store(bootToWallOffset())
 
@@ -345,6 +352,17 @@ func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
 		}
 	}()
 
+	if s.scope != nil {
+		// The programs are attached: a process is either placed here or
+		// seen forking (its record waits in the ring).
+		if err := s.scope.load(); err != nil {
+			return fmt.Errorf("ebpf source: scope %s: %w", s.scope.sc, err)
+		}
+	}
+	// A traced process outside the scope (a lineage that left it) stays in
+	// its trace, which the operator placed; only its baseline is withheld.
+	noBaseline := func(Event) bool { return false }
+
 	var rec ringbuf.Record
 	var ev Event
 	s.rd.SetDeadline(time.Now().Add(ringPollInterval))
@@ -367,11 +385,18 @@ func (s *EBPFSource) Run(ctx context.Context, out chan<- Event) error {
 			}
 			continue
 		}
+		in := s.scope == nil || s.scope.admit(&ev)
 		if s.dec.tag != 0 || s.dec.focused {
-			s.onTraced(&ev, len(rec.RawSample), send)
+			if in {
+				s.onTraced(&ev, len(rec.RawSample), send)
+			} else {
+				s.onTraced(&ev, len(rec.RawSample), noBaseline)
+			}
 			continue
 		}
-		send(ev)
+		if in {
+			send(ev)
+		}
 	}
 }
 

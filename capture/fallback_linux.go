@@ -70,6 +70,7 @@ type ProcSource struct {
 	cnRaw   syscall.RawConn
 	pending [][]byte // datagrams read while waiting for the subscription ack
 	diag    *netlink.Conn
+	scope   *scopeFilter // nil: the whole machine
 
 	running   atomic.Bool
 	closed    atomic.Bool
@@ -108,17 +109,22 @@ func NewProc(opts Options, log *slog.Logger) (*ProcSource, error) {
 	if euid := os.Geteuid(); euid != 0 {
 		return nil, fmt.Errorf("proc source needs root, running as uid %d: %w", euid, ErrUnsupported)
 	}
+	sc, err := ParseScope(opts.Scope)
+	if err != nil {
+		return nil, fmt.Errorf("proc source: %w", err)
+	}
 	s := &ProcSource{
 		PollInterval: DefaultPollInterval,
 		opts:         opts,
 		log:          log.With("component", "capture", "source", "proc"),
 		boot:         bootWallNs(),
 		starts:       make(map[uint32]startEntry),
+		scope:        newScopeFilter(sc, opts.ProcRoot),
 	}
 	if err := s.openConnector(); err != nil {
 		return nil, fmt.Errorf("proc connector: %w: %w", err, ErrUnsupported)
 	}
-	diag, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
+	diag, err := dialSockDiag(sc)
 	if err != nil {
 		s.cn.Close()
 		return nil, fmt.Errorf("sock_diag: %w: %w", err, ErrUnsupported)
@@ -184,6 +190,13 @@ func (s *ProcSource) Run(ctx context.Context, out chan<- Event) error {
 		return errors.New("proc source: Run after Close")
 	}
 	s.seedStarts()
+	if s.scope != nil {
+		// After the subscription, like seedStarts: a process is either
+		// placed here or seen forking.
+		if err := s.scope.load(); err != nil {
+			return fmt.Errorf("proc source: scope %s: %w", s.scope.sc, err)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.runConnector(gctx, out) })
 	g.Go(func() error { return s.runSockets(gctx, out) })
@@ -195,12 +208,30 @@ func (s *ProcSource) Run(ctx context.Context, out chan<- Event) error {
 }
 
 func (s *ProcSource) emit(out chan<- Event, ev Event) {
+	if s.scope != nil && !s.scope.admit(&ev) {
+		return
+	}
 	ev.Source = "proc"
 	select {
 	case out <- ev:
 	default:
 		s.lostBackpressure.Add(1)
 	}
+}
+
+// dialSockDiag opens the sock_diag socket. sock_diag lists the sockets of
+// the socket's own network namespace: with a netns scope the socket is made
+// in the scope's namespace, so the scope's connections are the ones listed.
+func dialSockDiag(sc Scope) (*netlink.Conn, error) {
+	if sc.Kind != ScopeNetNS {
+		return netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
+	}
+	ns, err := os.Open(sc.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return netlink.Dial(unix.NETLINK_SOCK_DIAG, &netlink.Config{NetNS: int(ns.Fd())})
 }
 
 // openConnector binds to the proc connector group, subscribes, and waits

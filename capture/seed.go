@@ -8,3 +8,18 @@ package capture
 func Seed(procRoot string, argvMax int) ([]Process, error) {
 	return scanProcesses(procRoot, argvMax)
 }
+
+// SeedOptions is Seed with the procfs root, argv cap and scope of opts:
+// only the processes in opts.Scope are returned. A scope that does not
+// parse is an error that wraps ErrBadScope.
+func SeedOptions(opts Options) ([]Process, error) {
+	sc, err := ParseScope(opts.Scope)
+	if err != nil {
+		return nil, err
+	}
+	procs, err := scanProcesses(opts.ProcRoot, opts.ArgvMaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	return scopeProcesses(sc, opts.ProcRoot, procs), nil
+}

@@ -45,6 +45,11 @@ type Options struct {
 	RingBytes int
 	// ProcRoot is the procfs mount to read, "/proc" by default.
 	ProcRoot string
+	// Scope limits the source to one host's processes when the machine
+	// runs several (namespaces, containers): "" for the whole machine, or
+	// a setting ParseScope reads ("netns:/run/netns/web-1"). Events of
+	// processes outside it are never emitted.
+	Scope string
 }
 
 // DefaultOptions are the options used when the configuration sets none.
