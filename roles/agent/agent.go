@@ -105,6 +105,7 @@ func sourceOptions(cfg config.Agent) capture.Options {
 	o := capture.DefaultOptions()
 	o.ArgvMaxBytes = cfg.Baseline.ArgvMaxBytes
 	o.RingBytes = int(cfg.Baseline.RingBytes)
+	o.Scope = cfg.Scope
 	if cfg.Baseline.ProcRoot != "" {
 		o.ProcRoot = cfg.Baseline.ProcRoot
 	}
@@ -202,7 +203,7 @@ func (a *Agent) close() {
 
 func (a *Agent) seed() error {
 	start := time.Now()
-	procs, err := capture.Seed(a.cfg.Baseline.ProcRoot, a.cfg.Baseline.ArgvMaxBytes)
+	procs, err := capture.SeedOptions(sourceOptions(a.cfg))
 	if err != nil {
 		return fmt.Errorf("agent: seed process table: %w", err)
 	}
@@ -216,6 +217,12 @@ func (a *Agent) seed() error {
 	return nil
 }
 
+// traceFlushDelay is the longest a trace event waits in the pipeline
+// before it is stored and handed to the uplink: a few events gather into
+// one store append, and the trace lane's latency stays far below the
+// baseline's batch_max_ms.
+const traceFlushDelay = 10 * time.Millisecond
+
 // pipeline caps the baseline event rate and writes batches to the store.
 // Exits and closes are never rate-limited: they are bounded by the forks and
 // connects that were let through, and dropping them would leave the table
@@ -224,6 +231,10 @@ func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSou
 	max := a.cfg.Baseline.MaxEventsPerSec
 	lim := rate.NewLimiter(rate.Limit(max), max)
 	batch := make([]capture.Event, 0, a.cfg.Stream.BatchMaxEvents)
+	traceTimer := time.NewTimer(time.Hour)
+	traceTimer.Stop()
+	defer traceTimer.Stop()
+	var traceDue <-chan time.Time // armed while a trace event waits
 	flush := func() {
 		if len(batch) == 0 {
 			return
@@ -249,6 +260,11 @@ func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSou
 		batch = append(batch, ev)
 		if len(batch) >= cap(batch) {
 			flush()
+		} else if ev.TraceID != "" && traceDue == nil {
+			// Trace events ride the trace lane: they wait for the next
+			// batch_max_ms tick only as long as traceFlushDelay.
+			traceTimer.Reset(traceFlushDelay)
+			traceDue = traceTimer.C
 		}
 	}
 	tick := time.NewTicker(time.Duration(a.cfg.Stream.BatchMaxMS) * time.Millisecond)
@@ -257,6 +273,9 @@ func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSou
 		select {
 		case ev := <-events:
 			add(ev)
+		case <-traceDue:
+			traceDue = nil
+			flush()
 		case <-tick.C:
 			flush()
 		case <-ctx.Done():

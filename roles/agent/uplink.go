@@ -131,9 +131,11 @@ func u64(b []byte) uint64 {
 func be(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 
 // cut seals every stored event not yet shipped into batches of at most
-// batch_max_events. The cursor (last event seq shipped) and the batch seq
-// are written in the same atomic WAL append as the batch, so a crash never
-// skips events nor reuses a batch seq.
+// batch_max_events: trace events into their own batches on the trace lane,
+// the rest on the bulk lane. The cursors (last event seq shipped, last
+// trace event seq shipped) and the batch seq are written in the same
+// atomic WAL append as each batch, so a crash never skips events, never
+// ships one twice and never reuses a batch seq.
 func (s *Shipper) cut() error {
 	// Events are shipped only once durable in the local store: otherwise a
 	// power loss could hand their seqs out again after the cursor moved past
@@ -142,43 +144,76 @@ func (s *Shipper) cut() error {
 		return err
 	}
 	for {
-		cur, _, err := s.wal.Meta("cursor")
-		if err != nil {
-			return err
+		var meta [3]uint64 // cursor, trace_cursor, batch_seq
+		for i, k := range []string{"cursor", "trace_cursor", "batch_seq"} {
+			v, _, err := s.wal.Meta(k)
+			if err != nil {
+				return err
+			}
+			meta[i] = u64(v)
 		}
-		bseq, _, err := s.wal.Meta("batch_seq")
-		if err != nil {
-			return err
-		}
-		cursor, batchSeq := u64(cur), u64(bseq)
-		var evs []capture.Event
+		cursor, traceCursor, batchSeq := meta[0], meta[1], meta[2]
+		var trace, bulk []capture.Event
+		var last uint64
+		n := 0
 		if err := s.st.EventsBySeq(cursor+1, func(ev capture.Event) bool {
-			evs = append(evs, ev)
-			return len(evs) < s.cfg.Stream.BatchMaxEvents
+			last = ev.Seq
+			switch {
+			case ev.TraceID == "":
+				bulk = append(bulk, ev)
+			case ev.Seq > traceCursor: // not shipped before a crash
+				trace = append(trace, ev)
+			}
+			n++
+			return n < s.cfg.Stream.BatchMaxEvents
 		}); err != nil {
 			return err
 		}
-		if len(evs) == 0 {
+		if n == 0 {
 			return nil
 		}
 		s.makeRoom()
-		// One snapshot of the certificate: a renewal may swap it meanwhile.
-		cert := s.id.Holder.Load()
-		sealed, err := wire.SealBatchCert(s.id.Name, batchSeq+1, evs, cert.PrivateKey.(ed25519.PrivateKey), cert.Certificate[0], true)
-		if err != nil {
-			return err
+		if len(trace) > 0 {
+			m := map[string][]byte{"trace_cursor": be(trace[len(trace)-1].Seq), "batch_seq": be(batchSeq + 1)}
+			if len(bulk) == 0 {
+				m["cursor"] = be(last)
+			}
+			if err := s.queue(wal.LaneTrace, batchSeq+1, trace, m); err != nil {
+				return err
+			}
+			batchSeq++
 		}
-		last := evs[len(evs)-1].Seq
-		if _, err := s.wal.Append(wal.LaneBulk, sealed, map[string][]byte{"cursor": be(last), "batch_seq": be(batchSeq + 1)}); err != nil {
-			return fmt.Errorf("queue batch %d: %w", batchSeq+1, err)
+		if len(bulk) > 0 {
+			if err := s.queue(wal.LaneBulk, batchSeq+1, bulk, map[string][]byte{"cursor": be(last), "batch_seq": be(batchSeq + 1)}); err != nil {
+				return err
+			}
+		} else if len(trace) == 0 {
+			// Only trace events shipped before a crash: move past them.
+			if err := s.wal.SetMeta("cursor", be(last)); err != nil {
+				return err
+			}
 		}
-		s.shipped.Add(uint64(len(evs)))
-		s.batches.Add(1)
-		s.up.Kick()
-		if len(evs) < s.cfg.Stream.BatchMaxEvents {
+		if n < s.cfg.Stream.BatchMaxEvents {
 			return nil
 		}
 	}
+}
+
+// queue seals evs as batch seq and appends it to lane with meta.
+func (s *Shipper) queue(lane uint8, seq uint64, evs []capture.Event, meta map[string][]byte) error {
+	// One snapshot of the certificate: a renewal may swap it meanwhile.
+	cert := s.id.Holder.Load()
+	sealed, err := wire.SealBatchCert(s.id.Name, seq, evs, cert.PrivateKey.(ed25519.PrivateKey), cert.Certificate[0], true)
+	if err != nil {
+		return err
+	}
+	if _, err := s.wal.Append(lane, sealed, meta); err != nil {
+		return fmt.Errorf("queue batch %d on the %s lane: %w", seq, wire.Lane(lane), err)
+	}
+	s.shipped.Add(uint64(len(evs)))
+	s.batches.Add(1)
+	s.up.Kick()
+	return nil
 }
 
 // makeRoom sheds the oldest bulk batches while the uplink queue is above its
