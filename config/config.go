@@ -54,6 +54,13 @@ type Agent struct {
 	Baseline       Baseline `yaml:"baseline"`
 	Retention      Retain   `yaml:"retention"`
 	Metrics        Metrics  `yaml:"metrics"`
+
+	// Scope limits the agent to one host's processes when the machine runs
+	// several: "" for the whole machine, "netns:PATH" (a network namespace
+	// file, /run/netns/NAME), "pidns:PATH" (/proc/PID/ns/pid) or
+	// "cgroup:PATH" (a cgroup v2 directory and its descendants). The file
+	// must exist when the agent starts.
+	Scope string `yaml:"scope"`
 }
 
 // Stream cuts events into batches for the uplink.
@@ -258,6 +265,9 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Sprintf("center.rules.trace_policy: want auto, approval or off, got %q", c.Center.Rules.TracePolicy))
 	}
+	if err := checkScope(c.Agent.Scope); err != nil {
+		errs = append(errs, "agent.scope: "+err.Error())
+	}
 	if c.Agent.Trace.DefaultDepth < 0 {
 		errs = append(errs, fmt.Sprintf("agent.trace.default_depth: must not be negative, got %d", c.Agent.Trace.DefaultDepth))
 	}
@@ -293,4 +303,22 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("invalid configuration:\n  %s", strings.Join(errs, "\n  "))
 	}
 	return nil
+}
+
+// checkScope checks the syntax of agent.scope; whether the file is a
+// namespace or a cgroup is checked by the agent when it starts
+// (capture.ParseScope), since the file may only exist on the agent's host.
+func checkScope(s string) error {
+	if s == "" {
+		return nil
+	}
+	for _, p := range []string{"netns:", "pidns:", "cgroup:"} {
+		if path, ok := strings.CutPrefix(s, p); ok {
+			if !strings.HasPrefix(path, "/") {
+				return fmt.Errorf("%q: the path after %q must be absolute", s, p)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not one of netns:PATH, pidns:PATH, cgroup:PATH (or empty for the whole machine)", s)
 }

@@ -92,6 +92,8 @@ func TestBadValues(t *testing.T) {
 		{"size", "agent:\n  baseline:\n    ring_bytes: 3MiB\n", "power of two"},
 		{"syntax", "agent:\n  site_tag: [\n", "daemoneye.yaml"},
 		{"lane", "proxy:\n  flow:\n    priorities: [trace, urgent]\n", `unknown lane "urgent"`},
+		{"scope", "agent:\n  scope: web-1\n", `agent.scope: "web-1" is not one of netns:PATH`},
+		{"scope-relative", "agent:\n  scope: netns:web-1\n", `agent.scope: "netns:web-1": the path after "netns:" must be absolute`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -185,3 +187,31 @@ func TestByteSize(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestScopeKey(t *testing.T) {
+	file := writeFile(t, "agent:\n  scope: netns:/run/netns/web-1\n")
+	l, err := Load(Sources{File: file, Base: fixedDefaults})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Config.Agent.Scope; got != "netns:/run/netns/web-1" {
+		t.Errorf("agent.scope = %q, want netns:/run/netns/web-1", got)
+	}
+	if o := l.Origins["agent.scope"]; o.Layer != LayerFile {
+		t.Errorf("agent.scope came from %v, want the file", o)
+	}
+	l, err = Load(Sources{File: file, Environ: []string{"DAEMONEYE_AGENT_SCOPE=cgroup:/sys/fs/cgroup/db"}, Base: fixedDefaults})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, o := l.Config.Agent.Scope, l.Origins["agent.scope"]; got != "cgroup:/sys/fs/cgroup/db" || o.Layer != LayerEnv {
+		t.Errorf("agent.scope = %q from %v, want cgroup:/sys/fs/cgroup/db from the environment", got, o)
+	}
+	l, err = Load(Sources{Base: fixedDefaults})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Config.Agent.Scope; got != "" {
+		t.Errorf("default agent.scope = %q, want \"\" (the whole machine)", got)
+	}
+}
