@@ -263,7 +263,9 @@ type pkgEvent struct {
 	Proof    [][]byte `cbor:"6,keyasint"` // hashes, wire.Batch.EventProof
 }
 
-func (e pkgEvent) what() string { return fmt.Sprintf("event %s/seq %d/idx %d", e.Host, e.BatchSeq, e.Idx) }
+func (e pkgEvent) what() string {
+	return fmt.Sprintf("event %s/seq %d/idx %d", e.Host, e.BatchSeq, e.Idx)
+}
 
 // pkgEntry is one ledger entry with its inclusion proof.
 type pkgEntry struct {
