@@ -56,6 +56,7 @@ type CLI struct {
 	Ledger   LedgerCmd   `cmd:"" help:"Audit ledger: verify the whole log and its consistency with checkpoints seen before."`
 	Operator OperatorCmd `cmd:"" help:"Operators of the center: add, list, disable."`
 	Rules    RulesCmd    `cmd:"" name:"rules" help:"SQL rule packs: check, sign, keygen."`
+	Trace    TraceCmd    `cmd:"" help:"Focused traces: start (signed with your operator key), stop, list, show."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.
