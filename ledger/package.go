@@ -42,8 +42,10 @@ package ledger
 //	ledger/checkpoint     a signed checkpoint of the center's audit ledger
 //	ledger/verifier.vkey  the note verifier key of that checkpoint
 //	ledger/entries.cbor   the ledger entries about the trace (operator
-//	                      actions: request, approval, stop, export...), each
-//	                      with its payload and inclusion proof
+//	                      actions: request, approval, stop, export...; and
+//	                      the trace.event leaf the center wrote for each
+//	                      event it received), each with its payload and
+//	                      inclusion proof
 //
 // # Why the checkpoint key is the center's
 //
@@ -62,7 +64,9 @@ package ledger
 // per host the trace_seq numbers run 1..N with no duplicates and no gap the
 // center did not declare, and no event of the trace in an included batch is
 // left unlisted; every ledger entry is in the signed checkpoint's tree and
-// its payload is the one committed; the export itself is one of them; the
+// its payload is the one committed; each trace.event entry of the trace
+// matches a listed event (place, trace_seq, digest); the export itself is
+// one of the entries; the
 // signed TraceCommand's signatures. Certificates are judged at the time
 // they were used (the batch's events, the statement's export time, the
 // command's timestamp), because node certificates live a day and a package
@@ -331,9 +335,11 @@ type PackageSigner struct {
 	Chain [][]byte
 }
 
-// ProveEntries signs a checkpoint of the current tree and returns it with
-// the records at indexes and their inclusion proofs in that tree.
-func (l *Ledger) ProveEntries(indexes []int64) ([]byte, []PackageEntry, error) {
+// ProveEntries signs a checkpoint of l's current tree and returns it with
+// the records at indexes and their inclusion proofs in that tree. It is a
+// function over the ledger's read methods rather than a method, so that
+// the Ledger's own method set stays the audited one.
+func ProveEntries(l *Ledger, indexes []int64) ([]byte, []PackageEntry, error) {
 	signed, err := l.Checkpoint()
 	if err != nil {
 		return nil, nil, err
@@ -594,10 +600,13 @@ type PackageReport struct {
 	Batches    int // agent-signed batches verified
 	Artifacts  []Artifact
 	Actions    []Action // ledger entries proven in the checkpoint
-	Export     Action   // the latest export record among them
-	Checkpoint Checkpoint
-	Command    *CommandReport // nil when the package holds none
-	Metadata   []byte         // trace.json, as signed by the center
+	// EventsInLedger counts the proven trace.event entries that match an
+	// event of the package: the center recorded it when it arrived.
+	EventsInLedger int
+	Export         Action // the latest export record among them
+	Checkpoint     Checkpoint
+	Command        *CommandReport // nil when the package holds none
+	Metadata       []byte         // trace.json, as signed by the center
 }
 
 // HostReport is one host's part of the trace.
@@ -815,7 +824,7 @@ func VerifyPackage(b []byte, ca *x509.Certificate) (PackageReport, error) {
 	rep.Batches = len(batches)
 
 	// 4. Events: in their batches, of this trace, in sequence, complete.
-	hosts, err := verifyEvents(p.members[MemberEvents], pred.TraceID, batches, &rep)
+	hosts, proven, err := verifyEvents(p.members[MemberEvents], pred.TraceID, batches, &rep)
 	if err != nil {
 		return rep, err
 	}
@@ -825,7 +834,7 @@ func VerifyPackage(b []byte, ca *x509.Certificate) (PackageReport, error) {
 	rep.Hosts = hosts
 
 	// 5. The ledger: checkpoint by the center's key, entries in its tree.
-	if err := verifyLedger(p, centerName, &rep); err != nil {
+	if err := verifyLedger(p, centerName, proven, &rep); err != nil {
 		return rep, err
 	}
 
@@ -886,11 +895,12 @@ func verifyBatch(name string, sealed []byte, ca *x509.Certificate) (*wire.Batch,
 }
 
 // verifyEvents checks the event list against the verified batches.
-func verifyEvents(raw []byte, traceID string, batches map[string]*wire.Batch, rep *PackageReport) ([]HostReport, error) {
+func verifyEvents(raw []byte, traceID string, batches map[string]*wire.Batch, rep *PackageReport) ([]HostReport, map[string]provenEvent, error) {
 	var events []pkgEvent
 	if err := pkgDec.Unmarshal(raw, &events); err != nil {
-		return nil, pkgErr(ErrPackageMalformed, "member "+MemberEvents, "%v", err)
+		return nil, nil, pkgErr(ErrPackageMalformed, "member "+MemberEvents, "%v", err)
 	}
+	proven := map[string]provenEvent{}
 	type pos struct {
 		batch string
 		idx   int
@@ -903,36 +913,37 @@ func verifyEvents(raw []byte, traceID string, batches map[string]*wire.Batch, re
 		if k > 0 {
 			prev := events[k-1]
 			if ev.Host < prev.Host || ev.Host == prev.Host && ev.TraceSeq <= prev.TraceSeq {
-				return nil, pkgErr(ErrEventSequence, what, "trace_seq %d of %s is listed after %s trace_seq %d: events are in trace_seq order per host, each once",
+				return nil, nil, pkgErr(ErrEventSequence, what, "trace_seq %d of %s is listed after %s trace_seq %d: events are in trace_seq order per host, each once",
 					ev.TraceSeq, ev.Host, prev.Host, prev.TraceSeq)
 			}
 		}
 		name := BatchMember(ev.Host, ev.BatchSeq)
 		b, ok := batches[name]
 		if !ok {
-			return nil, pkgErr(ErrEventProof, what, "its batch is not in the package")
+			return nil, nil, pkgErr(ErrEventProof, what, "its batch is not in the package")
 		}
 		if ev.Idx < 0 || ev.Idx >= len(b.Events) {
-			return nil, pkgErr(ErrEventProof, what, "the batch has %d events", len(b.Events))
+			return nil, nil, pkgErr(ErrEventProof, what, "the batch has %d events", len(b.Events))
 		}
 		proof := make([][32]byte, len(ev.Proof))
 		for j, h := range ev.Proof {
 			if len(h) != 32 {
-				return nil, pkgErr(ErrEventProof, what, "proof hash %d is %d bytes", j, len(h))
+				return nil, nil, pkgErr(ErrEventProof, what, "proof hash %d is %d bytes", j, len(h))
 			}
 			proof[j] = [32]byte(h)
 		}
 		if err := wire.VerifyEventProof(b.Root, ev.Event, ev.Idx, len(b.Events), proof); err != nil {
-			return nil, pkgErr(ErrEventProof, what, "merkle proof does not match batch root")
+			return nil, nil, pkgErr(ErrEventProof, what, "merkle proof does not match batch root")
 		}
 		e := b.Events[ev.Idx] // the leaf is proven, so it is this event's encoding
 		if e.TraceID != traceID {
-			return nil, pkgErr(ErrEventSequence, what, "belongs to trace %q, not %q", e.TraceID, traceID)
+			return nil, nil, pkgErr(ErrEventSequence, what, "belongs to trace %q, not %q", e.TraceID, traceID)
 		}
 		if e.TraceSeq != ev.TraceSeq {
-			return nil, pkgErr(ErrEventSequence, what, "its signed trace_seq is %d, the package lists it as %d", e.TraceSeq, ev.TraceSeq)
+			return nil, nil, pkgErr(ErrEventSequence, what, "its signed trace_seq is %d, the package lists it as %d", e.TraceSeq, ev.TraceSeq)
 		}
 		listed[pos{name, ev.Idx}] = true
+		proven[ev.what()] = provenEvent{traceSeq: ev.TraceSeq, sha256: sha256.Sum256(ev.Event)}
 		h := byHost[ev.Host]
 		if h == nil {
 			h = &HostReport{Host: ev.Host, FirstTraceSeq: ev.TraceSeq}
@@ -969,12 +980,12 @@ func verifyEvents(raw []byte, traceID string, batches map[string]*wire.Batch, re
 				continue
 			}
 			if b.Events[i].TraceID == traceID {
-				return nil, pkgErr(ErrEventSequence, fmt.Sprintf("event %s/seq %d/idx %d", b.AgentID, b.Seq, i),
+				return nil, nil, pkgErr(ErrEventSequence, fmt.Sprintf("event %s/seq %d/idx %d", b.AgentID, b.Seq, i),
 					"trace_seq %d of the trace is in a batch of the package but not listed", b.Events[i].TraceSeq)
 			}
 		}
 		if !used {
-			return nil, pkgErr(ErrEventSequence, "batch "+strings.TrimPrefix(name, batchPrefix), "holds no listed event of the trace")
+			return nil, nil, pkgErr(ErrEventSequence, "batch "+strings.TrimPrefix(name, batchPrefix), "holds no listed event of the trace")
 		}
 		byHost[b.AgentID].Batches++
 	}
@@ -987,11 +998,49 @@ func verifyEvents(raw []byte, traceID string, batches map[string]*wire.Batch, re
 	for k := range out {
 		out[k].Missing = missingSeqs(events, out[k].Host)
 	}
-	return out, nil
+	return out, proven, nil
+}
+
+// provenEvent is what the ledger's trace.event entries are checked against.
+type provenEvent struct {
+	traceSeq uint64
+	sha256   [32]byte
+}
+
+// traceEventLeaf is the payload the center writes for each trace event it
+// ingests (roles/center: one ledger leaf per event).
+type traceEventLeaf struct {
+	TraceID     string `json:"trace_id"`
+	TraceSeq    uint64 `json:"trace_seq"`
+	Host        string `json:"host"`
+	BatchSeq    uint64 `json:"batch_seq"`
+	Idx         int    `json:"idx"`
+	EventSHA256 string `json:"event_sha256"`
+}
+
+// checkEventLeaf checks a proven trace.event entry of the trace against the
+// events the batches proved: the ledger recorded each event when the
+// center received it, so one the package lacks, or holds otherwise, is
+// named.
+func checkEventLeaf(what string, payload []byte, traceID string, proven map[string]provenEvent) (bool, error) {
+	var l traceEventLeaf
+	if err := json.Unmarshal(payload, &l); err != nil || l.TraceID != traceID {
+		return false, nil // not an event of this trace
+	}
+	ev := fmt.Sprintf("event %s/seq %d/idx %d", l.Host, l.BatchSeq, l.Idx)
+	got, ok := proven[ev]
+	if !ok {
+		return false, pkgErr(ErrEventSequence, what, "records %s (trace_seq %d) of the trace, which the package lacks", ev, l.TraceSeq)
+	}
+	if got.traceSeq != l.TraceSeq || hex.EncodeToString(got.sha256[:]) != l.EventSHA256 {
+		return false, pkgErr(ErrEventProof, what, "records %s as trace_seq %d with sha256 %s; the package proves trace_seq %d with sha256 %x",
+			ev, l.TraceSeq, l.EventSHA256, got.traceSeq, got.sha256[:])
+	}
+	return true, nil
 }
 
 // verifyLedger checks the checkpoint and the entries.
-func verifyLedger(p *parsedPackage, centerName string, rep *PackageReport) error {
+func verifyLedger(p *parsedPackage, centerName string, proven map[string]provenEvent, rep *PackageReport) error {
 	vkey := strings.TrimSuffix(string(p.members[MemberVerifierKey]), "\n")
 	nv, err := note.NewVerifier(vkey)
 	if err != nil {
@@ -1042,6 +1091,15 @@ func verifyLedger(p *parsedPackage, centerName string, rep *PackageReport) error
 			return pkgErr(ErrPackageMalformed, what, "purged entry carries a payload")
 		}
 		rep.Actions = append(rep.Actions, a)
+		if a.Kind == KindTraceEvent && a.Payload != nil {
+			ok, err := checkEventLeaf(what, a.Payload, p.st.Predicate.TraceID, proven)
+			if err != nil {
+				return err
+			}
+			if ok {
+				rep.EventsInLedger++
+			}
+		}
 		if a.Kind == KindExport && payloadTraceID(a.Payload) == p.st.Predicate.TraceID {
 			exported = true
 			rep.Export = a

@@ -49,12 +49,13 @@ func FuzzPackage(f *testing.F) {
 				}
 			}
 		}
+		var proven map[string]provenEvent
 		if raw, ok := p.members[MemberEvents]; ok {
-			verifyEvents(raw, p.st.Predicate.TraceID, batches, &rep)
+			_, proven, _ = verifyEvents(raw, p.st.Predicate.TraceID, batches, &rep)
 		}
 		if _, ok := p.members[MemberVerifierKey]; ok {
 			if _, ok := p.members[MemberCheckpoint]; ok {
-				verifyLedger(p, p.st.Predicate.Center, &rep)
+				verifyLedger(p, p.st.Predicate.Center, proven, &rep)
 			}
 		}
 	})
@@ -98,7 +99,7 @@ func TestWritePackageFuzzSeeds(t *testing.T) {
 	if _, err := e.verify(full); err != nil {
 		t.Fatal(err)
 	}
-	e.in.Batches = [][]byte{e.in.Batches[0], e.seal("web-1", 11, e.traced(6, capture.KindExit))}
+	e.useBatches(e.in.Batches[0], e.seal("web-1", 11, e.traced(6, capture.KindExit)))
 	e.in.Command = nil
 	gap := e.build()
 	if _, err := e.verify(gap); err != nil {

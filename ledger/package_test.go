@@ -57,6 +57,8 @@ type pkgEnv struct {
 	vkey     string
 	now      time.Time
 	in       PackageInput
+	// eventLeaves are the ledger indexes of the trace.event entries.
+	eventLeaves []int64
 }
 
 func newPkgEnv(t testing.TB) *pkgEnv {
@@ -102,9 +104,52 @@ func newPkgEnv(t testing.TB) *pkgEnv {
 	e.record(KindLogin, "ana", `{"role":"analyst"}`)
 	e.record("api.trace_request", "ana", `{"trace_id":"`+pkgTrace+`","host":"web-1","pid":4242}`)
 	e.record("api.view", "vic", `{"count":1}`)
+	e.eventLeaves = e.recordEvents(e.in.Batches...)
 	e.record(KindExport, "ana", `{"trace_id":"`+pkgTrace+`","auth":"certificate"}`)
-	e.prove(1, 3)
+	e.prove(append([]int64{1}, append(e.eventLeaves, e.ledger.Size()-1)...)...)
 	return e
+}
+
+// recordEvents appends a trace.event leaf for each trace event of the
+// batches, as the center does when it ingests them.
+func (e *pkgEnv) recordEvents(batches ...[]byte) []int64 {
+	e.t.Helper()
+	var idx []int64
+	for _, sealed := range batches {
+		der, err := wire.PeekCert(sealed)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		b, err := wire.OpenBatch(sealed, cert.PublicKey.(ed25519.PublicKey), wire.Limits{})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for i, ev := range b.Events {
+			if ev.TraceID == "" {
+				continue
+			}
+			sum := sha256.Sum256(b.EventCBOR(i))
+			p, _ := json.Marshal(map[string]any{"trace_id": ev.TraceID, "trace_seq": ev.TraceSeq, "host": b.AgentID, "batch_seq": b.Seq,
+				"idx": i, "kind": ev.Kind.String(), "event_sha256": hex.EncodeToString(sum[:])})
+			idx = append(idx, e.record(KindTraceEvent, "agent:"+b.AgentID, string(p)))
+		}
+	}
+	return idx
+}
+
+// useBatches makes the package's batches these, as if the center had
+// received only them: their trace.event leaves and a new export entry are
+// what the package proves.
+func (e *pkgEnv) useBatches(batches ...[]byte) {
+	e.t.Helper()
+	e.in.Batches = batches
+	e.eventLeaves = e.recordEvents(batches...)
+	exp := e.record(KindExport, "ana", `{"trace_id":"`+pkgTrace+`"}`)
+	e.prove(append([]int64{1}, append(e.eventLeaves, exp)...)...)
 }
 
 func (e *pkgEnv) record(kind, actor, payload string) int64 {
@@ -118,7 +163,7 @@ func (e *pkgEnv) record(kind, actor, payload string) int64 {
 
 func (e *pkgEnv) prove(indexes ...int64) {
 	e.t.Helper()
-	cp, entries, err := e.ledger.ProveEntries(indexes)
+	cp, entries, err := ProveEntries(e.ledger, indexes)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -227,11 +272,14 @@ func TestPackageRoundTrip(t *testing.T) {
 	if len(rep.Artifacts) != 1 || rep.Artifacts[0].Path != "/bin/bash" || rep.Artifacts[0].SHA256 != strings.Repeat("ab", 32) {
 		t.Errorf("artifacts = %+v, want the hash of /bin/bash", rep.Artifacts)
 	}
-	if len(rep.Actions) != 2 || rep.Actions[0].Kind != "api.trace_request" || rep.Export.Index != 3 || rep.Export.Actor != "ana" {
-		t.Errorf("actions = %+v, export %+v; want the trace request and the export by ana (entry 3)", rep.Actions, rep.Export)
+	if len(rep.Actions) != 10 || rep.Actions[0].Kind != "api.trace_request" || rep.Export.Index != 11 || rep.Export.Actor != "ana" {
+		t.Errorf("actions = %+v, export %+v; want the trace request, 8 trace events and the export by ana (entry 11)", rep.Actions, rep.Export)
 	}
-	if rep.Checkpoint.Origin != Origin("center") || rep.Checkpoint.Size != 4 {
-		t.Errorf("checkpoint %s size %d, want %s size 4", rep.Checkpoint.Origin, rep.Checkpoint.Size, Origin("center"))
+	if rep.EventsInLedger != 8 {
+		t.Errorf("%d events matched by ledger entries, want 8", rep.EventsInLedger)
+	}
+	if rep.Checkpoint.Origin != Origin("center") || rep.Checkpoint.Size != 12 {
+		t.Errorf("checkpoint %s size %d, want %s size 12", rep.Checkpoint.Origin, rep.Checkpoint.Size, Origin("center"))
 	}
 	if rep.Command == nil || rep.Command.Signer != "ana" || rep.Command.Center != "center" || rep.Command.Policy != "analyst" {
 		t.Errorf("command = %+v, want signed by ana, stamped by center", rep.Command)
@@ -246,7 +294,7 @@ func TestPackageRoundTrip(t *testing.T) {
 // verifier reports them as not proven.
 func TestPackageDeclaresMissingEvents(t *testing.T) {
 	e := newPkgEnv(t)
-	e.in.Batches = append(e.in.Batches[:1:1], e.in.Batches[2], // web-1 seq 9 (trace_seq 4, 5) never arrived...
+	e.useBatches(e.in.Batches[0], e.in.Batches[2], // web-1 seq 9 (trace_seq 4, 5) never arrived...
 		e.seal("web-1", 11, e.traced(6, capture.KindExit))) // ...but 6 did
 	rep, err := e.verify(e.build())
 	if err != nil {
@@ -272,7 +320,7 @@ func TestPackageOldCertificates(t *testing.T) {
 	sign := PackageSigner{Key: centerKey, Chain: [][]byte{centerCert.Raw}}
 
 	e.now = now.Add(-30*24*time.Hour - time.Hour) // inside the agent certificate's day
-	e.in.Batches = [][]byte{e.sealWith(old, "web-1", 7, e.traced(1, capture.KindExec), e.traced(2, capture.KindExecHash))}
+	e.useBatches(e.sealWith(old, "web-1", 7, e.traced(1, capture.KindExec), e.traced(2, capture.KindExecHash)))
 	b, err := BuildPackage(e.in, sign)
 	if err != nil {
 		t.Fatal(err)
@@ -282,7 +330,7 @@ func TestPackageOldCertificates(t *testing.T) {
 	}
 
 	e.now = now.Add(-29 * 24 * time.Hour) // after it expired
-	e.in.Batches = [][]byte{e.sealWith(old, "web-1", 7, e.traced(1, capture.KindExec), e.traced(2, capture.KindExecHash))}
+	e.useBatches(e.sealWith(old, "web-1", 7, e.traced(1, capture.KindExec), e.traced(2, capture.KindExecHash)))
 	if b, err = BuildPackage(e.in, sign); err != nil {
 		t.Fatal(err)
 	}
@@ -552,10 +600,44 @@ func TestPackageTamperResigned(t *testing.T) {
 	})
 	t.Run("drop a batch without declaring it", func(t *testing.T) {
 		e := newPkgEnv(t)
-		e.in.Batches = [][]byte{e.in.Batches[0], e.in.Batches[2], e.seal("web-1", 11, e.traced(6, capture.KindExit))}
+		e.useBatches(e.in.Batches[0], e.in.Batches[2], e.seal("web-1", 11, e.traced(6, capture.KindExit)))
 		d := decodePkg(t, e.build())
 		d.st.Predicate.Hosts[1].Missing = nil
 		wantFail(t, e, d.encode(t, e.center.key), ErrEventSequence, "host web-1", "trace_seq 4-5 missing", "declared missing: none")
+	})
+	t.Run("drop a batch the ledger recorded", func(t *testing.T) {
+		// Even declared missing, a batch the center received and
+		// recorded event by event in its ledger cannot be left out.
+		e := newPkgEnv(t)
+		e.in.Batches = [][]byte{e.in.Batches[0], e.in.Batches[2]}
+		wantFail(t, e, e.build(), ErrEventSequence, "ledger entry 6", "records event web-1/seq 9/idx 0 (trace_seq 4)", "which the package lacks")
+	})
+	t.Run("ledger records another event", func(t *testing.T) {
+		e := newPkgEnv(t)
+		d := decodePkg(t, e.build())
+		// Swap in a batch 9 whose events differ from what the ledger
+		// recorded (the agent did sign it: a second batch 9 would be a
+		// replay the center refuses; the ledger shows which it received).
+		other := e.seal("web-1", 9, e.traced(4, capture.KindFileOpen), e.traced(5, capture.KindExit))
+		d.members["batches/web-1/9"] = other
+		evs := d.events(t)
+		ob, _ := wire.OpenBatch(other, e.agents["web-1"].key.Public().(ed25519.PublicKey), wire.Limits{})
+		for k := range evs {
+			if evs[k].Host == "web-1" && evs[k].BatchSeq == 9 {
+				j := 0
+				if evs[k].TraceSeq == 5 {
+					j = 1
+				}
+				evs[k].Idx, evs[k].Event = j, ob.EventCBOR(j)
+				proof, _ := ob.EventProof(j)
+				evs[k].Proof = nil
+				for _, h := range proof {
+					evs[k].Proof = append(evs[k].Proof, bytes.Clone(h[:]))
+				}
+			}
+		}
+		d.setEvents(t, evs)
+		wantFail(t, e, d.encode(t, e.center.key), ErrEventSequence, "ledger entry 7", "records event web-1/seq 9/idx 2 (trace_seq 5)", "lacks")
 	})
 	t.Run("reorder two events", func(t *testing.T) {
 		d := decodePkg(t, good)
@@ -601,7 +683,7 @@ func TestPackageTamperResigned(t *testing.T) {
 		}
 		defer other.Close()
 		other.Append(Entry{Kind: KindExport, Actor: "ana", Payload: []byte(`{"trace_id":"` + pkgTrace + `"}`)})
-		cp, _, err := other.ProveEntries(nil)
+		cp, _, err := ProveEntries(other, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
