@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/cli"
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/roles/agent"
@@ -191,7 +193,7 @@ func traceEvents(evs []capture.Event, id string) []capture.Event {
 	return out
 }
 
-func procStart(t *testing.T, pid int) uint64 {
+func procStart(t testing.TB, pid int) uint64 {
 	t.Helper()
 	p, err := capture.ReadProcess("/proc", pid)
 	if err != nil {
@@ -466,6 +468,69 @@ read done
 		}
 	})
 
+	t.Run("cli", func(t *testing.T) {
+		dir := filepath.Join(tr.Dir, "alice")
+		certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: alice.cert.Certificate[0]})
+		keyPEM, err := pki.EncodeKey(alice.cert.PrivateKey.(ed25519.PrivateKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pki.WriteKeyPair(dir, "alice", certPEM, keyPEM); err != nil {
+			t.Fatal(err)
+		}
+		run := func(args ...string) string {
+			t.Helper()
+			var out, errb bytes.Buffer
+			args = append(append([]string{"daemoneye"}, args...), "--api", "https://"+apiAddr, "--cert", filepath.Join(dir, "alice.crt"),
+				"--key", filepath.Join(dir, "alice.key"), "--ca", filepath.Join(tr.CA.Dir(), pki.CACertFile))
+			if code := cli.Main(context.Background(), args, cli.Build{}, &out, &errb, nil); code != 0 {
+				t.Fatalf("%s: exit %d: %s", strings.Join(args[:3], " "), code, errb.String())
+			}
+			return out.String()
+		}
+		if out := run("trace", "list"); !strings.Contains(out, "tr-e2e-1") || !strings.Contains(out, "active") {
+			t.Errorf("trace list:\n%s", out)
+		}
+		// show reads the center's SQL store: wait until the rename is there.
+		var out string
+		eventually(t, 20*time.Second, "trace show with the rename", func() bool {
+			out = run("trace", "show", "tr-e2e-1")
+			return strings.Contains(out, dir+"/a -> ")
+		})
+		for _, want := range []string{"trace tr-e2e-1  state active", "lineage (", "/usr/bin/echo", "timeline (", "127.0.0.1"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("trace show lacks %q:\n%s", want, out)
+			}
+		}
+
+		// A second trace, signed by the CLI with alice's key file.
+		sh := exec.Command("/bin/sleep", "30")
+		if err := sh.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { sh.Process.Kill(); sh.Wait() }()
+		eventually(t, 30*time.Second, "the sleep at the center", func() bool {
+			code, _ := alice.do(t, "GET", fmt.Sprintf("/api/v1/processes/host-a/%d/%d", sh.Process.Pid, procStart(t, sh.Process.Pid)), nil)
+			return code == http.StatusOK
+		})
+		out = run("trace", "start", "--host", "host-a", "--pid", strconv.Itoa(sh.Process.Pid), "--id", "tr-cli-1", "--reason", "the cli starts a trace")
+		if !strings.Contains(out, "trace tr-cli-1: approved") {
+			t.Errorf("trace start: %s", out)
+		}
+		eventually(t, 20*time.Second, "tr-cli-1 active", func() bool {
+			_, r := alice.do(t, "GET", "/api/v1/traces/tr-cli-1", nil)
+			tr, _ := r["trace"].(map[string]any)
+			return tr["state"] == "active"
+		})
+		if out := run("trace", "stop", "tr-cli-1", "--reason", "the cli stops it again"); !strings.Contains(out, "stopped") {
+			t.Errorf("trace stop: %s", out)
+		}
+		eventually(t, 20*time.Second, "the agent's answer to the stop", func() bool {
+			a := c.Acks("trace-stop-tr-cli-1@host-a")
+			return len(a) > 0 && a[len(a)-1].Status == wire.CommandDone
+		})
+	})
+
 	t.Run("agent restart resumes the trace", func(t *testing.T) {
 		before := len(traceEvents(centerEvents(t, c, "host-a"), "tr-e2e-1"))
 		ag.Stop()
@@ -491,17 +556,17 @@ read done
 		}
 	})
 
-	t.Run("stop", func(t *testing.T) {
-		code, resp := alice.do(t, "POST", "/api/v1/traces/tr-e2e-1/stop", map[string]any{"reason": "the test is over now"})
-		if code != http.StatusOK {
-			t.Fatalf("stop = %d %v", code, resp)
+	t.Run("lineage exited", func(t *testing.T) {
+		// The shell exited after the restart: the agent ended the trace
+		// (its last process is gone) and the center recorded why.
+		eventually(t, 20*time.Second, "the trace stopped", func() bool { return traceState() == "stopped" })
+		_, r := alice.do(t, "GET", "/api/v1/traces/tr-e2e-1", nil)
+		tr, _ := r["trace"].(map[string]any)
+		if why, _ := tr["stop_reason"].(string); !strings.Contains(why, capture.StopLineageExited) {
+			t.Errorf("stop reason %q, want %s", why, capture.StopLineageExited)
 		}
-		eventually(t, 20*time.Second, "the agent's answer to the stop", func() bool {
-			a := c.Acks("trace-stop-tr-e2e-1@host-a")
-			return len(a) > 0 && a[len(a)-1].Status == wire.CommandDone
-		})
-		if s := traceState(); s != "stopped" {
-			t.Errorf("trace state %q after stop", s)
+		if code, _ := alice.do(t, "POST", "/api/v1/traces/tr-e2e-1/stop", map[string]any{"reason": "the test is over now"}); code != http.StatusConflict {
+			t.Errorf("stopping an ended trace: HTTP %d, want 409", code)
 		}
 	})
 }
