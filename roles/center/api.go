@@ -238,6 +238,7 @@ func (a *API) routeTable() []route {
 		{"GET", "/api/v1/traces/{id}", RoleViewer, false, a.trace},
 		{"POST", "/api/v1/traces", RoleAnalyst, true, a.requestTrace},
 		{"POST", "/api/v1/traces/{id}/stop", RoleAnalyst, true, a.stopTrace},
+		{"GET", "/api/v1/traces/{id}/export", RoleAnalyst, true, a.exportTrace},
 		{"GET", "/api/v1/approvals", RoleViewer, false, a.approvals},
 		{"POST", "/api/v1/approvals/{id}", RoleApprover, true, a.decide},
 		{"POST", "/api/v1/query", QueryRole, true, a.query},

@@ -430,6 +430,7 @@ func TestAPIRoleMatrix(t *testing.T) {
 		"GET /api/v1/traces/{id}":                            {"/api/v1/traces/seedtrace", nil},
 		"POST /api/v1/traces":                                {"/api/v1/traces", trace},
 		"POST /api/v1/traces/{id}/stop":                      {"/api/v1/traces/no-such-trace/stop", map[string]string{"reason": "matrix: stop nothing"}},
+		"GET /api/v1/traces/{id}/export":                     {"/api/v1/traces/no-such-trace/export", nil},
 		"GET /api/v1/approvals":                              {"/api/v1/approvals", nil},
 		"POST /api/v1/approvals/{id}":                        {"/api/v1/approvals/999999", map[string]string{"decision": "approve", "reason": "matrix: no such request"}},
 		"POST /api/v1/query":                                 {"/api/v1/query", map[string]any{"sql": "SELECT 1"}},
