@@ -31,10 +31,11 @@ const (
 	TypeAnnounce      Type = 11
 	TypePing          Type = 12
 	TypePong          Type = 13
+	TypeHealth        Type = 14
 )
 
 var typeNames = [...]string{"", "hello", "hello-ack", "batch", "ack", "nack", "command",
-	"command-ack", "crl", "renew-request", "renew-response", "announce", "ping", "pong"}
+	"command-ack", "crl", "renew-request", "renew-response", "announce", "ping", "pong", "health"}
 
 func (t Type) String() string {
 	if t != 0 && int(t) < len(typeNames) {
@@ -240,6 +241,21 @@ type Announce struct {
 	Removed []string `cbor:"2,keyasint,omitempty"`
 }
 
+// Health is a node's report for the fleet registry, sent up the control
+// lane now and then. Proxies relay their children's reports, appending
+// their own id to Path, so the center learns the whole proxy path.
+type Health struct {
+	NodeID    string            `cbor:"1,keyasint"`
+	Role      Role              `cbor:"2,keyasint"`
+	Version   string            `cbor:"3,keyasint,omitempty"` // build version
+	Addresses []string          `cbor:"4,keyasint,omitempty"` // the host's IP addresses (in its scope)
+	Time      int64             `cbor:"5,keyasint"`           // sender's clock, Unix ns
+	Lost      map[string]uint64 `cbor:"6,keyasint,omitempty"` // lost events by cause
+	Figures   map[string]uint64 `cbor:"7,keyasint,omitempty"` // counters worth showing (events stored, queue bytes, ...)
+	Path      []string          `cbor:"8,keyasint,omitempty"` // relaying proxies, nearest the sender first
+	SiteTag   string            `cbor:"9,keyasint,omitempty"`
+}
+
 // Ping asks for a Pong with the same Nonce and Time; the sender computes RTT
 // from its own clock, so the peers' clocks need not agree.
 type Ping struct {
@@ -266,6 +282,7 @@ func (RenewResponse) Type() Type { return TypeRenewResponse }
 func (Announce) Type() Type      { return TypeAnnounce }
 func (Ping) Type() Type          { return TypePing }
 func (Pong) Type() Type          { return TypePong }
+func (Health) Type() Type        { return TypeHealth }
 
 // newFrame returns a pointer to the zero message of type t.
 func newFrame(t Type) Frame {
@@ -296,6 +313,8 @@ func newFrame(t Type) Frame {
 		return new(Ping)
 	case TypePong:
 		return new(Pong)
+	case TypeHealth:
+		return new(Health)
 	}
 	return nil
 }
@@ -340,6 +359,10 @@ func validate(f Frame) error {
 	case *CommandAck:
 		if m.CommandID == "" {
 			return malformed("command-ack: empty command id")
+		}
+	case *Health:
+		if m.NodeID == "" {
+			return malformed("health: empty node id")
 		}
 	case *CRL:
 		if len(m.DER) == 0 {

@@ -29,6 +29,8 @@ func allFrames() []Frame {
 		&Announce{Added: []string{"ag-9"}, Removed: []string{"ag-3", "ag-4"}},
 		&Ping{Nonce: 42, Time: -1},
 		&Pong{Nonce: 42, Time: 1_760_000_000_123_456_789},
+		&Health{NodeID: "web-1", Role: RoleAgent, Version: "daemoneye 1.0", Addresses: []string{"10.0.0.2"}, Time: 1_760_000_000_123_456_789,
+			Lost: map[string]uint64{"ring_full": 3}, Figures: map[string]uint64{"events_stored": 9}, Path: []string{"px2", "px1"}},
 	}
 }
 
