@@ -47,6 +47,7 @@ func (r *AgentRunCmd) Run(ctx context.Context, g *Globals, parent *AgentCmd) err
 		return err
 	}
 	log := g.logger(l.Config.Log)
+	l.Config.Agent.Version = g.build.Version
 	a, err := agent.New(l.Config.Agent, log)
 	if err != nil {
 		return err

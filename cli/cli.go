@@ -42,6 +42,7 @@ type Globals struct {
 	stdout io.Writer
 	stderr io.Writer
 	flags  []config.Flag // set by commands before loading
+	build  Build
 }
 
 // CLI is the whole command tree.
@@ -57,6 +58,8 @@ type CLI struct {
 	Operator OperatorCmd `cmd:"" help:"Operators of the center: add, list, disable."`
 	Rules    RulesCmd    `cmd:"" name:"rules" help:"SQL rule packs: check, sign, keygen."`
 	Trace    TraceCmd    `cmd:"" help:"Focused traces: start (signed with your operator key), stop, list, show."`
+	Export   ExportCmd   `cmd:"" help:"Download a trace's signed forensic package (recorded in the center's ledger)."`
+	Verify   VerifyCmd   `cmd:"" help:"Check a forensic package offline with the CA certificate; print what it proves."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.
@@ -77,7 +80,7 @@ func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Wri
 	}()
 	args = RoleArgs(args)
 	var c CLI
-	c.env, c.stdin, c.stdout, c.stderr = environ, os.Stdin, stdout, stderr
+	c.env, c.stdin, c.stdout, c.stderr, c.build = environ, os.Stdin, stdout, stderr, build
 	parser, err := kong.New(&c,
 		kong.Name("daemoneye"),
 		kong.Description("DaemonEye: a silent hunt layer for restricted networks. One binary: agent, proxy and center.\n"+
@@ -241,6 +244,7 @@ func (c *ProxyCmd) Run(ctx context.Context, g *Globals) error {
 	if err != nil {
 		return err
 	}
+	l.Config.Proxy.Version = g.build.Version
 	p, err := proxy.New(l.Config.Proxy, g.logger(l.Config.Log))
 	if err != nil {
 		return err

@@ -61,6 +61,9 @@ type Agent struct {
 	// "cgroup:PATH" (a cgroup v2 directory and its descendants). The file
 	// must exist when the agent starts.
 	Scope string `yaml:"scope"`
+	// Version is the build's, set by the command line for the fleet
+	// registry (not a configuration key).
+	Version string `yaml:"-"`
 }
 
 // Stream cuts events into batches for the uplink.
@@ -132,6 +135,8 @@ type Proxy struct {
 	// Watermarks are fractions of the WAL's filesystem in use: above High
 	// bulk is refused (children keep it), below Low it is accepted again.
 	Watermarks Watermarks `yaml:"watermarks"`
+	// Version is the build's, set by the command line (not a key).
+	Version string `yaml:"-"`
 }
 
 // Watermarks bound a WAL's disk use.
