@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/evilbitlabs/daemoneye/ledger"
+	"github.com/evilbitlabs/daemoneye/transport/pki"
+)
+
+// ExportCmd downloads the signed forensic package of a trace. The center
+// records the export in its ledger before it answers, and the package
+// proves that record; the file is checked against the CA before it is kept.
+type ExportCmd struct {
+	APIFlags
+	Trace  string `required:"" help:"Trace id." placeholder:"ID"`
+	Output string `short:"o" required:"" type:"path" help:"File to write the package to (refused if it exists, unless --force)." placeholder:"FILE"`
+	Force  bool   `help:"Replace an existing output file."`
+}
+
+// maxDownload bounds what the CLI accepts as a package.
+const maxDownload = ledger.MaxPackageSize
+
+// Run downloads, verifies and writes the package.
+func (c *ExportCmd) Run(ctx context.Context, g *Globals) error {
+	if !c.Force {
+		if _, err := os.Stat(c.Output); err == nil {
+			return fmt.Errorf("export: %s exists (--force replaces it)", c.Output)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("export: %w", err)
+		}
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	defer cl.close()
+	pkg, err := cl.download(ctx, "/api/v1/traces/"+url.PathEscape(c.Trace)+"/export", maxDownload)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	ca, err := pki.LoadCACert(c.CA)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	rep, err := ledger.VerifyPackage(pkg, ca)
+	if err != nil {
+		return fmt.Errorf("export: the center's package does not verify, not written: %w", err)
+	}
+	if rep.TraceID != c.Trace {
+		return fmt.Errorf("export: asked for trace %s, the package is of %s", c.Trace, rep.TraceID)
+	}
+	if err := writeFileAtomic(c.Output, pkg); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	fmt.Fprintf(g.stdout, "wrote %s (%d bytes): trace %s, %d events from %d hosts, signed by center %s; export recorded as ledger entry %d\n",
+		c.Output, len(pkg), rep.TraceID, rep.Events, len(rep.Hosts), rep.Center, rep.Export.Index)
+	fmt.Fprintf(g.stdout, "check it anywhere with: daemoneye verify %s --ca ca.crt\n", c.Output)
+	return nil
+}
+
+// download GETs path and returns the body of a 2xx answer (at most limit
+// bytes); an error answer becomes an error with the API's message.
+func (c *apiClient) download(ctx context.Context, path string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		// The error text is JSON; do decodes it the same way.
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return nil, apiStatusError("GET", path, resp.StatusCode, data)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("api: GET %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("api: GET %s: answer larger than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// writeFileAtomic writes via a temporary file in the same directory,
+// synced, then renamed into place.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o640); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// apiStatusError is an error answer as apiClient.do reports it: the API's
+// own message when it sent one.
+func apiStatusError(method, path string, status int, body []byte) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return fmt.Errorf("%s %s: %s (HTTP %d)", method, path, e.Error, status)
+	}
+	return fmt.Errorf("%s %s: HTTP %d", method, path, status)
+}
