@@ -418,3 +418,142 @@ func TestSeedScope(t *testing.T) {
 		t.Errorf("SeedOptions with a missing namespace file: %v, want ErrBadScope", err)
 	}
 }
+
+// TestScopePidNSAndCgroup scopes each source to a pid namespace and to a
+// cgroup (with a child cgroup made after the source started): work inside
+// comes out, the same work outside does not.
+func TestScopePidNSAndCgroup(t *testing.T) {
+	scopeNeedRoot(t)
+	for _, kind := range []string{"pidns", "cgroup"} {
+		for _, name := range []string{"ebpf", "proc"} {
+			t.Run(kind+"/"+name, func(t *testing.T) {
+				mark := fmt.Sprintf("scope-%d-%s-%s", os.Getpid(), kind, name)
+				var setting string
+				var inside []string // argv prefix that runs a program inside
+				switch kind {
+				case "pidns":
+					initPid := startPidNS(t)
+					setting = fmt.Sprintf("pidns:/proc/%d/ns/pid", initPid)
+					inside = []string{"nsenter", "-t", fmt.Sprint(initPid), "-p", "--"}
+				case "cgroup":
+					dir := makeCgroup(t)
+					setting = "cgroup:" + dir
+					// A child cgroup the source learns of only from an
+					// exec in it.
+					sub := filepath.Join(dir, "sub")
+					t.Cleanup(func() { _ = os.Remove(sub) })
+					inside = []string{"/bin/bash", "-c", fmt.Sprintf(`mkdir %[1]s && echo $$ >%[1]s/cgroup.procs && exec "$@"`, sub), "move"}
+				}
+				opts := DefaultOptions()
+				opts.Scope = setting
+				var src Source
+				if name == "ebpf" {
+					src = openEBPF(t, opts)
+				} else {
+					p, err := NewProc(opts, slog.New(slog.DiscardHandler))
+					if err != nil {
+						t.Fatalf("NewProc as root: %v", err)
+					}
+					t.Cleanup(func() { p.Close() })
+					src = p
+				}
+				c := collectScoped(t, src)
+
+				script := func(m string) []string {
+					return []string{"/bin/bash", "-c", fmt.Sprintf("true %s; sleep 0.1; true %s-end", m, m)}
+				}
+				pidOut := runArgv(t, script(mark+"-out")...)
+				runArgv(t, append(inside, script(mark+"-in")...)...)
+
+				ex := c.waitFor(t, "exec inside the scope", func(ev *Event) bool {
+					return ev.Kind == KindExec && hasArg(ev, mark+"-in")
+				})
+				c.waitFor(t, "fork inside the scope", func(ev *Event) bool {
+					return ev.Kind == KindFork && ev.Parent.PID == ex.Proc.PID
+				})
+				c.waitFor(t, "exit inside the scope", func(ev *Event) bool {
+					return ev.Kind == KindExit && ev.Proc.PID == ex.Proc.PID
+				})
+				sc, err := ParseScope(setting)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if kind == "pidns" && uint64(ex.Exec.PidNS) != sc.Inode {
+					t.Errorf("exec inside: pid namespace %d, want %d", ex.Exec.PidNS, sc.Inode)
+				}
+				for _, ev := range c.snapshot() {
+					if ev.Proc.PID == uint32(pidOut) || ev.Parent.PID == uint32(pidOut) || hasArg(&ev, mark+"-out") {
+						t.Errorf("event of the process outside the scope: %s %s %q", ev.Kind, ev.Proc, ev.Comm)
+					}
+				}
+			})
+		}
+	}
+}
+
+// runArgv runs argv to its end in the test's namespaces and returns its pid.
+func runArgv(t *testing.T, argv ...string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), scopeWait)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%q: %v: %s", argv, err, out)
+	}
+	return cmd.Process.Pid
+}
+
+// startPidNS starts a process as the init of a new pid namespace and
+// returns its pid (in ours); it is killed when the test ends.
+func startPidNS(t *testing.T) int {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, "unshare", "--pid", "--fork", "--kill-child", "sleep", "600")
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	children := fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid)
+	deadline := time.Now().Add(scopeWait)
+	for {
+		b, _ := os.ReadFile(children)
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			var pid int
+			if _, err := fmt.Sscan(f[0], &pid); err == nil {
+				if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); strings.HasSuffix(exe, "/sleep") {
+					return pid
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unshare made no init in %v", scopeWait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// makeCgroup makes a cgroup v2 directory for the test and removes it (and
+// its children) when the test ends; it skips where there is no cgroup v2.
+func makeCgroup(t *testing.T) string {
+	t.Helper()
+	mnt := cgroup2Mount("/proc")
+	if mnt == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	dir := filepath.Join(mnt, fmt.Sprintf("daemoneye-scope-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("make a cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		// A cgroup is removed once its processes have exited.
+		deadline := time.Now().Add(scopeWait)
+		for os.Remove(dir) != nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("cgroup %s not removed", dir)
+		}
+	})
+	return dir
+}
