@@ -87,7 +87,14 @@ func printPackageReport(w io.Writer, name, caName string, rep ledger.PackageRepo
 		}
 		switch {
 		case a.SHA256 != "" || a.Blake3 != "":
-			fmt.Fprintf(w, "  %-12s %s trace_seq %d: %s sha256 %s blake3 %s\n", label, a.Host, a.TraceSeq, a.Path, a.SHA256, a.Blake3)
+			fmt.Fprintf(w, "  %-12s %s trace_seq %d: %s", label, a.Host, a.TraceSeq, a.Path)
+			if a.SHA256 != "" {
+				fmt.Fprintf(w, " sha256 %s", a.SHA256)
+			}
+			if a.Blake3 != "" {
+				fmt.Fprintf(w, " blake3 %s", a.Blake3)
+			}
+			fmt.Fprintln(w)
 		case a.MemBytes > 0:
 			fmt.Fprintf(w, "  %-12s %s trace_seq %d: memory snippet at %#x, %d bytes\n", label, a.Host, a.TraceSeq, a.MemAddr, a.MemBytes)
 		default:
