@@ -177,6 +177,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.tracer != nil {
 		g.Go(func() error { return a.tracer.run(gctx) })
 	}
+	if a.ship != nil {
+		g.Go(func() error { return a.reportHealth(gctx) })
+	}
 	g.Go(func() error { return a.pipeline(gctx, events, stopSource) })
 	g.Go(func() error { return a.serveSocket(gctx, sock) })
 	if a.cfg.Metrics.Listen != "" {

@@ -54,6 +54,9 @@ type Center struct {
 	ops     *Operators
 	auditor Auditor
 
+	fleetMu sync.Mutex
+	fleet   map[string]wire.Health // the last health report of each node
+
 	ackMu sync.Mutex
 	acks  map[string][]wire.CommandAck // command id -> acks received
 	// OnCommandAck is called for every ack coming up (tests, the ledger).
@@ -115,7 +118,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: %w", err)
 	}
 	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
-		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}, ops: ops, auditor: LedgerAuditor{L: lg}}
+		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
 		c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
 		if err != nil {
@@ -258,12 +261,14 @@ func (c *Center) recordAck(a wire.CommandAck) {
 	}
 }
 
-func (c *Center) onControl(_ *transport.Child, f wire.Frame) {
+func (c *Center) onControl(ch *transport.Child, f wire.Frame) {
 	switch m := f.(type) {
 	case *wire.CommandAck:
 		c.disp.Acked(*m)
 	case *wire.RenewRequest:
 		c.renew(*m)
+	case *wire.Health:
+		c.onHealth(ch, *m)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -91,27 +90,4 @@ func (c *Center) reconcile(ctx context.Context) error {
 		c.log.Info("reconciled the SQL store with the batch store", "batches", n)
 	}
 	return it.Error()
-}
-
-// registerFleet records every node below the center in the fleet registry,
-// with the path of proxies it is reached through.
-func (c *Center) registerFleet(ctx context.Context) {
-	now := time.Now()
-	for _, ch := range c.srv.Children() {
-		kind := sqlstore.KindAgent
-		if ch.Role != wire.RoleAgent {
-			kind = sqlstore.KindProxy
-		}
-		if err := c.SQL.UpsertHost(ctx, sqlstore.Host{AgentID: ch.ID, Kind: kind, LastSeen: now}); err != nil {
-			c.log.Warn("fleet registry", "node", ch.ID, "err", err)
-		}
-		if kind != sqlstore.KindProxy {
-			continue
-		}
-		for _, a := range ch.Agents() {
-			if err := c.SQL.UpsertHost(ctx, sqlstore.Host{AgentID: a, Kind: sqlstore.KindAgent, ProxyPath: []string{ch.ID}, LastSeen: now}); err != nil {
-				c.log.Warn("fleet registry", "node", a, "err", err)
-			}
-		}
-	}
 }

@@ -125,6 +125,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	g.Go(func() error { return p.up.Run(gctx) })
 	g.Go(func() error { return p.disp.Run(gctx) })
 	g.Go(func() error { return p.renw.Run(gctx) })
+	g.Go(func() error { return p.reportHealth(gctx) })
 	if p.cfg.Metrics.Listen != "" {
 		g.Go(func() error { return p.serveMetrics(gctx) })
 	}
@@ -163,6 +164,10 @@ func (p *Proxy) onControl(c *transport.Child, f wire.Frame) {
 		p.disp.Acked(*m)
 	case *wire.RenewRequest:
 		p.up.SendControl(*m)
+	case *wire.Health:
+		if m.NodeID == c.ID || (len(m.Path) > 0 && m.Path[len(m.Path)-1] == c.ID && c.Role != wire.RoleAgent) {
+			p.relayHealth(*m)
+		}
 	}
 }
 

@@ -1,0 +1,137 @@
+package agent
+
+// The agent's health report for the center's fleet registry: version,
+// addresses (those of its scope's network namespace when it watches one),
+// lost events by cause and a few figures, sent up the control lane.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// Health intervals: the first report soon after start, then regularly.
+const (
+	healthFirst = time.Second
+	healthEvery = 30 * time.Second
+)
+
+// health builds the report.
+func (a *Agent) health() wire.Health {
+	h := wire.Health{NodeID: a.ship.AgentID(), Role: wire.RoleAgent, Version: a.cfg.Version, Time: time.Now().UnixNano(),
+		SiteTag: a.cfg.SiteTag, Lost: a.Lost()}
+	addrs, err := hostAddresses(a.cfg.Scope)
+	if err != nil {
+		a.log.Warn("host addresses for the health report", "err", err)
+	}
+	h.Addresses = addrs
+	st := a.ship.Stats()
+	h.Figures = map[string]uint64{
+		"events_stored": a.stored.Load(), "processes_seeded": uint64(a.seeded.Load()),
+		"events_shipped": st.Events, "batches_shipped": st.Batches, "bulk_batches_dropped": st.Dropped,
+		"commands": st.Commands,
+	}
+	if a.tracer != nil {
+		h.Figures["traces_running"] = uint64(len(a.tracer.traces()))
+		h.Figures["trace_commands_refused"] = a.tracer.refused.Load()
+	}
+	for lane, q := range st.Queue.Lanes {
+		h.Figures[fmt.Sprintf("queue_bytes_lane%d", lane)] = uint64(max(q.Bytes, 0))
+	}
+	return h
+}
+
+// reportHealth sends a report now and then until ctx ends.
+func (a *Agent) reportHealth(ctx context.Context) error {
+	t := time.NewTimer(healthFirst)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := a.ship.up.SendControl(a.health()); err != nil {
+			a.log.Warn("send health report", "err", err)
+		}
+		t.Reset(healthEvery)
+	}
+}
+
+// hostAddresses lists the host's IP addresses other than loopback and
+// link-local: those of the scope's network namespace when the agent
+// watches one (a host built of namespaces on a bigger machine).
+func hostAddresses(scope string) ([]string, error) {
+	sc, err := capture.ParseScope(scope)
+	if err != nil {
+		return nil, err
+	}
+	if sc.Kind != capture.ScopeNetNS {
+		return interfaceAddrs()
+	}
+	var (
+		out []string
+		ferr error
+	)
+	err = inNetns(sc.Path, func() error {
+		out, ferr = interfaceAddrs()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, ferr
+}
+
+func interfaceAddrs() ([]string, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() || ipn.IP.IsLinkLocalMulticast() {
+			continue
+		}
+		out = append(out, ipn.IP.String())
+	}
+	return out, nil
+}
+
+// inNetns runs fn on a thread moved into the network namespace at path,
+// then moves the thread back. A thread that cannot be moved back is left
+// locked, so the runtime retires it rather than reuse it elsewhere.
+func inNetns(path string, fn func() error) error {
+	target, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter %s: %w", path, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		return errors.Join(ferr, fmt.Errorf("return from %s: %w (thread retired)", path, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}

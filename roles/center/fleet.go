@@ -1,0 +1,92 @@
+package center
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/evilbitlabs/daemoneye/store/sqlstore"
+	"github.com/evilbitlabs/daemoneye/transport"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// onHealth records a node's health report in the fleet registry. A report
+// must come from the node itself or be relayed by the child it came
+// through (the last proxy on its path): a child cannot speak for a node
+// that is not below it.
+func (c *Center) onHealth(ch *transport.Child, h wire.Health) {
+	relayed := len(h.Path) > 0
+	switch {
+	case !relayed && h.NodeID == ch.ID:
+	case relayed && h.Path[len(h.Path)-1] == ch.ID && (ch.Role != wire.RoleAgent):
+	default:
+		c.log.Warn("health report refused: not from the node or its relaying child", "node", h.NodeID, "child", ch.ID, "path", h.Path)
+		return
+	}
+	c.fleetMu.Lock()
+	c.fleet[h.NodeID] = h
+	c.fleetMu.Unlock()
+	ctx := context.Background()
+	if err := c.SQL.UpsertHost(ctx, hostOf(h, time.Now())); err != nil {
+		c.log.Warn("fleet registry", "node", h.NodeID, "err", err)
+		return
+	}
+	fig, err := json.Marshal(map[string]any{"version": h.Version, "figures": h.Figures, "reported": time.Unix(0, h.Time).UTC()})
+	if err == nil {
+		err = c.SQL.RecordHealth(ctx, h.NodeID, time.Unix(0, h.Time), fig, h.Lost)
+	}
+	if err != nil {
+		c.log.Warn("fleet registry health", "node", h.NodeID, "err", err)
+	}
+}
+
+// hostOf is the registry row a report describes.
+func hostOf(h wire.Health, now time.Time) sqlstore.Host {
+	kind := sqlstore.KindAgent
+	if h.Role == wire.RoleProxy {
+		kind = sqlstore.KindProxy
+	}
+	var addrs []netip.Addr
+	for _, a := range h.Addresses {
+		if ip, err := netip.ParseAddr(a); err == nil {
+			addrs = append(addrs, ip)
+		}
+	}
+	path := slices.Clone(h.Path) // nearest the sender first; the registry wants nearest the center first
+	slices.Reverse(path)
+	return sqlstore.Host{AgentID: h.NodeID, Kind: kind, Version: h.Version, Addresses: addrs, SiteTag: h.SiteTag,
+		ProxyPath: path, LastSeen: now}
+}
+
+// registerFleet records every node below the center in the fleet registry,
+// with the path of proxies it is reached through. A node that reported its
+// health keeps what it reported (version, addresses, its full path).
+func (c *Center) registerFleet(ctx context.Context) {
+	now := time.Now()
+	upsert := func(h sqlstore.Host) {
+		c.fleetMu.Lock()
+		rep, ok := c.fleet[h.AgentID]
+		c.fleetMu.Unlock()
+		if ok {
+			h = hostOf(rep, now)
+		}
+		if err := c.SQL.UpsertHost(ctx, h); err != nil {
+			c.log.Warn("fleet registry", "node", h.AgentID, "err", err)
+		}
+	}
+	for _, ch := range c.srv.Children() {
+		kind := sqlstore.KindAgent
+		if ch.Role != wire.RoleAgent {
+			kind = sqlstore.KindProxy
+		}
+		upsert(sqlstore.Host{AgentID: ch.ID, Kind: kind, LastSeen: now})
+		if kind != sqlstore.KindProxy {
+			continue
+		}
+		for _, a := range ch.Agents() {
+			upsert(sqlstore.Host{AgentID: a, Kind: sqlstore.KindAgent, ProxyPath: []string{ch.ID}, LastSeen: now})
+		}
+	}
+}
