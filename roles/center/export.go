@@ -11,6 +11,7 @@ package center
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -21,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/ledger"
@@ -89,6 +91,21 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 	if !exported {
 		return fmt.Errorf("export %s: %w", traceID, ErrExportNotRecorded)
 	}
+	stored, err := c.traceBatchRefs(ctx, traceID)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", traceID, err)
+	}
+	for _, r := range stored {
+		if !slices.Contains(refs, r) {
+			refs = append(refs, r)
+		}
+	}
+	slices.SortFunc(refs, func(a, b batchRef) int {
+		if a.host != b.host {
+			return strings.Compare(a.host, b.host)
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
 	batches := make([][]byte, 0, len(refs))
 	for _, r := range refs {
 		sealed, ok, err := c.Ingest.Batch(r.host, r.seq)
@@ -177,6 +194,35 @@ func (c *Center) exportMeta(ctx context.Context, traceID string) ([]byte, []byte
 		command = nil
 	}
 	return b, command, alertID, nil
+}
+
+// traceBatchRefs lists the batches the SQL store holds events of the trace
+// from. The ledger's trace.event leaves name the same batches; this also
+// finds a batch whose leaves the ledger failed to append (the center logs
+// that and goes on), so that its events are exported, not declared missing.
+// TODO: sqlstore.(*Store).TraceBatches, once it lands, replaces this query.
+func (c *Center) traceBatchRefs(ctx context.Context, traceID string) ([]batchRef, error) {
+	rows, err := c.SQL.ReadOnly().QueryContext(ctx, `
+		SELECT host, batch_seq FROM process_events WHERE trace_id = ?1
+		UNION SELECT host, batch_seq FROM network_events WHERE trace_id = ?1
+		UNION SELECT host, batch_seq FROM file_events WHERE trace_id = ?1
+		UNION SELECT host, batch_seq FROM exe_hashes WHERE trace_id = ?1
+		UNION SELECT host, batch_seq FROM mem_snippets WHERE trace_id = ?1`, traceID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []batchRef
+	for rows.Next() {
+		var r batchRef
+		var seq int64
+		if err := rows.Scan(&r.host, &seq); err != nil {
+			return nil, err
+		}
+		r.seq = uint64(seq)
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }
 
 // traceEntries scans the ledger for the entries about a trace: those whose
