@@ -44,8 +44,12 @@ func FuzzPackage(f *testing.F) {
 			}
 			verified, err := VerifyPackage(data, ca)
 			if err == nil {
-				if verified.Events == 0 || verified.Export.Kind != KindExport || verified.Checkpoint.Size <= verified.Export.Index {
-					t.Fatalf("verified package reports %d events, export %+v, checkpoint size %d", verified.Events, verified.Export, verified.Checkpoint.Size)
+				n := 0
+				for _, h := range verified.Hosts {
+					n += h.Events
+				}
+				if n != verified.Events || verified.Export.Kind != KindExport || verified.Checkpoint.Size <= verified.Export.Index {
+					t.Fatalf("verified package reports %d events (hosts: %d), export %+v, checkpoint size %d", verified.Events, n, verified.Export, verified.Checkpoint.Size)
 				}
 			}
 		}

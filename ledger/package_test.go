@@ -306,6 +306,20 @@ func TestPackageDeclaresMissingEvents(t *testing.T) {
 	}
 }
 
+// A trace whose agent has sent nothing yet still exports: the package
+// proves the operator actions and says there are no events.
+func TestPackageWithoutEvents(t *testing.T) {
+	e := newPkgEnv(t)
+	e.useBatches()
+	rep, err := e.verify(e.build())
+	if err != nil {
+		t.Fatalf("VerifyPackage: %v", err)
+	}
+	if rep.Events != 0 || len(rep.Hosts) != 0 || rep.Batches != 0 || rep.Export.Kind != KindExport {
+		t.Errorf("report %+v, want no events, hosts or batches and the export record", rep)
+	}
+}
+
 // Certificates are judged when they were used: a package of batches whose
 // day-long agent certificates expired weeks ago still verifies, and one
 // whose events fall outside the certificate's life does not.
