@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -45,6 +46,10 @@ func fromNano(n sql.NullInt64) time.Time {
 // each hello): kind, version, addresses, site tag and proxy path replace
 // what was stored; first_seen keeps the earliest, last_seen the latest.
 // Zero FirstSeen / LastSeen mean now. Health is not touched (RecordHealth).
+// A nil Addresses keeps the stored addresses (a caller that only knows the
+// host is there, like the fleet's routing table, must not erase what the
+// host reported; SetHostAddresses sets them alone); an empty non-nil one
+// clears them.
 func (s *Store) UpsertHost(ctx context.Context, h Host) error {
 	if h.AgentID == "" {
 		return errors.New("sqlstore: upsert host: empty agent id")
@@ -62,22 +67,12 @@ func (s *Store) UpsertHost(ctx context.Context, h Host) error {
 	if h.LastSeen.IsZero() {
 		h.LastSeen = now
 	}
-	addrs := make([]string, 0, len(h.Addresses))
-	seen := map[string]bool{}
-	for _, a := range h.Addresses {
-		if !a.IsValid() {
-			continue
-		}
-		t := a.Unmap().WithZone("").String() // the spelling network_events uses
-		if !seen[t] {
-			seen[t] = true
-			addrs = append(addrs, t)
-		}
-	}
+	addrs := addrTexts(h.Addresses)
 	addrJSON, err := json.Marshal(addrs)
 	if err != nil {
 		return fmt.Errorf("sqlstore: upsert host %s: %w", h.AgentID, err)
 	}
+	keepAddrs := h.Addresses == nil
 	if h.ProxyPath == nil {
 		h.ProxyPath = []string{}
 	}
@@ -90,27 +85,89 @@ func (s *Store) UpsertHost(ctx context.Context, h Host) error {
 	defer s.wmu.Unlock()
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO hosts (agent_id, kind, version, addresses, site_tag, proxy_path, first_seen, last_seen)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
 			ON CONFLICT (agent_id) DO UPDATE SET kind = excluded.kind, version = excluded.version,
-				addresses = excluded.addresses, site_tag = excluded.site_tag, proxy_path = excluded.proxy_path,
+				addresses = iif(?9, addresses, excluded.addresses), site_tag = excluded.site_tag, proxy_path = excluded.proxy_path,
 				first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)`,
 			h.AgentID, h.Kind, h.Version, string(addrJSON), h.SiteTag, string(pathJSON),
-			h.FirstSeen.UnixNano(), h.LastSeen.UnixNano())
-		if err != nil {
+			h.FirstSeen.UnixNano(), h.LastSeen.UnixNano(), keepAddrs)
+		if err != nil || keepAddrs {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM host_addresses WHERE agent_id = ?`, h.AgentID); err != nil {
-			return err
-		}
-		for _, a := range addrs {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO host_addresses (ip, agent_id) VALUES (?, ?)`, a, h.AgentID); err != nil {
-				return err
-			}
-		}
-		return nil
+		return setAddresses(ctx, tx, h.AgentID, addrs)
 	})
 	if err != nil {
 		return fmt.Errorf("sqlstore: upsert host %s: %w", h.AgentID, err)
+	}
+	return nil
+}
+
+// addrTexts is the stored spelling of addresses (the one network_events
+// uses: IPv4-mapped unmapped, no zone), invalid ones dropped, each once.
+func addrTexts(as []netip.Addr) []string {
+	out := make([]string, 0, len(as))
+	seen := map[string]bool{}
+	for _, a := range as {
+		if !a.IsValid() {
+			continue
+		}
+		t := a.Unmap().WithZone("").String()
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// setAddresses replaces the host_addresses rows of agentID.
+func setAddresses(ctx context.Context, tx *sql.Tx, agentID string, addrs []string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM host_addresses WHERE agent_id = ?`, agentID); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO host_addresses (ip, agent_id) VALUES (?, ?)`, a, agentID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetHostAddresses replaces the addresses an agent reports owning (its
+// hello, or a change of its interfaces): the lookup table of cross-host
+// stitching. ips are IP addresses in any netip spelling (IPv4-mapped and
+// zoned forms are stored plain); one that does not parse is an error and
+// nothing changes. An unknown host is added as an agent. The host's other
+// fields are not touched.
+func (s *Store) SetHostAddresses(ctx context.Context, agentID string, ips []string) error {
+	if agentID == "" {
+		return errors.New("sqlstore: set host addresses: empty agent id")
+	}
+	as := make([]netip.Addr, 0, len(ips))
+	for _, ip := range ips {
+		a, err := netip.ParseAddr(strings.TrimSpace(ip))
+		if err != nil {
+			return fmt.Errorf("sqlstore: set host addresses of %s: %w", agentID, err)
+		}
+		as = append(as, a)
+	}
+	addrs := addrTexts(as)
+	addrJSON, err := json.Marshal(addrs)
+	if err != nil {
+		return fmt.Errorf("sqlstore: set host addresses of %s: %w", agentID, err)
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	now := s.now().UnixNano()
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (agent_id, addresses, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+			ON CONFLICT (agent_id) DO UPDATE SET addresses = excluded.addresses`, agentID, string(addrJSON), now); err != nil {
+			return err
+		}
+		return setAddresses(ctx, tx, agentID, addrs)
+	})
+	if err != nil {
+		return fmt.Errorf("sqlstore: set host addresses of %s: %w", agentID, err)
 	}
 	return nil
 }

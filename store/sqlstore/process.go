@@ -22,7 +22,8 @@ type procRow struct {
 	seeded    bool
 	execed    bool
 
-	dirty bool
+	dirty  bool
+	stored bool // read from the table: written back by UPDATE, not INSERT
 }
 
 type image struct {
@@ -89,6 +90,7 @@ func scanProc(sc interface{ Scan(...any) error }) (host string, p procRow, err e
 		p.exit = &capture.Exit{Code: int32(code.Int64), Signal: int32(sig.Int64), Core: core.Int64 != 0}
 	}
 	p.seeded, p.execed = seeded != 0, execed != 0
+	p.stored = true
 	return host, p, nil
 }
 

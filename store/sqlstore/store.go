@@ -25,6 +25,8 @@ var (
 	// ErrBatchConflict: a batch with this (host, seq) was ingested before
 	// with a different Merkle root.
 	ErrBatchConflict = errors.New("batch conflicts with the one stored under its (agent, seq)")
+	// ErrNoLink: MarkFollowed named a link that does not exist.
+	ErrNoLink = errors.New("no such link")
 )
 
 // Store is the center's SQL store. One writer connection, serialized by wmu

@@ -174,7 +174,7 @@ func TestIngestColumns(t *testing.T) {
 			"pid": pid, "start": start, "ppid": ppid, "pstart": pstart, "comm": comm, "source": "ebpf",
 			"trace_id": nil, "trace_seq": nil}
 		for _, c := range []string{"uid", "gid", "euid", "egid", "exe", "argv", "cmdline", "argv_truncated", "cwd", "tty",
-			"cgroup_id", "pid_ns", "net_ns", "mnt_ns", "exit_code", "exit_signal", "exit_core"} {
+			"cgroup_id", "pid_ns", "net_ns", "mnt_ns", "exit_code", "exit_signal", "exit_core", "env", "env_truncated"} {
 			m[c] = nil
 		}
 		return m
@@ -183,7 +183,7 @@ func TestIngestColumns(t *testing.T) {
 	for k, v := range map[string]any{"uid": int64(1000), "gid": int64(1001), "euid": int64(0), "egid": int64(1003),
 		"exe": "/usr/bin/bash", "argv": `["bash","-c","curl x | sh"]`, "cmdline": "bash -c curl x | sh",
 		"argv_truncated": int64(1), "cwd": "/home/u", "tty": "pts/3", "cgroup_id": int64(77),
-		"pid_ns": int64(4026531836), "net_ns": int64(4026531840), "mnt_ns": int64(4026531841)} {
+		"pid_ns": int64(4026531836), "net_ns": int64(4026531840), "mnt_ns": int64(4026531841), "env_truncated": int64(0)} {
 		execBash[k] = v
 	}
 	forkCurl := base(1, 12, 2000, "fork", 200, 5000, int64(100), int64(4000), "")
@@ -191,7 +191,7 @@ func TestIngestColumns(t *testing.T) {
 	for k, v := range map[string]any{"uid": int64(1000), "gid": int64(1000), "euid": int64(1000), "egid": int64(1000),
 		"exe": "/usr/bin/curl", "argv": `["curl","http://10.0.0.5:8080/x"]`, "cmdline": "curl http://10.0.0.5:8080/x",
 		"argv_truncated": int64(0), "cwd": "/home/u", "tty": "", "cgroup_id": int64(0), "pid_ns": int64(0),
-		"net_ns": int64(0), "mnt_ns": int64(0)} {
+		"net_ns": int64(0), "mnt_ns": int64(0), "env_truncated": int64(0)} {
 		execCurl[k] = v
 	}
 	exitCurl := base(6, 17, 6000, "exit", 200, 5000, nil, nil, "")
@@ -218,7 +218,7 @@ func TestIngestColumns(t *testing.T) {
 		return map[string]any{"host": "web-1", "batch_seq": int64(7), "idx": idx, "seq": seq, "time": tm, "kind": kind,
 			"pid": pid, "start": start, "ppid": nil, "pstart": nil, "comm": "", "source": "ebpf", "proto": int64(6),
 			"family": nil, "sock_type": nil, "src_ip": src, "src_port": sport, "dst_ip": dst, "dst_port": dport,
-			"mapped": mapped, "result": nil, "trace_id": nil, "trace_seq": nil}
+			"mapped": mapped, "result": nil, "sock_proto": nil, "trace_id": nil, "trace_seq": nil}
 	}
 	wantNet := []map[string]any{
 		nbase(3, 14, 4000, "connect", 200, 5000, "10.0.0.7", 40000, "10.0.0.5", 8080, 0),
@@ -256,7 +256,7 @@ func TestIngestColumns(t *testing.T) {
 		}
 	}
 	pCurl["exit_code"], pCurl["exit_signal"], pCurl["exit_core"] = int64(0), int64(9), int64(1)
-	ps := rowMaps(t, s, "SELECT * FROM processes ORDER BY pid")
+	ps := rowMaps(t, s, "SELECT "+procCols+" FROM processes ORDER BY pid")
 	wantProcs := []map[string]any{pBash, pCurl, pSub}
 	if len(ps) != len(wantProcs) {
 		t.Fatalf("%d processes, want %d: %v", len(ps), len(wantProcs), ps)
@@ -374,7 +374,7 @@ func TestOutOfOrder(t *testing.T) {
 				} else {
 					ingest(t, s, "h", 1, evs...)
 				}
-				checkRow(t, "child", rowMap(t, s, "SELECT * FROM processes WHERE pid = 60"), want)
+				checkRow(t, "child", rowMap(t, s, "SELECT "+procCols+" FROM processes WHERE pid = 60"), want)
 				if n := count(t, s, "process_events"); n != 4 {
 					t.Errorf("%d process_events, want 4", n)
 				}
