@@ -62,7 +62,8 @@ func TestMigrationIdempotent(t *testing.T) {
 		t.Fatalf("schema after three opens starts %q, want user_version=%d", got[:20], len(migrations))
 	}
 	for _, tbl := range []string{"hosts", "processes", "process_events", "network_events", "file_events", "traces",
-		"trace_targets", "links", "alerts", "operators", "approvals", "rule_runs", "rule_cursors", "batches"} {
+		"trace_targets", "links", "alerts", "operators", "approvals", "rule_runs", "rule_cursors", "batches", "exe_hashes",
+		"mem_snippets", "trace_notes", "raw_events"} {
 		if !strings.Contains(got, "table "+tbl+" ") {
 			t.Errorf("schema has no table %s", tbl)
 		}
