@@ -231,21 +231,78 @@ func sealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.P
 		return nil, fmt.Errorf("wire: seal batch: %d events > %d: %w", len(events), DefaultMaxEvents, ErrTooLarge)
 	}
 
-	body := batchBody{AgentID: agentID, Seq: seq, TSStart: events[0].Time, TSEnd: events[0].Time}
+	tsStart, tsEnd := events[0].Time, events[0].Time
 	for i := range events {
-		body.TSStart = min(body.TSStart, events[i].Time)
-		body.TSEnd = max(body.TSEnd, events[i].Time)
+		tsStart = min(tsStart, events[i].Time)
+		tsEnd = max(tsEnd, events[i].Time)
 	}
-	var err error
-	if body.Events, err = encodeEvents(events, 160*len(events)); err != nil {
-		return nil, fmt.Errorf("wire: seal batch: %w", err)
-	}
-	root := merkleRoot(body.Events)
-	body.Root = root[:]
-	payload, err := encMode.Marshal(&body)
+	leaves, err := encodeEvents(events, 160*len(events))
 	if err != nil {
 		return nil, fmt.Errorf("wire: seal batch: %w", err)
 	}
+	return sealLeaves(agentID, seq, leaves, tsStart, tsEnd, key, certDER, compress)
+}
+
+// SealBatchCertRaw is SealBatchCert for events already in their canonical
+// encoding: leaves[i] must be EncodeEvent's bytes for event i (the agent's
+// store keeps exactly those, so its shipper seals without decoding and
+// encoding every event again), and tsStart and tsEnd the least and the
+// greatest event Time. The result is byte for byte what SealBatchCert makes
+// of the decoded events. Leaves are not checked here: the center refuses a
+// batch whose leaves are not canonical events.
+func SealBatchCertRaw(agentID string, seq uint64, leaves [][]byte, tsStart, tsEnd int64, key ed25519.PrivateKey, certDER []byte, compress bool) ([]byte, error) {
+	if len(certDER) == 0 {
+		return nil, errors.New("wire: seal batch: empty certificate")
+	}
+	if agentID == "" {
+		return nil, errors.New("wire: seal batch: empty agent id")
+	}
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("wire: seal batch: private key is %d bytes, want %d", len(key), ed25519.PrivateKeySize)
+	}
+	if len(leaves) == 0 {
+		return nil, errors.New("wire: seal batch: no events")
+	}
+	if seq > math.MaxInt64 {
+		return nil, fmt.Errorf("wire: seal batch: seq %d above 2^63-1", seq)
+	}
+	if len(leaves) > DefaultMaxEvents {
+		return nil, fmt.Errorf("wire: seal batch: %d events > %d: %w", len(leaves), DefaultMaxEvents, ErrTooLarge)
+	}
+	if tsStart > tsEnd {
+		return nil, errors.New("wire: seal batch: ts_start after ts_end")
+	}
+	return sealLeaves(agentID, seq, leaves, tsStart, tsEnd, key, certDER, compress)
+}
+
+// sealLeaves builds the canonical batch body around the leaves (piece by
+// piece, as isCanonicalBody reads it back: the same bytes as encMode would
+// make of batchBody, without copying every leaf through the encoder), then
+// compresses and signs it.
+func sealLeaves[L ~[]byte](agentID string, seq uint64, leaves []L, tsStart, tsEnd int64, key ed25519.PrivateKey, certDER []byte, compress bool) ([]byte, error) {
+	root := merkleRoot(leaves)
+	size := 64 + len(agentID)
+	for _, l := range leaves {
+		size += len(l)
+	}
+	payload := make([]byte, 0, size)
+	payload = appendHead(payload, majorMap, 6)
+	payload = appendHead(payload, majorUint, 1)
+	payload = append(appendHead(payload, majorBytes, uint64(len(agentID))), agentID...)
+	payload = appendHead(payload, majorUint, 2)
+	payload = appendHead(payload, majorUint, seq)
+	payload = appendHead(payload, majorUint, 3)
+	payload = appendInt(payload, tsStart)
+	payload = appendHead(payload, majorUint, 4)
+	payload = appendInt(payload, tsEnd)
+	payload = appendHead(payload, majorUint, 5)
+	payload = appendHead(payload, majorArray, uint64(len(leaves)))
+	for _, l := range leaves {
+		payload = append(payload, l...)
+	}
+	payload = appendHead(payload, majorUint, 6)
+	payload = append(appendHead(payload, majorBytes, uint64(len(root))), root[:]...)
+	n := len(leaves)
 
 	ct := ContentTypeBatch
 	if compress {
@@ -272,7 +329,7 @@ func sealBatch(agentID string, seq uint64, events []capture.Event, key ed25519.P
 	if certDER != nil {
 		msg.Headers.Protected[HeaderLabelX5Chain] = certDER
 	}
-	msg.Headers.Protected[HeaderLabelEvents] = uint64(len(events))
+	msg.Headers.Protected[HeaderLabelEvents] = uint64(n)
 	signer, err := cose.NewSigner(cose.AlgorithmEdDSA, key)
 	if err != nil {
 		return nil, fmt.Errorf("wire: seal batch: %w", err)

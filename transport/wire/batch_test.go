@@ -567,3 +567,60 @@ func TestOpenBatchStreamedPayload(t *testing.T) {
 		t.Fatalf("goroutines %d -> %d", before, after)
 	}
 }
+
+// Sealing from the events' encodings (what the agent's store keeps) makes
+// the same bytes as sealing the events, compressed or not, and opens to
+// the same events; the body built piece by piece is what the encoder
+// makes of batchBody.
+func TestSealBatchCertRaw(t *testing.T) {
+	cert := []byte("not parsed here: only carried in the header")
+	for _, evs := range [][]capture.Event{oddEvents(), execEvents(300)} {
+		for _, compress := range []bool{false, true} {
+			leaves := make([][]byte, len(evs))
+			lo, hi := evs[0].Time, evs[0].Time
+			for i, e := range evs {
+				l, err := EncodeEvent(e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				leaves[i] = l
+				lo, hi = min(lo, e.Time), max(hi, e.Time)
+			}
+			want, err := SealBatchCert("ag", 7, evs, testKey, cert, compress)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := SealBatchCertRaw("ag", 7, leaves, lo, hi, testKey, cert, compress)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("compress=%v: raw seal differs from the seal of the decoded events", compress)
+			}
+			b, err := OpenBatch(got, testPub(), Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b.Events) != len(evs) {
+				t.Fatalf("opened %d events, want %d", len(b.Events), len(evs))
+			}
+			if compress {
+				continue // bodyOf reads uncompressed payloads
+			}
+			body := bodyOf(t, got)
+			payload, err := sign1Payload(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(payload, encBody(t, body)) {
+				t.Fatal("the body built piece by piece is not the encoder's")
+			}
+		}
+	}
+	if _, err := SealBatchCertRaw("ag", 1, [][]byte{{0xa0}}, 2, 1, testKey, cert, true); err == nil {
+		t.Error("ts_start after ts_end was sealed")
+	}
+	if _, err := SealBatchCertRaw("ag", 1, nil, 1, 1, testKey, cert, true); err == nil {
+		t.Error("an empty batch was sealed")
+	}
+}
