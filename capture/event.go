@@ -34,10 +34,14 @@ const (
 	KindSocket     Kind = 10 // Proc called socket(2); Sock is set
 	KindExecHash   Kind = 11 // hashes of the binary of Proc's last exec; Hashes is set
 	KindTraceNote  Kind = 12 // the trace started, was sampled or stopped; Note is set
+
+	// KindAlert is a rule that ran at the agent and matched Proc; Alert is
+	// set. It travels on the alert lane.
+	KindAlert Kind = 13
 )
 
 var kindNames = [...]string{"", "fork", "exec", "exit", "connect", "accept", "close",
-	"file_open", "file_rename", "file_unlink", "socket", "exec_hash", "trace_note"}
+	"file_open", "file_rename", "file_unlink", "socket", "exec_hash", "trace_note", "alert"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && k != 0 {
@@ -91,6 +95,18 @@ type Event struct {
 	Hashes *Hashes     `cbor:"15,keyasint,omitempty"`
 	Note   *TraceNote  `cbor:"16,keyasint,omitempty"`
 	Mem    *MemSnippet `cbor:"17,keyasint,omitempty"`
+	Alert  *RuleAlert  `cbor:"18,keyasint,omitempty"`
+}
+
+// RuleAlert is a match of a rule the agent ran over its own events.
+type RuleAlert struct {
+	RuleID    string `cbor:"1,keyasint"`
+	Pack      string `cbor:"2,keyasint,omitempty"`
+	Title     string `cbor:"3,keyasint,omitempty"`
+	Severity  string `cbor:"4,keyasint,omitempty"`
+	Technique string `cbor:"5,keyasint,omitempty"`
+	// Context is the rule's other result columns as a JSON object.
+	Context string `cbor:"6,keyasint,omitempty"`
 }
 
 // Exec describes the new image of a process after execve.

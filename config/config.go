@@ -43,17 +43,18 @@ type Agent struct {
 	ProxyFallback []string `yaml:"proxy_fallback"`
 	// RetryPrimaryMS is how often an agent on a fallback proxy tries its
 	// primary again.
-	RetryPrimaryMS int      `yaml:"retry_primary_ms"`
-	SiteTag        string   `yaml:"site_tag"`
-	DataDir        string   `yaml:"data_dir"`
-	Capture        string   `yaml:"capture"` // auto, ebpf or proc
-	Standalone     bool     `yaml:"standalone"`
-	TLS            TLS      `yaml:"tls"`
-	Stream         Stream   `yaml:"stream"`
-	Trace          Trace    `yaml:"trace"`
-	Baseline       Baseline `yaml:"baseline"`
-	Retention      Retain   `yaml:"retention"`
-	Metrics        Metrics  `yaml:"metrics"`
+	RetryPrimaryMS int        `yaml:"retry_primary_ms"`
+	SiteTag        string     `yaml:"site_tag"`
+	DataDir        string     `yaml:"data_dir"`
+	Capture        string     `yaml:"capture"` // auto, ebpf or proc
+	Standalone     bool       `yaml:"standalone"`
+	TLS            TLS        `yaml:"tls"`
+	Stream         Stream     `yaml:"stream"`
+	Trace          Trace      `yaml:"trace"`
+	Baseline       Baseline   `yaml:"baseline"`
+	Retention      Retain     `yaml:"retention"`
+	Metrics        Metrics    `yaml:"metrics"`
+	Rules          AgentRules `yaml:"rules"`
 
 	// Scope limits the agent to one host's processes when the machine runs
 	// several: "" for the whole machine, "netns:PATH" (a network namespace
@@ -64,6 +65,12 @@ type Agent struct {
 	// Version is the build's, set by the command line for the fleet
 	// registry (not a configuration key).
 	Version string `yaml:"-"`
+}
+
+// AgentRules are the rules the agent runs over its own events (the default
+// pack's rules marked runs_on agent).
+type AgentRules struct {
+	Enabled bool `yaml:"enabled"`
 }
 
 // Stream cuts events into batches for the uplink.
@@ -219,6 +226,7 @@ func Default() Config {
 			Retention: Retain{MaxAge: 7 * 24 * time.Hour, MaxBytes: 1 << 30, ExitedAge: time.Hour},
 			TLS:       TLS{RenewCheckMS: 60000},
 			Metrics:   Metrics{Listen: "127.0.0.1:9464"},
+			Rules:     AgentRules{Enabled: true},
 		},
 		Proxy: Proxy{
 			Listen:          "0.0.0.0:7443",

@@ -38,8 +38,9 @@ type Agent struct {
 	log    *slog.Logger
 	store  *store.Local
 	src    capture.Source
-	ship   *Shipper // nil when standalone
-	tracer *tracer  // nil when standalone
+	ship   *Shipper    // nil when standalone
+	tracer *tracer     // nil when standalone
+	rules  *agentRules // nil when agent.rules.enabled is false
 
 	ready     chan struct{} // closed once the table is seeded
 	seeded    atomic.Int64  // processes seeded at start
@@ -160,10 +161,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		return <-srcDone
 	}
 
-	if err := a.seed(); err != nil {
+	procs, err := a.seed()
+	if err != nil {
 		stopSource()
 		return err
 	}
+	if a.cfg.Rules.Enabled {
+		host := a.cfg.ID
+		if a.ship != nil {
+			host = a.ship.AgentID()
+		}
+		if a.rules, err = a.startRules(ctx, host, events); err != nil {
+			stopSource()
+			return fmt.Errorf("agent: rules: %w", err)
+		}
+		if err := a.rules.eng.Seed(procs); err != nil {
+			a.log.Warn("rule window seed", "err", err)
+		}
+	}
+	procs = nil // the table is in the store now
 	sock, err := a.listenSocket()
 	if err != nil {
 		stopSource()
@@ -179,6 +195,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.ship != nil {
 		g.Go(func() error { return a.reportHealth(gctx) })
+	}
+	if a.rules != nil {
+		g.Go(func() error { return a.rules.run(gctx, a.log) })
 	}
 	g.Go(func() error { return a.pipeline(gctx, events, stopSource) })
 	g.Go(func() error { return a.serveSocket(gctx, sock) })
@@ -204,20 +223,20 @@ func (a *Agent) close() {
 	os.Remove(filepath.Join(a.cfg.DataDir, SocketName))
 }
 
-func (a *Agent) seed() error {
+func (a *Agent) seed() ([]capture.Process, error) {
 	start := time.Now()
 	procs, err := capture.SeedOptions(sourceOptions(a.cfg))
 	if err != nil {
-		return fmt.Errorf("agent: seed process table: %w", err)
+		return nil, fmt.Errorf("agent: seed process table: %w", err)
 	}
 	if err := a.store.Seed(procs); err != nil {
-		return fmt.Errorf("agent: seed process table: %w", err)
+		return nil, fmt.Errorf("agent: seed process table: %w", err)
 	}
 	d := time.Since(start)
 	a.seeded.Store(int64(len(procs)))
 	a.seedTime.Store(int64(d))
 	a.log.Info("process table seeded", "processes", len(procs), "took", d.Round(time.Millisecond), "source", a.src.Name())
-	return nil
+	return procs, nil
 }
 
 // traceFlushDelay is the longest a trace event waits in the pipeline
@@ -250,13 +269,16 @@ func (a *Agent) pipeline(ctx context.Context, events chan capture.Event, stopSou
 			if a.ship != nil {
 				a.ship.Kick()
 			}
+			if a.rules != nil {
+				a.rules.offer(batch)
+			}
 		}
 		batch = batch[:0]
 	}
 	add := func(ev capture.Event) {
 		// Trace events passed their trace's own caps in capture; dropping
 		// one here would leave a gap in its TraceSeq.
-		if ev.TraceID == "" && ev.Kind != capture.KindExit && ev.Kind != capture.KindClose && !lim.Allow() {
+		if ev.TraceID == "" && ev.Kind != capture.KindExit && ev.Kind != capture.KindClose && ev.Kind != capture.KindAlert && !lim.Allow() {
 			a.rateLost.Add(1)
 			return
 		}

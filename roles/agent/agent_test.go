@@ -14,6 +14,7 @@ import (
 
 	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/internal/testnet"
 	"github.com/evilbitlabs/daemoneye/privacy"
 )
 
@@ -210,11 +211,11 @@ func testAgentRecordsLineage(t *testing.T, mode string) {
 }
 
 func mounts(t *testing.T) string {
-	b, err := os.ReadFile("/proc/1/mountinfo")
+	m, err := testnet.HostMounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return m
 }
 
 // listings names the entries of the shared scratch directories.

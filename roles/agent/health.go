@@ -79,7 +79,7 @@ func hostAddresses(scope string) ([]string, error) {
 		return interfaceAddrs()
 	}
 	var (
-		out []string
+		out  []string
 		ferr error
 	)
 	err = inNetns(sc.Path, func() error {

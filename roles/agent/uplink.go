@@ -130,12 +130,32 @@ func u64(b []byte) uint64 {
 
 func be(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 
+// shipLanes are the lanes the shipper fills, each with the WAL metadata
+// key of its cursor (the last event seq shipped on it). Trace and alert
+// events go in their own batches ahead of the baseline.
+var shipLanes = []struct {
+	lane   uint8
+	cursor string
+}{{wal.LaneTrace, "trace_cursor"}, {wal.LaneAlert, "alert_cursor"}, {wal.LaneBulk, "cursor"}}
+
+// laneOf is the lane an event travels on.
+func laneOf(ev *capture.Event) int {
+	switch {
+	case ev.TraceID != "":
+		return 0
+	case ev.Kind == capture.KindAlert:
+		return 1
+	}
+	return 2
+}
+
 // cut seals every stored event not yet shipped into batches of at most
 // batch_max_events: trace events into their own batches on the trace lane,
-// the rest on the bulk lane. The cursors (last event seq shipped, last
-// trace event seq shipped) and the batch seq are written in the same
-// atomic WAL append as each batch, so a crash never skips events, never
-// ships one twice and never reuses a batch seq.
+// agent alerts on the alert lane, the rest on the bulk lane. The cursors
+// (last event seq shipped per lane; the bulk one, "cursor", is where
+// reading resumes) and the batch seq are written in the same atomic WAL
+// append as each batch, so a crash never skips events, never ships one
+// twice and never reuses a batch seq.
 func (s *Shipper) cut() error {
 	// Events are shipped only once durable in the local store: otherwise a
 	// power loss could hand their seqs out again after the cursor moved past
@@ -144,25 +164,26 @@ func (s *Shipper) cut() error {
 		return err
 	}
 	for {
-		var meta [3]uint64 // cursor, trace_cursor, batch_seq
-		for i, k := range []string{"cursor", "trace_cursor", "batch_seq"} {
-			v, _, err := s.wal.Meta(k)
+		var cursors [3]uint64
+		for i, l := range shipLanes {
+			v, _, err := s.wal.Meta(l.cursor)
 			if err != nil {
 				return err
 			}
-			meta[i] = u64(v)
+			cursors[i] = u64(v)
 		}
-		cursor, traceCursor, batchSeq := meta[0], meta[1], meta[2]
-		var trace, bulk []capture.Event
+		bseq, _, err := s.wal.Meta("batch_seq")
+		if err != nil {
+			return err
+		}
+		batchSeq := u64(bseq)
+		var byLane [3][]capture.Event
 		var last uint64
 		n := 0
-		if err := s.st.EventsBySeq(cursor+1, func(ev capture.Event) bool {
+		if err := s.st.EventsBySeq(cursors[2]+1, func(ev capture.Event) bool {
 			last = ev.Seq
-			switch {
-			case ev.TraceID == "":
-				bulk = append(bulk, ev)
-			case ev.Seq > traceCursor: // not shipped before a crash
-				trace = append(trace, ev)
+			if l := laneOf(&ev); ev.Seq > cursors[l] { // not shipped before a crash
+				byLane[l] = append(byLane[l], ev)
 			}
 			n++
 			return n < s.cfg.Stream.BatchMaxEvents
@@ -173,22 +194,35 @@ func (s *Shipper) cut() error {
 			return nil
 		}
 		s.makeRoom()
-		if len(trace) > 0 {
-			m := map[string][]byte{"trace_cursor": be(trace[len(trace)-1].Seq), "batch_seq": be(batchSeq + 1)}
-			if len(bulk) == 0 {
-				m["cursor"] = be(last)
+		final := -1 // the last lane with a batch: its append moves the read cursor
+		for i := range byLane {
+			if len(byLane[i]) > 0 {
+				final = i
 			}
-			if err := s.queue(wal.LaneTrace, batchSeq+1, trace, m); err != nil {
-				return err
+		}
+		queued := false
+		for i, l := range shipLanes {
+			evs := byLane[i]
+			if len(evs) == 0 {
+				continue
 			}
 			batchSeq++
-		}
-		if len(bulk) > 0 {
-			if err := s.queue(wal.LaneBulk, batchSeq+1, bulk, map[string][]byte{"cursor": be(last), "batch_seq": be(batchSeq + 1)}); err != nil {
+			m := map[string][]byte{l.cursor: be(evs[len(evs)-1].Seq), "batch_seq": be(batchSeq)}
+			if i == final {
+				m["cursor"] = be(last) // reading resumes after everything read here
+			} else {
+				// Another lane's batch still has to be queued: reading
+				// resumes where it started if we stop in between (the
+				// lane cursors skip what was queued).
+				m["cursor"] = be(cursors[2])
+			}
+			if err := s.queue(l.lane, batchSeq, evs, m); err != nil {
 				return err
 			}
-		} else if len(trace) == 0 {
-			// Only trace events shipped before a crash: move past them.
+			queued = true
+		}
+		if !queued {
+			// Only events shipped before a crash: move past them.
 			if err := s.wal.SetMeta("cursor", be(last)); err != nil {
 				return err
 			}

@@ -46,6 +46,8 @@ type Center struct {
 	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
 	API      *API           // nil when center.api.listen is empty
 	Rules    *rules.Engine
+	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
+	rec      *rules.SQLRecorder // alerts table; nil until Run starts the rules
 	ingestQ  chan *wire.Batch
 	stopping chan struct{} // closed when Run's context ends
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/rules"
@@ -50,6 +51,7 @@ func (c *Center) startRules(ctx context.Context) (*rules.Engine, func(), error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("rules: %w", err)
 	}
+	c.packs, c.rec = packs, rec
 	eng, err := rules.NewEngine(ctx, rules.EngineOptions{
 		DB: c.SQL.ReadOnly(), Target: rules.Center, Recorder: rec, Log: c.log,
 		OnAlert: c.onAlert,
@@ -67,6 +69,61 @@ func (c *Center) startRules(ctx context.Context) (*rules.Engine, func(), error) 
 		}
 	}
 	return eng, func() { rec.Close() }, nil
+}
+
+// agentAlerts records the alerts agents raised themselves (their rules
+// ran on their own events) in the alerts table, deduplicated with the
+// center's own matches of the same rule and process, and gives the fresh
+// ones the same treatment as the center's: ledger, and the rule's trace
+// request under the center's policy. What a rule asks for comes from the
+// center's copy of the pack, never from the agent's event.
+func (c *Center) agentAlerts(ctx context.Context, host string, evs []capture.Event) {
+	if c.rec == nil {
+		return
+	}
+	for _, ev := range evs {
+		if ev.Kind != capture.KindAlert || ev.Alert == nil {
+			continue
+		}
+		ra := ev.Alert
+		rule, pack, ok := c.findRule(ra.RuleID)
+		if !ok {
+			c.log.Warn("agent alert for a rule the center does not have", "agent", host, "rule", ra.RuleID)
+			continue
+		}
+		a := rules.Alert{RuleID: rule.ID, Pack: pack, Title: rule.Title, Severity: rule.Severity, Technique: rule.Attack,
+			Process: rules.ProcessKey{Host: host, PID: ev.Proc.PID, Start: ev.Proc.Start}, Time: ev.Time}
+		if ra.Context != "" {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(ra.Context), &m); err == nil {
+				m["raised_by"] = "agent"
+				a.Context = m
+			}
+		}
+		if t := rule.Action.Trace; t != nil {
+			a.Trace = &rules.TraceRequest{Depth: t.Depth, Duration: t.Duration, Collect: t.Collect, InitiatedBy: ruleInitiatorPref + rule.ID}
+		}
+		fresh, err := c.rec.Record(ctx, rules.Run{RuleID: "agent:" + rule.ID, Pack: pack, At: time.Now(), Matched: 1, Alerts: []rules.Alert{a}})
+		if err != nil {
+			c.log.Error("record agent alert", "agent", host, "rule", ra.RuleID, "err", err)
+			continue
+		}
+		for _, f := range fresh {
+			c.onAlert(f)
+		}
+	}
+}
+
+// findRule finds a rule by id in the center's packs.
+func (c *Center) findRule(id string) (rules.Rule, string, bool) {
+	for _, p := range c.packs {
+		for _, r := range p.Rules {
+			if r.ID == id {
+				return r, p.Name, true
+			}
+		}
+	}
+	return rules.Rule{}, "", false
 }
 
 func (c *Center) onAlert(a rules.Alert) {

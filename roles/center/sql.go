@@ -35,6 +35,7 @@ func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
 			if err := c.traceEvents(ctx, b); err != nil {
 				c.log.Error("trace events of a batch", "agent", b.AgentID, "seq", b.Seq, "err", err)
 			}
+			c.agentAlerts(ctx, b.AgentID, b.Events)
 			if c.Rules != nil {
 				c.Rules.Poke()
 			}

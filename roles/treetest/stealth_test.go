@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/internal/testnet"
 	"github.com/evilbitlabs/daemoneye/roles/center"
 )
 
@@ -144,11 +145,11 @@ var scratchDirs = []string{"/tmp", "/var/tmp", "/dev/shm", "/run", "/sys/fs/bpf"
 
 func inspectHost(t *testing.T, ignore func(dir, name string) bool) hostView {
 	t.Helper()
-	mi, err := os.ReadFile("/proc/1/mountinfo")
+	mi, err := testnet.HostMounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := hostView{mounts: string(mi), files: map[string][]string{}}
+	v := hostView{mounts: mi, files: map[string][]string{}}
 	for _, d := range scratchDirs {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
