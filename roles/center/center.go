@@ -143,25 +143,9 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		Listen: cfg.Listen,
 		TLS:    id.ServerTLS(pki.RoleAgent, pki.RoleProxy),
 		OnBatch: func(_ *transport.Child, lane wire.Lane, info wire.Info, sealed []byte) transport.Verdict {
-			agentID, seq := info.AgentID, info.Seq
-			// Verify concurrently (the costly part); the server awaits
-			// verdicts in lane order, so batches are committed in order.
-			type verified struct {
-				b    *wire.Batch
-				nack *wire.Nack
-			}
-			done := make(chan verified, 1)
-			go func() {
-				b, nack := c.Ingest.Verify(lane, agentID, seq, sealed)
-				done <- verified{b, nack}
-			}()
-			return func() *wire.Nack {
-				v := <-done
-				if v.nack != nil {
-					return v.nack
-				}
-				return c.Ingest.Commit(lane, v.b, sealed)
-			}
+			// Verified off the server's goroutine (bulk through a CPU gate,
+			// trace first); verdicts are awaited in lane order.
+			return c.Ingest.Submit(lane, info.AgentID, info.Seq, sealed)
 		},
 		OnControl: c.onControl,
 		OnChange: func() {

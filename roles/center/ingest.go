@@ -29,6 +29,11 @@ type Ingest struct {
 	onStored func(b *wire.Batch, lane wire.Lane)
 	toSQL    func(b *wire.Batch) // hands a durable batch to the SQL ingester
 
+	gateOnce sync.Once
+	gate     *cpuGate // bounds bulk verifications running at once (Submit)
+	urgentMu sync.Mutex
+	urgentQ  []*wire.Batch // trace and alert batches waiting for the SQL ingester
+
 	locks    sync.Map // agent id -> *sync.Mutex: one batch of an agent at a time
 	stored   atomic.Uint64
 	events   atomic.Uint64
@@ -108,6 +113,34 @@ func (in *Ingest) Verify(lane wire.Lane, agentID string, seq uint64, sealed []by
 // Commit stores a verified batch unless (agent, seq) is already stored, in
 // which case it answers "replay" and stores nothing.
 func (in *Ingest) Commit(lane wire.Lane, b *wire.Batch, sealed []byte) *wire.Nack {
+	if nack := in.store(lane, b, sealed); nack != nil {
+		return nack
+	}
+	in.stored.Add(1)
+	in.events.Add(uint64(len(b.Events)))
+	in.hookMu.Lock()
+	fn := in.onStored
+	in.hookMu.Unlock()
+	if fn != nil {
+		fn(b, lane)
+	}
+	if in.toSQL != nil {
+		if lane == wire.LaneBulk {
+			// Blocks while the SQL ingester is behind: backpressure.
+			in.toSQL(b)
+		} else {
+			in.urgentToSQL(b)
+		}
+	}
+	return nil
+}
+
+// store writes the batch durably under the agent's lock, so that the same
+// (agent, seq) arriving twice at once (a replay through another path) is
+// stored and handed on once. The hand-off to SQL happens outside the lock:
+// a trace batch of an agent must not wait while a bulk batch of the same
+// agent waits for room in the SQL queue.
+func (in *Ingest) store(lane wire.Lane, b *wire.Batch, sealed []byte) *wire.Nack {
 	mu, _ := in.locks.LoadOrStore(b.AgentID, new(sync.Mutex))
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
@@ -122,18 +155,38 @@ func (in *Ingest) Commit(lane wire.Lane, b *wire.Batch, sealed []byte) *wire.Nac
 	if err := in.db.Set(key, sealed, pebble.Sync); err != nil {
 		return &wire.Nack{Lane: lane, AgentID: b.AgentID, Seq: b.Seq, Code: wire.NackOverWatermark, Reason: "store: " + err.Error()}
 	}
-	in.stored.Add(1)
-	in.events.Add(uint64(len(b.Events)))
-	if in.toSQL != nil {
-		in.toSQL(b)
-	}
-	in.hookMu.Lock()
-	fn := in.onStored
-	in.hookMu.Unlock()
-	if fn != nil {
-		fn(b, lane)
-	}
 	return nil
+}
+
+// urgentToSQL hands a trace or alert batch to the SQL ingester without
+// making its lane wait: when the SQL queue is full of bulk, the batch waits
+// in urgentQ, forwarded in order by one goroutine that lives while urgentQ
+// is not empty (toSQL gives up when the center stops; the next start
+// reconciles from the batch store).
+func (in *Ingest) urgentToSQL(b *wire.Batch) {
+	in.urgentMu.Lock()
+	in.urgentQ = append(in.urgentQ, b)
+	start := len(in.urgentQ) == 1
+	in.urgentMu.Unlock()
+	if !start {
+		return // the forwarder running now takes it
+	}
+	go func() {
+		for {
+			in.urgentMu.Lock()
+			next := in.urgentQ[0]
+			in.urgentMu.Unlock()
+			in.toSQL(next)
+			in.urgentMu.Lock()
+			in.urgentQ[0] = nil
+			in.urgentQ = in.urgentQ[1:]
+			empty := len(in.urgentQ) == 0
+			in.urgentMu.Unlock()
+			if empty {
+				return
+			}
+		}
+	}()
 }
 
 // SetOnStored sets what is called after each batch is durable (the SQL store,

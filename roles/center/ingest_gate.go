@@ -1,0 +1,87 @@
+package center
+
+import (
+	"runtime"
+	"sync"
+
+	"github.com/evilbitlabs/daemoneye/transport"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
+)
+
+// cpuGate bounds how many bulk verifications run at once. Verification is
+// the center's most CPU-hungry step per batch (signature, decompression,
+// decoding a 2000-event batch takes milliseconds), and the server hands
+// batches over as fast as children send them: one goroutine per batch, all
+// runnable at once under a saturated bulk lane, put a trace batch's every
+// step (its read from QUIC, its verification, its commit) at the back of a
+// run queue many milliseconds long. Trace and alert batches do not take a
+// slot: they are small and rare, and must never wait behind bulk. Waiting
+// bulk batches are parked, not runnable, so they cost no CPU.
+type cpuGate struct {
+	mu    sync.Mutex
+	free  int
+	queue []chan struct{} // bulk verifications waiting, oldest first
+}
+
+// newCPUGate lets one bulk verification fewer run than there are
+// processors (at least one), so that one processor is usually left for
+// urgent work and for the rest of the pipeline.
+func newCPUGate() *cpuGate {
+	return &cpuGate{free: max(1, runtime.GOMAXPROCS(0)-1)}
+}
+
+// acquire waits for a slot.
+func (g *cpuGate) acquire() {
+	g.mu.Lock()
+	if g.free > 0 {
+		g.free--
+		g.mu.Unlock()
+		return
+	}
+	c := make(chan struct{})
+	g.queue = append(g.queue, c)
+	g.mu.Unlock()
+	<-c
+}
+
+// release hands the slot to the oldest waiter, or frees it.
+func (g *cpuGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.queue) > 0 {
+		c := g.queue[0]
+		g.queue[0] = nil
+		g.queue = g.queue[1:]
+		close(c)
+		return
+	}
+	g.free++
+}
+
+// Submit verifies a batch off the caller's goroutine (bulk through the CPU
+// gate, trace and alert at once) and returns the verdict that commits it.
+// The server awaits verdicts in lane order, so each lane is committed in
+// the order it was received.
+func (in *Ingest) Submit(lane wire.Lane, agentID string, seq uint64, sealed []byte) transport.Verdict {
+	type verified struct {
+		b    *wire.Batch
+		nack *wire.Nack
+	}
+	done := make(chan verified, 1)
+	go func() {
+		if lane == wire.LaneBulk {
+			in.gateOnce.Do(func() { in.gate = newCPUGate() })
+			in.gate.acquire()
+			defer in.gate.release()
+		}
+		b, nack := in.Verify(lane, agentID, seq, sealed)
+		done <- verified{b, nack}
+	}()
+	return func() *wire.Nack {
+		v := <-done
+		if v.nack != nil {
+			return v.nack
+		}
+		return in.Commit(lane, v.b, sealed)
+	}
+}
