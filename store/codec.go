@@ -32,10 +32,15 @@ const (
 
 func init() {
 	var err error
-	encMode, err = cbor.EncOptions{
-		String: cbor.StringToByteString,
-		Sort:   cbor.SortNone, // field order is fixed by the struct; no map sorting needed
-	}.UserBufferEncMode()
+	// Core deterministic encoding, as transport/wire encodes events: a
+	// stored event is then byte for byte its Merkle leaf (wire.EncodeEvent),
+	// and the shipper seals stored bytes without decoding and encoding them
+	// again. Our values are structs with integer keys in ascending order, so
+	// this costs nothing over SortNone (the sorted field order is cached per
+	// type) and writes the same bytes the older SortNone mode did.
+	eo := cbor.CoreDetEncOptions()
+	eo.String = cbor.StringToByteString
+	encMode, err = eo.UserBufferEncMode()
 	if err != nil {
 		panic(fmt.Sprintf("store: cbor enc mode: %v", err)) // static options; cannot fail at run time
 	}

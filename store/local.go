@@ -618,6 +618,67 @@ func (l *Local) EventsBySeq(from uint64, fn func(capture.Event) bool) error {
 	return nil
 }
 
+// RawEvent is a stored event as stored. Its encoding is the event's
+// canonical CBOR, the bytes transport/wire's EncodeEvent makes of it (the
+// Merkle leaf a shipper seals), and beside it the fields a shipper cuts
+// batches by.
+type RawEvent struct {
+	Seq     uint64
+	Time    int64
+	TraceID string
+	// CBOR is valid only until fn returns: copy what you keep.
+	CBOR []byte
+}
+
+// eventHead is what RawEventsBySeq decodes of an event; the decoder skips
+// the other fields without building them.
+type eventHead struct {
+	Time    int64  `cbor:"2,keyasint"`
+	TraceID string `cbor:"11,keyasint,omitempty"`
+}
+
+// RawEventsBySeq is EventsBySeq without decoding each event: it hands fn
+// the stored encoding and the event's time and trace id.
+func (l *Local) RawEventsBySeq(from uint64, fn func(RawEvent) bool) error {
+	if err := l.enter(false); err != nil {
+		return err
+	}
+	defer l.leave()
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: []byte{spaceEvent + 1}})
+	if err != nil {
+		return fmt.Errorf("events by seq: %w", err)
+	}
+	for it.First(); it.Valid(); it.Next() {
+		seq, ok := seqOfEventKey(it.Key())
+		if !ok {
+			it.Close()
+			return fmt.Errorf("events by seq: malformed key %x", it.Key())
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("events by seq: %w", err)
+		}
+		var h eventHead
+		if len(v) > maxValueBytes {
+			err = fmt.Errorf("value of %d bytes exceeds %d", len(v), maxValueBytes)
+		} else {
+			err = decMode.Unmarshal(v, &h)
+		}
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("seq %d: decode event: %w", seq, err)
+		}
+		if !fn(RawEvent{Seq: seq, Time: h.Time, TraceID: h.TraceID, CBOR: v}) {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("events by seq: %w", err)
+	}
+	return nil
+}
+
 // EventsByTime calls fn for each stored event with from <= Time < to, in
 // time order (seq order among equal times), until fn returns false. A zero
 // from or to leaves that end open. fn must not call Close.
