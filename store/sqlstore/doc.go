@@ -5,8 +5,12 @@
 // Place in the data flow: the center's ingest verifies a sealed batch, dedups
 // it by (agent_id, seq) and writes it durably to its Pebble batch store; then
 // IngestBatch turns the batch into rows here, in one transaction: one row per
-// event (process_events, network_events, ...), the process table (processes)
-// that answers lineage questions, and the host's last_seen. SQL rules, the
+// event (process_events, network_events, file_events, exe_hashes,
+// trace_notes, ...; trace events with their trace_id and trace_seq), the
+// process table (processes) that answers lineage questions, cross-host links
+// of traced connects (links.go), and the host's last_seen. TraceEvents and
+// TraceBatches read a trace back across hosts, for `daemoneye trace show`,
+// the UI and the forensic export. SQL rules, the
 // hunt UI and ad-hoc analyst queries read from here, the last through the
 // separately opened read-only connection pool (ReadOnly, Query).
 //
@@ -22,7 +26,9 @@
 // trade here because every batch is already durable in the center's Pebble
 // batch store before IngestBatch runs: the center re-ingests what HasBatch
 // says is missing, and IngestBatch is idempotent (a batch is recorded in the
-// batches table in the same transaction as its rows).
+// batches table in the same transaction as its rows). For the same reason
+// the ingest does not wait for checkpoints: a goroutine on its own
+// connection copies the WAL back into the database file (checkpoint.go).
 //
 // Encodings, chosen for SQL users: times are INTEGER Unix nanoseconds; a
 // process start is clock ticks since boot (capture.ProcKey.Start); uint64

@@ -283,6 +283,7 @@ func (s *Store) IngestBatch(ctx context.Context, b *wire.Batch) error {
 	if err := s.ingest(ctx, b); err != nil {
 		return fmt.Errorf("sqlstore: ingest %s/%d: %w", b.AgentID, b.Seq, err)
 	}
+	s.ckpt.poke()
 	return nil
 }
 

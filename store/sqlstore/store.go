@@ -41,6 +41,7 @@ type Store struct {
 	now  func() time.Time
 
 	wmu      sync.Mutex
+	ckpt     *checkpointer
 	stmts    *ingestStmts
 	reads    readStmts
 	closeErr error
@@ -59,6 +60,7 @@ var writerPragmas = []string{
 	"cache_size(-65536)",
 	"temp_store(MEMORY)",
 	"journal_size_limit(67108864)",
+	"wal_autocheckpoint(16384)", // walBackstopPages: the checkpointer goroutine does it (checkpoint.go)
 }
 
 // Open opens (creating if needed) the database at path and migrates it to
@@ -120,6 +122,13 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 		s.db.Close()
 		return nil, fmt.Errorf("sqlstore: open %s: %w", abs, err)
 	}
+	if s.ckpt, err = startCheckpointer(abs, s.log); err != nil {
+		s.reads.close()
+		s.ro.Close()
+		s.stmts.close()
+		s.db.Close()
+		return nil, fmt.Errorf("sqlstore: open %s: %w", abs, err)
+	}
 	return s, nil
 }
 
@@ -166,6 +175,9 @@ func (s *Store) Close() error {
 		s.reads.close()
 		if s.ro != nil {
 			errs = append(errs, s.ro.Close())
+		}
+		if s.ckpt != nil {
+			errs = append(errs, s.ckpt.close())
 		}
 		if s.stmts != nil {
 			s.stmts.close()
