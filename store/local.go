@@ -625,6 +625,7 @@ func (l *Local) EventsBySeq(from uint64, fn func(capture.Event) bool) error {
 type RawEvent struct {
 	Seq     uint64
 	Time    int64
+	Kind    capture.Kind
 	TraceID string
 	// CBOR is valid only until fn returns: copy what you keep.
 	CBOR []byte
@@ -633,8 +634,9 @@ type RawEvent struct {
 // eventHead is what RawEventsBySeq decodes of an event; the decoder skips
 // the other fields without building them.
 type eventHead struct {
-	Time    int64  `cbor:"2,keyasint"`
-	TraceID string `cbor:"11,keyasint,omitempty"`
+	Time    int64        `cbor:"2,keyasint"`
+	Kind    capture.Kind `cbor:"3,keyasint"`
+	TraceID string       `cbor:"11,keyasint,omitempty"`
 }
 
 // RawEventsBySeq is EventsBySeq without decoding each event: it hands fn
@@ -669,7 +671,7 @@ func (l *Local) RawEventsBySeq(from uint64, fn func(RawEvent) bool) error {
 			it.Close()
 			return fmt.Errorf("seq %d: decode event: %w", seq, err)
 		}
-		if !fn(RawEvent{Seq: seq, Time: h.Time, TraceID: h.TraceID, CBOR: v}) {
+		if !fn(RawEvent{Seq: seq, Time: h.Time, Kind: h.Kind, TraceID: h.TraceID, CBOR: v}) {
 			break
 		}
 	}

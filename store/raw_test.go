@@ -54,8 +54,8 @@ func TestStoredEventIsCanonical(t *testing.T) {
 		if old, _ := sortNone.Marshal(&ev); !bytes.Equal(old, want) {
 			t.Fatalf("event %d: the older SortNone encoding differs from the canonical one", i)
 		}
-		if r.Seq != ev.Seq || r.Time != ev.Time || r.TraceID != ev.TraceID {
-			t.Fatalf("event %d: read seq %d time %d trace %q, want %d %d %q", i, r.Seq, r.Time, r.TraceID, ev.Seq, ev.Time, ev.TraceID)
+		if r.Seq != ev.Seq || r.Time != ev.Time || r.Kind != ev.Kind || r.TraceID != ev.TraceID {
+			t.Fatalf("event %d: read seq %d time %d kind %v trace %q, want %d %d %v %q", i, r.Seq, r.Time, r.Kind, r.TraceID, ev.Seq, ev.Time, ev.Kind, ev.TraceID)
 		}
 		i++
 		return true
