@@ -311,7 +311,9 @@ func printTrace(w io.Writer, t traceView, targets []map[string]any, events []tra
 		fmt.Fprintf(w, "  stopped   %s\n", privacy.Safe(*t.StopReason))
 	}
 	for _, tg := range targets {
-		fmt.Fprintf(w, "  target    %v pid %v@%v (%v)\n", tg["host"], tg["pid"], tg["start"], tg["state"])
+		pid, _ := num(tg["pid"])
+		start, _ := num(tg["start"])
+		fmt.Fprintf(w, "  target    %v pid %d@%d (%v)\n", tg["host"], pid, start, tg["state"])
 	}
 
 	// Lineage: processes seen in the trace, under their parents.
@@ -330,7 +332,7 @@ func printTrace(w io.Writer, t traceView, targets []map[string]any, events []tra
 		k := pkey{e.Host, uint64(e.PID), e.Start}
 		p := procs[k]
 		if p == nil {
-			p = &proc{key: k, label: e.Comm}
+			p = &proc{key: k}
 			procs[k] = p
 			order = append(order, k)
 		}
@@ -339,6 +341,9 @@ func printTrace(w io.Writer, t traceView, targets []map[string]any, events []tra
 				ps, _ := num(e.Detail["pstart"])
 				p.parent = &pkey{e.Host, pp, ps}
 			}
+		}
+		if p.label == "" && e.Comm != "" {
+			p.label = e.Comm
 		}
 		if e.Kind == "exec" {
 			if exe, ok := e.Detail["exe"].(string); ok && exe != "" {

@@ -469,20 +469,20 @@ read done
 	})
 
 	t.Run("cli", func(t *testing.T) {
-		dir := filepath.Join(tr.Dir, "alice")
+		certDir := filepath.Join(tr.Dir, "alice")
 		certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: alice.cert.Certificate[0]})
 		keyPEM, err := pki.EncodeKey(alice.cert.PrivateKey.(ed25519.PrivateKey))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := pki.WriteKeyPair(dir, "alice", certPEM, keyPEM); err != nil {
+		if err := pki.WriteKeyPair(certDir, "alice", certPEM, keyPEM); err != nil {
 			t.Fatal(err)
 		}
 		run := func(args ...string) string {
 			t.Helper()
 			var out, errb bytes.Buffer
-			args = append(append([]string{"daemoneye"}, args...), "--api", "https://"+apiAddr, "--cert", filepath.Join(dir, "alice.crt"),
-				"--key", filepath.Join(dir, "alice.key"), "--ca", filepath.Join(tr.CA.Dir(), pki.CACertFile))
+			args = append(append([]string{"daemoneye"}, args...), "--api", "https://"+apiAddr, "--cert", filepath.Join(certDir, "alice.crt"),
+				"--key", filepath.Join(certDir, "alice.key"), "--ca", filepath.Join(tr.CA.Dir(), pki.CACertFile))
 			if code := cli.Main(context.Background(), args, cli.Build{}, &out, &errb, nil); code != 0 {
 				t.Fatalf("%s: exit %d: %s", strings.Join(args[:3], " "), code, errb.String())
 			}
