@@ -170,8 +170,21 @@ type Center struct {
 	API API `yaml:"api"`
 	// Rules are the SQL rule packs the center runs.
 	Rules   Rules   `yaml:"rules"`
+	Traces  Traces  `yaml:"traces"`
 	TLS     TLS     `yaml:"tls"`
 	Metrics Metrics `yaml:"metrics"`
+}
+
+// Traces configures how the center runs focused traces across hosts.
+type Traces struct {
+	// AutoFollow fans a trace out to another enrolled host as soon as a
+	// traced process connects to it and the accepting process is known
+	// (the same trace_id, rooted at the accepting process). Off: an
+	// analyst follows a link through the API.
+	AutoFollow bool `yaml:"auto_follow"`
+	// FollowDepth is the depth of a fan-out trace below the accepting
+	// process (an sshd forks twice before the shell).
+	FollowDepth int `yaml:"follow_depth"`
 }
 
 // Rules configures SQL rule packs: the built-in default pack and packs
@@ -243,6 +256,7 @@ func Default() Config {
 			DataDir: "/var/lib/daemoneye/center",
 			API:     API{Listen: "127.0.0.1:8443", TwoPersonTraces: true, QueryMaxRows: 10000, QueryTimeoutMS: 5000},
 			Rules:   Rules{Default: true, TracePolicy: "approval"},
+			Traces:  Traces{AutoFollow: true, FollowDepth: 6},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
 		},
 		Log: Log{Level: "info", Format: "text"},
@@ -272,6 +286,9 @@ func (c *Config) Validate() error {
 	}
 	if t := c.Agent.Trace; t.MaxEventsPerSec < 0 || t.AgentEventsPerSec < 0 || t.MaxDuration < 0 || t.MemSnippetBytes < 0 || t.MaxCommandAge < 0 {
 		errs = append(errs, "agent.trace: caps must not be negative")
+	}
+	if d := c.Center.Traces.FollowDepth; d < 0 || d > 64 {
+		errs = append(errs, fmt.Sprintf("center.traces.follow_depth: want 0 to 64, got %d", d))
 	}
 	switch c.Center.Rules.TracePolicy {
 	case "auto", "approval", "off":
