@@ -99,6 +99,15 @@ type Options struct {
 	ConnectRoot bool
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
+	// BeforeDaemons, when set, is called once the hosts exist and before
+	// sshd and apache2 start (Dir and the hosts are set; URL and the pids
+	// are not yet). Agents scoped to the hosts start here, so that they
+	// see the daemons start: an agent ships what it captures, not the
+	// processes it found running when it started, so the center knows a
+	// daemon's processes (apache2's worker, sshd's listener, the parents
+	// in the attack's lineage) only if the agent saw them start. An error
+	// fails Build.
+	BeforeDaemons func(*Scenario) error
 }
 
 // Scenario is one built scenario. Its fields are set by Build and must not
@@ -207,6 +216,11 @@ func Build(t testing.TB, opts Options) (s *Scenario, err error) {
 		}
 	}
 	s.log.Info("hosts ready", "net", s.Net.ID(), "web", s.Web.Addr, "db", s.DB.Addr, "attacker", s.Attacker.Addr)
+	if opts.BeforeDaemons != nil {
+		if err := opts.BeforeDaemons(s); err != nil {
+			return s, fmt.Errorf("scenario: before the daemons: %w", err)
+		}
+	}
 
 	if err := s.startSSHD(ctx); err != nil {
 		return s, fmt.Errorf("scenario: db-1 sshd: %w", err)

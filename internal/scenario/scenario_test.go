@@ -428,3 +428,41 @@ func TestScenarioCleanupOnFailure(t *testing.T) {
 		checkGone(t, st)
 	})
 }
+
+// BeforeDaemons runs with the hosts made and no daemon started yet; an
+// error from it fails Build, which removes what it made.
+func TestScenarioBeforeDaemons(t *testing.T) {
+	needScenario(t)
+	var seen struct {
+		web, db  string
+		apache   int
+		nsExists bool
+	}
+	s := build(t, Options{BeforeDaemons: func(s *Scenario) error {
+		seen.web, seen.db, seen.apache = s.Web.Name, s.DB.Name, s.ApachePID+s.SSHDPID
+		_, err := os.Stat(s.Web.NamespacePath())
+		seen.nsExists = err == nil
+		return nil
+	}})
+	if seen.web != WebHost || seen.db != DBHost || !seen.nsExists || seen.apache != 0 {
+		t.Errorf("BeforeDaemons saw hosts %q %q (namespace there: %v), daemon pids sum %d; want %s %s, the namespace, no daemons",
+			seen.web, seen.db, seen.nsExists, seen.apache, WebHost, DBHost)
+	}
+	if s.ApachePID == 0 || s.SSHDPID == 0 {
+		t.Error("the daemons did not start after BeforeDaemons")
+	}
+
+	var ns, dir string
+	_, err := Build(nil, Options{BeforeDaemons: func(s *Scenario) error {
+		ns, dir = s.Web.NamespacePath(), s.Dir
+		return errors.New("refused on purpose")
+	}})
+	if err == nil || !strings.Contains(err.Error(), "refused on purpose") {
+		t.Fatalf("Build with a failing BeforeDaemons = %v, want its error", err)
+	}
+	for _, p := range []string{ns, dir} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after a failed Build (%v)", p, err)
+		}
+	}
+}
