@@ -329,9 +329,19 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 	}
 	var connects, accepts []int // events that may start or close a cross-host link
 	row := make([]any, 0, 40)
+	var img image
 	for i := range b.Events {
 		ev := &b.Events[i]
-		t, r, err := eventRow(row[:0], host, seq, i, ev)
+		// An exec's argv goes into process_events and processes alike:
+		// encode it once.
+		var imgp *image
+		if ev.Kind == capture.KindExec && ev.Exec != nil {
+			if img, err = imageOf(ev.Exec); err != nil {
+				return fmt.Errorf("event %d: %w", i, err)
+			}
+			imgp = &img
+		}
+		t, r, err := eventRow(row[:0], host, seq, i, ev, imgp)
 		if err != nil {
 			return fmt.Errorf("event %d: %w", i, err)
 		}
@@ -346,7 +356,7 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 		}
 		switch ev.Kind {
 		case capture.KindFork, capture.KindExec, capture.KindExit:
-			if err := pt.apply(ev); err != nil {
+			if err := pt.apply(ev, imgp); err != nil {
 				return fmt.Errorf("event %d: process table: %w", i, err)
 			}
 		case capture.KindConnect:
@@ -494,11 +504,12 @@ func hexBlob(s string) any {
 	return b
 }
 
-// eventRow appends the row of ev for its table (tableOf) to args.
-func eventRow(args []any, host string, batchSeq int64, idx int, ev *capture.Event) (evTable, []any, error) {
+// eventRow appends the row of ev for its table (tableOf) to args. img is
+// the image of ev.Exec if the caller made it (else nil).
+func eventRow(args []any, host string, batchSeq int64, idx int, ev *capture.Event, img *image) (evTable, []any, error) {
 	switch t := tableOf(ev); t {
 	case tProcEvents:
-		a, err := procEventArgs(args, host, batchSeq, idx, ev)
+		a, err := procEventArgs(args, host, batchSeq, idx, ev, img)
 		return t, a, err
 	case tNetEvents:
 		return t, netEventArgs(args, host, batchSeq, idx, ev), nil
@@ -535,13 +546,16 @@ func appendTrace(args []any, ev *capture.Event) []any {
 		nullInt(ev.TraceID != "" || ev.TraceSeq != 0, int64(ev.TraceSeq)))
 }
 
-func procEventArgs(args []any, host string, batchSeq int64, idx int, ev *capture.Event) ([]any, error) {
+func procEventArgs(args []any, host string, batchSeq int64, idx int, ev *capture.Event, img *image) ([]any, error) {
 	args = head(args, host, batchSeq, idx, ev, ev.Kind.String())
 	var env any
 	if x := ev.Exec; x != nil {
-		argv, err := EncodeArgv(x.Argv)
-		if err != nil {
-			return nil, err
+		if img == nil {
+			i, err := imageOf(x)
+			if err != nil {
+				return nil, err
+			}
+			img = &i
 		}
 		e, err := EncodeArgv(x.Env)
 		if err != nil {
@@ -549,7 +563,7 @@ func procEventArgs(args []any, host string, batchSeq int64, idx int, ev *capture
 		}
 		env = nullStr(e != "", e)
 		args = append(args, int64(x.UID), int64(x.GID), int64(x.EUID), int64(x.EGID), x.Exe,
-			nullStr(argv != "", argv), Cmdline(x.Argv), b2i(x.ArgvTruncated), x.Cwd, x.TTY,
+			nullStr(img.argv != "", img.argv), img.cmdline, b2i(x.ArgvTruncated), x.Cwd, x.TTY,
 			int64(x.CgroupID), int64(x.PidNS), int64(x.NetNS), int64(x.MntNS))
 	} else {
 		args = append(args, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil)
@@ -694,7 +708,7 @@ func refileRawEvents(ctx context.Context, tx *sql.Tx) error {
 		return fmt.Errorf("refile raw events: %w", err)
 	}
 	for _, r := range all {
-		t, args, err := eventRow(nil, r.host, r.batchSeq, int(r.idx), &r.ev)
+		t, args, err := eventRow(nil, r.host, r.batchSeq, int(r.idx), &r.ev, nil)
 		if err != nil {
 			return fmt.Errorf("refile raw event %d: %w", r.id, err)
 		}

@@ -162,9 +162,11 @@ func (t *procTx) preload(load *sql.Stmt, events []capture.Event) error {
 	}
 	for i := range events {
 		switch events[i].Kind {
-		case capture.KindFork, capture.KindExec, capture.KindExit:
+		case capture.KindFork:
 			want(events[i].Proc)
-			want(events[i].Parent)
+			want(events[i].Parent) // a fork copies its parent's image
+		case capture.KindExec, capture.KindExit:
+			want(events[i].Proc) // the parent is only named, not read
 		}
 	}
 	args := make([]any, 0, 1+2*bulkRows)
@@ -258,7 +260,10 @@ func (t *procTx) resolveParent(k capture.ProcKey) (capture.ProcKey, error) {
 // rules it fills gaps a late fork can close (start time, the parent's
 // image for a process never seen to exec) and marks exec events from the
 // agent's /proc seed as seeded.
-func (t *procTx) apply(ev *capture.Event) error {
+//
+// img is the image of an exec event when the caller has it already (nil:
+// made here).
+func (t *procTx) apply(ev *capture.Event, img *image) error {
 	parent, err := t.resolveParent(ev.Parent)
 	if err != nil {
 		return err
@@ -308,11 +313,14 @@ func (t *procTx) apply(ev *capture.Event) error {
 			p = t.create(procRow{key: ev.Proc, startTime: ev.Time})
 		}
 		if ev.Exec != nil {
-			img, err := imageOf(ev.Exec)
-			if err != nil {
-				return err
+			if img == nil {
+				i, err := imageOf(ev.Exec)
+				if err != nil {
+					return err
+				}
+				img = &i
 			}
-			p.img = img
+			p.img = *img
 		}
 		if ev.Comm != "" {
 			p.comm = ev.Comm
