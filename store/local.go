@@ -293,11 +293,13 @@ func (l *Local) load() error {
 	// Every table entry is in the live or the exited index, so these scans
 	// also find the newest start in the table. Live index keys with an exit
 	// record are exited (and in the exited index): not counted as live.
+	// The same scans fill the filter of every key in the table.
 	liveMax, exitedMax := uint64(0), uint64(0)
-	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1, isLive); err != nil {
+	all := newKeyFilter(0)
+	if l.live, liveMax, err = scanIndex(l.db, spaceLive, 1, isLive, all.add); err != nil {
 		return err
 	}
-	if l.exited, exitedMax, err = scanIndex(l.db, spaceExited, 1+8, nil); err != nil {
+	if l.exited, exitedMax, err = scanIndex(l.db, spaceExited, 1+8, nil, all.add); err != nil {
 		return err
 	}
 	liveBytes := liveCacheBytes
@@ -305,6 +307,7 @@ func (l *Local) load() error {
 		liveBytes = max(l.opts.liveCacheBytes, 0)
 	}
 	l.table = &tableMem{live: newLiveCache(liveBytes), keys: newNewKeys(max(liveMax, exitedMax), newKeysMax)}
+	l.table.keys.all = all
 	l.tx = newTableTx(l.db, l.table, l.opts.Now)
 	if !l.readOnly {
 		return l.table.live.fill(l.db)
@@ -313,16 +316,18 @@ func (l *Local) load() error {
 }
 
 // scanIndex counts the keys of a process index whose procKey starts at
-// offset (those whose value passes count, if not nil), and returns the
-// largest start among all its keys.
-func scanIndex(r pebble.Reader, space byte, offset int, count func([]byte) bool) (n int64, maxStart uint64, err error) {
+// offset (those whose value passes count, if not nil), hands each procKey
+// to each, and returns the largest start among all its keys.
+func scanIndex(r pebble.Reader, space byte, offset int, count func([]byte) bool, each func(capture.ProcKey)) (n int64, maxStart uint64, err error) {
 	it, err := r.NewIter(spaceBounds(space))
 	if err != nil {
 		return 0, 0, err
 	}
 	for it.First(); it.Valid(); it.Next() {
 		if k := it.Key(); len(k) == offset+procKeyLen {
-			maxStart = max(maxStart, getProcKey(k[offset:]).Start)
+			pk := getProcKey(k[offset:])
+			maxStart = max(maxStart, pk.Start)
+			each(pk)
 		}
 		if count != nil {
 			v, err := it.ValueAndErr()

@@ -781,6 +781,9 @@ type newKeys struct {
 	order  []capture.ProcKey // recent in the order added, a ring once full
 	next   int               // the oldest in order, once full
 	max    int
+	// all, if set, knows every key in the table, for keys at or below
+	// ceil: see keyFilter.
+	all *keyFilter
 }
 
 func newNewKeys(ceil uint64, max int) *newKeys {
@@ -789,13 +792,16 @@ func newNewKeys(ceil uint64, max int) *newKeys {
 
 func (n *newKeys) absent(k capture.ProcKey) bool {
 	if k.Start <= n.ceil {
-		return false
+		return n.all != nil && n.all.absent(k)
 	}
 	_, in := n.recent[k]
 	return !in
 }
 
 func (n *newKeys) add(k capture.ProcKey) {
+	if n.all != nil {
+		n.all.add(k)
+	}
 	if k.Start <= n.ceil {
 		return
 	}
