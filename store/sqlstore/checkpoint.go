@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"log/slog"
 	"net/url"
+	"sync"
 	"time"
 )
 
@@ -20,23 +21,32 @@ import (
 // PASSIVE checkpoints instead, at most every checkpointEvery after a
 // commit. PASSIVE never waits for a lock and never blocks the writer or
 // the readers; running it less often than every commit also copies a page
-// that several batches changed once. If it falls behind (a reader holding
-// an old snapshot keeps it from finishing), the WAL grows to the backstop
-// and the writer checkpoints inline again, as before.
+// that several batches changed once.
+//
+// The WAL file starts over (instead of growing) only at a write that finds
+// every frame copied back, which a checkpoint running beside a busy writer
+// rarely leaves behind. So once the WAL holds walRestartPages, the
+// checkpointer copies the bulk without the writer's lock, then the few
+// frames committed meanwhile with it held: the writer waits for that tail
+// only, and its next transaction rewinds the WAL. If all this falls behind
+// (a reader holding an old snapshot keeps checkpoints from finishing), the
+// WAL grows to the backstop and the writer checkpoints inline, as before.
 const (
 	checkpointEvery  = 200 * time.Millisecond
-	walBackstopPages = 16384 // 64 MiB of 4 KiB pages
+	walRestartPages  = 4096  // 16 MiB of 4 KiB pages
+	walBackstopPages = 16384 // 64 MiB
 )
 
 type checkpointer struct {
 	db     *sql.DB
+	wmu    *sync.Mutex // the Store's writer lock
 	log    *slog.Logger
 	kick   chan struct{}
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func startCheckpointer(abs string, log *slog.Logger) (*checkpointer, error) {
+func startCheckpointer(abs string, wmu *sync.Mutex, log *slog.Logger) (*checkpointer, error) {
 	q := url.Values{}
 	for _, p := range []string{"busy_timeout(5000)", "synchronous(NORMAL)"} {
 		q.Add("_pragma", p)
@@ -50,7 +60,7 @@ func startCheckpointer(abs string, log *slog.Logger) (*checkpointer, error) {
 	db.SetConnMaxIdleTime(0)
 	db.SetConnMaxLifetime(0)
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &checkpointer{db: db, log: log, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	c := &checkpointer{db: db, wmu: wmu, log: log, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go c.run(ctx)
 	return c, nil
 }
@@ -82,12 +92,24 @@ func (c *checkpointer) run(ctx context.Context) {
 			}
 		}
 		last = time.Now()
-		var busy, logFrames, done int
-		err := c.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &done)
+		logFrames, done, err := c.checkpoint(ctx)
+		if err == nil && logFrames >= walRestartPages && done < logFrames {
+			c.wmu.Lock()
+			_, _, err = c.checkpoint(ctx)
+			c.wmu.Unlock()
+		}
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("checkpoint failed", "err", err)
 		}
 	}
+}
+
+// checkpoint runs a PASSIVE checkpoint: the WAL's size in frames and how
+// many of them are now copied back.
+func (c *checkpointer) checkpoint(ctx context.Context) (logFrames, done int, err error) {
+	var busy int
+	err = c.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &done)
+	return logFrames, done, err
 }
 
 // close stops the goroutine and closes its connection. The writer, closed

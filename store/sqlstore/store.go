@@ -122,7 +122,7 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 		s.db.Close()
 		return nil, fmt.Errorf("sqlstore: open %s: %w", abs, err)
 	}
-	if s.ckpt, err = startCheckpointer(abs, s.log); err != nil {
+	if s.ckpt, err = startCheckpointer(abs, &s.wmu, s.log); err != nil {
 		s.reads.close()
 		s.ro.Close()
 		s.stmts.close()
@@ -169,15 +169,16 @@ func (s *Store) Path() string { return s.path }
 // updates the planner statistics the session's queries showed a need for.
 func (s *Store) Close() error {
 	s.closed.Do(func() {
+		var errs []error
+		// Before taking wmu: the checkpointer may be waiting for it.
+		if s.ckpt != nil {
+			errs = append(errs, s.ckpt.close())
+		}
 		s.wmu.Lock()
 		defer s.wmu.Unlock()
-		var errs []error
 		s.reads.close()
 		if s.ro != nil {
 			errs = append(errs, s.ro.Close())
-		}
-		if s.ckpt != nil {
-			errs = append(errs, s.ckpt.close())
 		}
 		if s.stmts != nil {
 			s.stmts.close()
