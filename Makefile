@@ -12,7 +12,7 @@ FUZZTIME    ?= 4s
 BENCHTIME   ?= 1x
 export CGO_ENABLED := 0
 
-.PHONY: help build test vet fuzz-smoke generate bench demo demo-clean deps-generate
+.PHONY: help build test vet fuzz-smoke generate bench demo demo-standalone demo-clean deps-generate
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,8 +46,13 @@ generate: deps-generate ## Rebuild the generated eBPF objects (needs clang; inst
 bench: build ## Run the benchmarks and print their figures (see BENCHMARKS.md).
 	bash testdata/bench/run.sh
 
-demo: build ## Run the agent standalone and show the live process tree and a lineage.
+DEMO_DIR    ?= $(CURDIR)/.demo
+
+demo: build ## As root: the web-1 -> db-1 attack end to end (alert, trace across hosts, signed package verified offline); installs what it needs.
+	$(BIN)/daemoneye demo --dir $(DEMO_DIR)
+
+demo-standalone: build ## Run the agent standalone and show the live process tree and a lineage.
 	bash testdata/demo/standalone.sh
 
-demo-clean: ## Remove what the demo made.
-	rm -rf .demo
+demo-clean: build ## Remove what the demos made (DEMO_DIR, and the hosts of demos that were killed).
+	$(BIN)/daemoneye demo --clean --dir $(DEMO_DIR)

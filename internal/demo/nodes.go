@@ -161,22 +161,26 @@ func (d *run) issue(role pki.Role, name string) (config.TLS, error) {
 		CA: d.caCert, RenewCheckMS: 60000}, nil
 }
 
-// apiListen is the API's address: the one asked for, else the CLI's
-// default port when free, else any free loopback port.
+// apiListen is the API's address, with its port resolved: the one asked
+// for (port 0: any free one), else the CLI's default port when free, else
+// any free loopback port.
 func (d *run) apiListen() (string, error) {
+	cands := []string{"127.0.0.1:8443", "127.0.0.1:0"}
 	if d.opts.APIListen != "" {
-		return d.opts.APIListen, nil
+		cands = []string{d.opts.APIListen}
 	}
-	for _, a := range []string{"127.0.0.1:8443", "127.0.0.1:0"} {
+	var lerr error
+	for _, a := range cands {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
+			lerr = err
 			continue
 		}
 		addr := l.Addr().String()
 		l.Close()
 		return addr, nil
 	}
-	return "", errors.New("demo: no free loopback port for the API")
+	return "", fmt.Errorf("demo: no address for the API: %w", lerr)
 }
 
 // startCenter starts the center with the demo's policy: rule traces start

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo (until the two-host scenario lands): run the agent standalone with
+# make demo-standalone: run the agent standalone with
 # its embedded defaults, start a small process family, and show what the agent
 # recorded: the live process tree and one lineage, arguments masked.
 set -euo pipefail
