@@ -252,7 +252,8 @@ func (d *run) attack(ctx context.Context) error {
 		return err
 	}
 	d.res.TraceID = traceID
-	d.timing("attack -> trace running on web-1", time.Since(d.attackStart))
+	traceAfter := time.Since(d.attackStart)
+	d.timing("attack -> trace running on web-1", traceAfter)
 	d.say("  %-9s trace %s started on web-1 at bash (pid %d) by rule %s; the agent confirmed it", since(), traceID, alertPID, RuleID)
 
 	// 3. The traced connect to db-1:22, a link once db-1's accept is in.
@@ -261,8 +262,9 @@ func (d *run) attack(ctx context.Context) error {
 	err = d.wait(ctx, "the link web-1 -> db-1:22 (a traced connect matched with db-1's accept)", linkTimeout,
 		func() string {
 			if len(links) == 0 {
-				return fmt.Sprintf("trace %s has no link: no traced connect to an address db-1 owns reached the center (trace events from web-1: %d)",
-					traceID, d.hostEvents(ctx, traceID, WebHost))
+				return fmt.Sprintf("trace %s has no link: no traced connect to an address db-1 owns reached the center (trace events from web-1: %d;"+
+					" the trace ran %v after the request, bash paused %v before ssh)",
+					traceID, d.hostEvents(ctx, traceID, WebHost), traceAfter.Round(10*time.Millisecond), webPause)
 			}
 			return fmt.Sprintf("links of trace %s: %+v (to_pid 0: db-1's accept not matched yet)", traceID, links)
 		},
