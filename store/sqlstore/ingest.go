@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -127,10 +128,16 @@ type ingestStmts struct {
 	hostSite, addrOwners, eventID, openLinks, insLink, findAccept, matchLink *sql.Stmt
 }
 
-// bulkStmt is an INSERT prepared for bulkRows, midRows and one row.
+// bulkStmt is an INSERT for bulkRows, midRows and one row. They run on
+// the writer's driver connection itself (driverStmts), not through
+// database/sql.
 type bulkStmt struct {
-	many, mid, one *sql.Stmt
+	many, mid, one string
 	width          int
+}
+
+func newBulkStmt(insert func(rows int) string, cols string) bulkStmt {
+	return bulkStmt{many: insert(bulkRows), mid: insert(midRows), one: insert(1), width: width(cols)}
 }
 
 func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
@@ -152,9 +159,6 @@ func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
 		{&s.loadProcs, `SELECT ` + procCols + ` FROM processes WHERE host = ? AND (pid, start) IN (VALUES ` + keyList + `)`},
 		{&s.liveStarts, `SELECT start FROM processes WHERE host = ? AND pid = ? AND exit_time IS NULL ORDER BY start DESC LIMIT 8`},
 		{&s.updProc, `UPDATE processes SET ` + setParams(procCols, "host", "pid", "start") + ` WHERE host = ? AND pid = ? AND start = ?`},
-		{&s.procs.many, `INSERT OR FAIL INTO processes (` + procCols + `) VALUES ` + multiValues(procCols, bulkRows)},
-		{&s.procs.mid, `INSERT OR FAIL INTO processes (` + procCols + `) VALUES ` + multiValues(procCols, midRows)},
-		{&s.procs.one, `INSERT OR FAIL INTO processes (` + procCols + `) VALUES ` + multiValues(procCols, 1)},
 		{&s.hostSite, `SELECT site_tag FROM hosts WHERE agent_id = ?`},
 		{&s.addrOwners, `SELECT a.agent_id, h.site_tag FROM host_addresses a JOIN hosts h ON h.agent_id = a.agent_id
 			WHERE a.ip = ? ORDER BY a.agent_id`},
@@ -171,12 +175,11 @@ func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
 			ORDER BY abs(time - ?7), id LIMIT 1`},
 		{&s.matchLink, `UPDATE links SET to_pid = ?, to_start = ?, to_event = ? WHERE id = ? AND to_event IS NULL`},
 	}
-	s.procs.width = width(procCols)
+	s.procs = newBulkStmt(func(rows int) string {
+		return `INSERT OR FAIL INTO processes (` + procCols + `) VALUES ` + multiValues(procCols, rows)
+	}, procCols)
 	for t := range nTables {
-		b := &s.events[t]
-		b.width = width(tableDefs[t].cols)
-		list = append(list, prep{&b.many, insertSQL(t, bulkRows)}, prep{&b.mid, insertSQL(t, midRows)},
-			prep{&b.one, insertSQL(t, 1)})
+		s.events[t] = newBulkStmt(func(rows int) string { return insertSQL(t, rows) }, tableDefs[t].cols)
 	}
 	for _, p := range list {
 		st, err := db.PrepareContext(ctx, p.sql)
@@ -191,11 +194,7 @@ func prepareIngest(ctx context.Context, db *sql.DB) (*ingestStmts, error) {
 
 func (s *ingestStmts) close() {
 	all := []*sql.Stmt{s.insBatch, s.batchRoot, s.touchHost, s.getProc, s.liveStarts, s.updProc, s.loadProcs,
-		s.procs.many, s.procs.mid, s.procs.one,
 		s.hostSite, s.addrOwners, s.eventID, s.openLinks, s.insLink, s.findAccept, s.matchLink}
-	for _, b := range s.events {
-		all = append(all, b.many, b.mid, b.one)
-	}
 	for _, st := range all {
 		if st != nil {
 			st.Close()
@@ -203,24 +202,17 @@ func (s *ingestStmts) close() {
 	}
 }
 
-// bulkInsert buffers rows for one bulkStmt within a transaction.
+// bulkInsert buffers rows for one bulkStmt within a transaction on conn.
 type bulkInsert struct {
-	ctx            context.Context
-	tx             *sql.Tx
-	stmt           bulkStmt
-	many, mid, one *sql.Stmt // the transaction's, made when first needed
-	buf            []any
+	ctx  context.Context
+	conn *sql.Conn
+	ds   *driverStmts
+	stmt bulkStmt
+	buf  []any
 }
 
-func (s bulkStmt) in(ctx context.Context, tx *sql.Tx) *bulkInsert {
-	return &bulkInsert{ctx: ctx, tx: tx, stmt: s}
-}
-
-func (b *bulkInsert) txStmt(p **sql.Stmt, st *sql.Stmt) *sql.Stmt {
-	if *p == nil {
-		*p = b.tx.StmtContext(b.ctx, st)
-	}
-	return *p
+func (s bulkStmt) in(ctx context.Context, conn *sql.Conn, ds *driverStmts) *bulkInsert {
+	return &bulkInsert{ctx: ctx, conn: conn, ds: ds, stmt: s}
 }
 
 // add appends one row (width values), writing a full group.
@@ -235,7 +227,7 @@ func (b *bulkInsert) add(row []any) error {
 	if len(b.buf) < b.stmt.width*bulkRows {
 		return nil
 	}
-	_, err := b.txStmt(&b.many, b.stmt.many).ExecContext(b.ctx, b.buf...)
+	err := b.ds.exec(b.ctx, b.conn, b.stmt.many, b.buf)
 	b.buf = b.buf[:0]
 	return err
 }
@@ -244,13 +236,13 @@ func (b *bulkInsert) add(row []any) error {
 func (b *bulkInsert) flush() error {
 	w := b.stmt.width
 	for len(b.buf) >= w*midRows {
-		if _, err := b.txStmt(&b.mid, b.stmt.mid).ExecContext(b.ctx, b.buf[:w*midRows]...); err != nil {
+		if err := b.ds.exec(b.ctx, b.conn, b.stmt.mid, b.buf[:w*midRows]); err != nil {
 			return err
 		}
 		b.buf = b.buf[w*midRows:]
 	}
 	for len(b.buf) > 0 {
-		if _, err := b.txStmt(&b.one, b.stmt.one).ExecContext(b.ctx, b.buf[:w]...); err != nil {
+		if err := b.ds.exec(b.ctx, b.conn, b.stmt.one, b.buf[:w]); err != nil {
 			return err
 		}
 		b.buf = b.buf[w:]
@@ -288,7 +280,14 @@ func (s *Store) IngestBatch(ctx context.Context, b *wire.Batch) error {
 }
 
 func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	// The writer's one connection, held for the transaction: the bulk
+	// inserts run on it directly (driverStmts).
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -325,7 +324,7 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 	}
 	var ins [nTables]*bulkInsert
 	for t := range nTables {
-		ins[t] = st.events[t].in(ctx, tx)
+		ins[t] = st.events[t].in(ctx, conn, &s.driverStmts)
 	}
 	var connects, accepts []int // events that may start or close a cross-host link
 	row := make([]any, 0, 40)
@@ -374,7 +373,7 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 			return fmt.Errorf("%s: %w", tableDefs[t].name, err)
 		}
 	}
-	if err := pt.write(tx, st, row); err != nil {
+	if err := pt.write(tx, conn, &s.driverStmts, st, row); err != nil {
 		return fmt.Errorf("processes: %w", err)
 	}
 	if len(connects) > 0 || len(accepts) > 0 {
@@ -392,8 +391,8 @@ func (s *Store) ingest(ctx context.Context, b *wire.Batch) error {
 // write stores the rows the batch changed: new ones by multi-row INSERT,
 // rows read from the table by UPDATE. (An upsert would cost the INSERT a
 // statement journal, and every row a second b-tree search.)
-func (t *procTx) write(tx *sql.Tx, st *ingestStmts, row []any) error {
-	procs := st.procs.in(t.ctx, tx)
+func (t *procTx) write(tx *sql.Tx, conn *sql.Conn, ds *driverStmts, st *ingestStmts, row []any) error {
+	procs := st.procs.in(t.ctx, conn, ds)
 	var upd *sql.Stmt
 	for _, p := range t.dirty {
 		if !p.stored {
@@ -524,14 +523,14 @@ func eventRow(args []any, host string, batchSeq int64, idx int, ev *capture.Even
 	if err != nil {
 		return tRaw, nil, err
 	}
-	args = append(args, host, batchSeq, idx, ev.Time, int64(ev.Kind), enc)
+	args = append(args, host, batchSeq, int64(idx), ev.Time, int64(ev.Kind), enc)
 	return tRaw, appendTrace(args, ev), nil
 }
 
 // head appends host ... source; kind only where the table has the column.
 func head(args []any, host string, batchSeq int64, idx int, ev *capture.Event, kind string) []any {
 	hasParent := !ev.Parent.IsZero()
-	args = append(args, host, batchSeq, idx, int64(ev.Seq), ev.Time)
+	args = append(args, host, batchSeq, int64(idx), int64(ev.Seq), ev.Time)
 	if kind != "" {
 		args = append(args, kind)
 	}
@@ -643,7 +642,7 @@ func memArgs(args []any, host string, batchSeq int64, idx int, ev *capture.Event
 	if data == nil {
 		data = []byte{} // NOT NULL; read back as none
 	}
-	args = append(args, host, batchSeq, idx, ev.Time, int64(ev.Proc.PID), int64(ev.Proc.Start),
+	args = append(args, host, batchSeq, int64(idx), ev.Time, int64(ev.Proc.PID), int64(ev.Proc.Start),
 		int64(m.Addr), "", data, nullStr(m.Error != "", m.Error))
 	return appendTrace(args, ev)
 }
@@ -732,4 +731,72 @@ func refileRawEvents(ctx context.Context, tx *sql.Tx) error {
 		}
 	}
 	return nil
+}
+
+// driverStmts are the bulk inserts prepared on the writer's driver
+// connection and run without database/sql, which would check, convert and
+// copy every argument into a new []driver.NamedValue on each Exec: 2.4 KB
+// of garbage per event, the largest allocation of the ingest. So every
+// value a row builder appends must already be a driver.Value (int64, not
+// int); the driver refuses anything else with an error. Guarded by the
+// Store's wmu.
+type driverStmts struct {
+	conn  any // the driver connection the statements belong to
+	stmts map[string]driver.Stmt
+	nv    []driver.NamedValue
+}
+
+func (d *driverStmts) exec(ctx context.Context, c *sql.Conn, query string, args []any) error {
+	return c.Raw(func(dc any) error {
+		if dc != d.conn || d.stmts == nil {
+			// New, or database/sql replaced the connection (its statements
+			// went with it).
+			d.conn, d.stmts = dc, map[string]driver.Stmt{}
+		}
+		st, ok := d.stmts[query]
+		if !ok {
+			prep, ok := dc.(driver.ConnPrepareContext)
+			if !ok {
+				return fmt.Errorf("driver connection %T cannot prepare with a context", dc)
+			}
+			var err error
+			if st, err = prep.PrepareContext(ctx, query); err != nil {
+				return err
+			}
+			d.stmts[query] = st
+		}
+		ex, ok := st.(driver.StmtExecContext)
+		if !ok {
+			return fmt.Errorf("driver statement %T cannot execute with a context", st)
+		}
+		d.nv = d.nv[:0]
+		for i, a := range args {
+			d.nv = append(d.nv, driver.NamedValue{Ordinal: i + 1, Value: a})
+		}
+		_, err := ex.ExecContext(ctx, d.nv)
+		clear(d.nv) // keep no row alive until the next batch
+		return err
+	})
+}
+
+// close closes the statements, on their connection.
+func (d *driverStmts) close(ctx context.Context, db *sql.DB) error {
+	if len(d.stmts) == 0 {
+		return nil
+	}
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Raw(func(dc any) error {
+		var errs []error
+		if dc == d.conn {
+			for _, st := range d.stmts {
+				errs = append(errs, st.Close())
+			}
+		}
+		d.stmts = nil
+		return errors.Join(errs...)
+	})
 }

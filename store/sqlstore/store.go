@@ -40,12 +40,13 @@ type Store struct {
 	ro   *sql.DB // read-only pool, see ReadOnly
 	now  func() time.Time
 
-	wmu      sync.Mutex
-	ckpt     *checkpointer
-	stmts    *ingestStmts
-	reads    readStmts
-	closeErr error
-	closed   sync.Once
+	wmu         sync.Mutex
+	ckpt        *checkpointer
+	stmts       *ingestStmts
+	driverStmts driverStmts // the bulk inserts (ingest.go)
+	reads       readStmts
+	closeErr    error
+	closed      sync.Once
 }
 
 // Pragmas of the writer connection. busy_timeout covers another process
@@ -183,6 +184,7 @@ func (s *Store) Close() error {
 		if s.stmts != nil {
 			s.stmts.close()
 		}
+		errs = append(errs, s.driverStmts.close(context.Background(), s.db))
 		if _, err := s.db.Exec("PRAGMA optimize"); err != nil {
 			s.log.Warn("optimize at close failed", "err", err)
 		}
