@@ -64,8 +64,11 @@ type UplinkStats struct {
 
 // Uplink sends a node's WAL up to its parent and receives what comes down.
 type Uplink struct {
-	cfg  UplinkConfig
-	kick chan struct{}
+	cfg UplinkConfig
+	// kick wakes one lane's sender: a proxy gets a bulk batch per
+	// millisecond or so, and waking the trace and alert senders for each
+	// (a WAL scan apiece, for nothing) is CPU that trace work then waits for.
+	kick [numLanes]chan struct{}
 
 	mu      sync.Mutex
 	link    *Link
@@ -106,13 +109,27 @@ func NewUplink(cfg UplinkConfig) (*Uplink, error) {
 	}
 	cfg.Log = cfg.Log.With("component", "uplink", "node", cfg.NodeID)
 	cfg.Link.Log = cfg.Log
-	return &Uplink{cfg: cfg, kick: make(chan struct{}, 1)}, nil
+	u := &Uplink{cfg: cfg}
+	for i := range u.kick {
+		u.kick[i] = make(chan struct{}, 1)
+	}
+	return u, nil
 }
 
-// Kick tells the uplink the WAL has new entries.
+// Kick tells the uplink the WAL has new entries, on any lane.
 func (u *Uplink) Kick() {
+	for _, ln := range []Lane{LaneTrace, LaneAlert, LaneBulk} {
+		u.KickLane(ln)
+	}
+}
+
+// KickLane tells the uplink one lane of the WAL has new entries.
+func (u *Uplink) KickLane(ln Lane) {
+	if int(ln) >= numLanes {
+		return
+	}
 	select {
-	case u.kick <- struct{}{}:
+	case u.kick[ln] <- struct{}{}:
 	default:
 	}
 }
@@ -305,37 +322,24 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 	}
 
 	errc := make(chan error, 5)
-	// One wake channel per lane: acks wake their lane, kicks wake all.
+	// One wake channel per lane: an ack or nack wakes its lane.
 	var wake [numLanes]chan struct{}
 	for i := range wake {
 		wake[i] = make(chan struct{}, 1)
 	}
 	pokeLane := func(ln Lane) {
+		if int(ln) >= numLanes { // a lane the parent made up
+			return
+		}
 		select {
 		case wake[ln] <- struct{}{}:
 		default:
 		}
 	}
-	poke := func() {
-		for _, ln := range []Lane{LaneTrace, LaneAlert, LaneBulk} {
-			pokeLane(ln)
-		}
-	}
-	wg.Add(2)
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		errc <- l.Receive(LaneControl, func(b []byte) error { return u.control(b, lanes, poke) })
-	}()
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-sctx.Done():
-				return
-			case <-u.kick:
-				poke()
-			}
-		}
+		errc <- l.Receive(LaneControl, func(b []byte) error { return u.control(b, lanes, pokeLane) })
 	}()
 	// One sender per lane: a bulk lane blocked on a full link queue (a slow
 	// parent) must not hold trace batches back.
@@ -355,6 +359,7 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 					errc <- nil
 					return
 				case <-wake[ln]:
+				case <-u.kick[ln]:
 				case <-tick.C:
 				}
 			}
@@ -439,7 +444,7 @@ func (u *Uplink) fill(ctx context.Context, l *Link, ln Lane, st *laneState) erro
 }
 
 // control handles one frame from the parent.
-func (u *Uplink) control(b []byte, lanes [numLanes]*laneState, poke func()) error {
+func (u *Uplink) control(b []byte, lanes [numLanes]*laneState, poke func(Lane)) error {
 	f, err := wire.DecodeFrame(b, u.cfg.Limits)
 	if err != nil {
 		return fmt.Errorf("from parent: %w", err)
@@ -447,7 +452,7 @@ func (u *Uplink) control(b []byte, lanes [numLanes]*laneState, poke func()) erro
 	switch m := f.(type) {
 	case *wire.Ack:
 		u.settle(Lane(m.Lane), lanes, m.AgentID, m.Seq, true)
-		poke()
+		poke(Lane(m.Lane))
 	case *wire.Nack:
 		ln := Lane(m.Lane)
 		switch m.Code {
@@ -478,7 +483,7 @@ func (u *Uplink) control(b []byte, lanes [numLanes]*laneState, poke func()) erro
 				u.cfg.Log.Warn("parent deferred a batch; lane paused", "lane", ln, "code", m.Code, "reason", m.Reason)
 			}
 		}
-		poke()
+		poke(ln)
 	default:
 		if u.cfg.OnFrame != nil {
 			u.cfg.OnFrame(f)

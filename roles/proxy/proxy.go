@@ -141,7 +141,7 @@ func (p *Proxy) onBatch(c *transport.Child, lane wire.Lane, info wire.Info, seal
 			p.batchesIn[lane].Add(1)
 			p.eventsIn[lane].Add(uint64(info.Events))
 			p.bytesIn[lane].Add(uint64(len(sealed)))
-			p.up.Kick()
+			p.up.KickLane(transport.Lane(lane))
 			return nil
 		}
 		cause := "wal_error"
