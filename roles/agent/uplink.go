@@ -177,13 +177,15 @@ func (s *Shipper) cut() error {
 			return err
 		}
 		batchSeq := u64(bseq)
-		var byLane [3][]capture.Event
+		var byLane [3]rawBatch
 		var last uint64
 		n := 0
-		if err := s.st.EventsBySeq(cursors[2]+1, func(ev capture.Event) bool {
+		// Stored events are their canonical encoding: they are sealed as
+		// stored, without decoding and encoding each one again.
+		if err := s.st.RawEventsBySeq(cursors[2]+1, func(ev store.RawEvent) bool {
 			last = ev.Seq
-			if l := laneOf(&ev); ev.Seq > cursors[l] { // not shipped before a crash
-				byLane[l] = append(byLane[l], ev)
+			if l := rawLaneOf(&ev); ev.Seq > cursors[l] { // not shipped before a crash
+				byLane[l].add(&ev)
 			}
 			n++
 			return n < s.cfg.Stream.BatchMaxEvents
@@ -196,18 +198,18 @@ func (s *Shipper) cut() error {
 		s.makeRoom()
 		final := -1 // the last lane with a batch: its append moves the read cursor
 		for i := range byLane {
-			if len(byLane[i]) > 0 {
+			if byLane[i].len() > 0 {
 				final = i
 			}
 		}
 		queued := false
 		for i, l := range shipLanes {
-			evs := byLane[i]
-			if len(evs) == 0 {
+			evs := &byLane[i]
+			if evs.len() == 0 {
 				continue
 			}
 			batchSeq++
-			m := map[string][]byte{l.cursor: be(evs[len(evs)-1].Seq), "batch_seq": be(batchSeq)}
+			m := map[string][]byte{l.cursor: be(evs.lastSeq), "batch_seq": be(batchSeq)}
 			if i == final {
 				m["cursor"] = be(last) // reading resumes after everything read here
 			} else {
@@ -233,20 +235,58 @@ func (s *Shipper) cut() error {
 	}
 }
 
+// rawBatch gathers stored event encodings for one batch: copied into one
+// buffer (the store's are valid only during its callback), with the time
+// span the batch header needs.
+type rawBatch struct {
+	buf     []byte
+	ends    []int
+	lo, hi  int64
+	lastSeq uint64
+}
+
+func (b *rawBatch) add(ev *store.RawEvent) {
+	if len(b.ends) == 0 {
+		b.lo, b.hi = ev.Time, ev.Time
+	}
+	b.lo, b.hi = min(b.lo, ev.Time), max(b.hi, ev.Time)
+	b.buf = append(b.buf, ev.CBOR...)
+	b.ends = append(b.ends, len(b.buf))
+	b.lastSeq = ev.Seq
+}
+
+func (b *rawBatch) len() int { return len(b.ends) }
+
+// leaves are the events' encodings, in order.
+func (b *rawBatch) leaves() [][]byte {
+	out := make([][]byte, len(b.ends))
+	from := 0
+	for i, end := range b.ends {
+		out[i] = b.buf[from:end:end]
+		from = end
+	}
+	return out
+}
+
+// rawLaneOf is laneOf for a stored event.
+func rawLaneOf(ev *store.RawEvent) int {
+	return laneOf(&capture.Event{TraceID: ev.TraceID, Kind: ev.Kind})
+}
+
 // queue seals evs as batch seq and appends it to lane with meta.
-func (s *Shipper) queue(lane uint8, seq uint64, evs []capture.Event, meta map[string][]byte) error {
+func (s *Shipper) queue(lane uint8, seq uint64, evs *rawBatch, meta map[string][]byte) error {
 	// One snapshot of the certificate: a renewal may swap it meanwhile.
 	cert := s.id.Holder.Load()
-	sealed, err := wire.SealBatchCert(s.id.Name, seq, evs, cert.PrivateKey.(ed25519.PrivateKey), cert.Certificate[0], true)
+	sealed, err := wire.SealBatchCertRaw(s.id.Name, seq, evs.leaves(), evs.lo, evs.hi, cert.PrivateKey.(ed25519.PrivateKey), cert.Certificate[0], true)
 	if err != nil {
 		return err
 	}
 	if _, err := s.wal.Append(lane, sealed, meta); err != nil {
 		return fmt.Errorf("queue batch %d on the %s lane: %w", seq, wire.Lane(lane), err)
 	}
-	s.shipped.Add(uint64(len(evs)))
+	s.shipped.Add(uint64(evs.len()))
 	s.batches.Add(1)
-	s.up.Kick()
+	s.up.KickLane(transport.Lane(lane))
 	return nil
 }
 
