@@ -20,18 +20,27 @@ import (
 type cpuGate struct {
 	mu    sync.Mutex
 	free  int
-	queue []chan struct{} // bulk verifications waiting, oldest first
+	queue [2][]chan struct{} // waiting, by class, oldest first
 }
 
-// newCPUGate lets one bulk verification fewer run than there are
-// processors (at least one), so that one processor is usually left for
-// urgent work and for the rest of the pipeline.
+// Classes of work behind the gate, most urgent first. Bulk verification
+// comes before SQL ingest: the pipeline's acks wait for the former, while
+// SQL is derived and catches up in the gaps (its queue, when full, holds
+// the commits back, so it is never starved for long).
+const (
+	gateVerify = 0
+	gateSQL    = 1
+)
+
+// newCPUGate lets one bulk task fewer run than there are processors (at
+// least one), so that one processor is usually left for urgent work and
+// for the rest of the pipeline.
 func newCPUGate() *cpuGate {
 	return &cpuGate{free: max(1, runtime.GOMAXPROCS(0)-1)}
 }
 
 // acquire waits for a slot.
-func (g *cpuGate) acquire() {
+func (g *cpuGate) acquire(class int) {
 	g.mu.Lock()
 	if g.free > 0 {
 		g.free--
@@ -39,23 +48,39 @@ func (g *cpuGate) acquire() {
 		return
 	}
 	c := make(chan struct{})
-	g.queue = append(g.queue, c)
+	g.queue[class] = append(g.queue[class], c)
 	g.mu.Unlock()
 	<-c
 }
 
-// release hands the slot to the oldest waiter, or frees it.
+// release hands the slot to the oldest waiter of the most urgent class, or
+// frees it.
 func (g *cpuGate) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.queue) > 0 {
-		c := g.queue[0]
-		g.queue[0] = nil
-		g.queue = g.queue[1:]
-		close(c)
-		return
+	for i := range g.queue {
+		if q := g.queue[i]; len(q) > 0 {
+			c := q[0]
+			q[0] = nil
+			g.queue[i] = q[1:]
+			close(c)
+			return
+		}
 	}
 	g.free++
+}
+
+func (in *Ingest) cpu() *cpuGate {
+	in.gateOnce.Do(func() { in.gate = newCPUGate() })
+	return in.gate
+}
+
+// SQLSlot waits for the CPU gate before one batch's SQL ingest (after every
+// bulk verification waiting) and returns its release.
+func (in *Ingest) SQLSlot() (release func()) {
+	g := in.cpu()
+	g.acquire(gateSQL)
+	return g.release
 }
 
 // Submit verifies a batch off the caller's goroutine (bulk through the CPU
@@ -70,9 +95,9 @@ func (in *Ingest) Submit(lane wire.Lane, agentID string, seq uint64, sealed []by
 	done := make(chan verified, 1)
 	go func() {
 		if lane == wire.LaneBulk {
-			in.gateOnce.Do(func() { in.gate = newCPUGate() })
-			in.gate.acquire()
-			defer in.gate.release()
+			g := in.cpu()
+			g.acquire(gateVerify)
+			defer g.release()
 		}
 		b, nack := in.Verify(lane, agentID, seq, sealed)
 		done <- verified{b, nack}

@@ -30,7 +30,9 @@ func (c *Center) ingestSQL(ctx context.Context) error {
 
 func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
 	for attempt := 0; attempt < 5; attempt++ {
+		release := c.Ingest.SQLSlot() // CPU-heavy: after bulk verification, never before trace
 		err := c.SQL.IngestBatch(ctx, b)
+		release()
 		if err == nil {
 			if err := c.traceEvents(ctx, b); err != nil {
 				c.log.Error("trace events of a batch", "agent", b.AgentID, "seq", b.Seq, "err", err)
