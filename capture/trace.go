@@ -135,6 +135,9 @@ const (
 	DropAgentEventsPerSec = "cap:agent_events_per_sec"
 	DropKernelValve       = "cap:kernel_valve" // the sensor's coarse per-second valve
 	DropBackpressure      = "backpressure"     // the consumer's channel was full
+	// DropMapLost: the kernel's traced map lost a live process of the
+	// trace; its further events may be missed.
+	DropMapLost = "kernel_map_lost"
 )
 
 // TraceStatus is a trace as Traces reports it.

@@ -63,6 +63,9 @@ type CenterOps interface {
 	// StopTrace stops a trace that was approved or is active; the API has
 	// already recorded it stopped with the reason.
 	StopTrace(ctx context.Context, traceID, by, reason string) error
+	// Follow fans a trace out along a link (a traced connect to another
+	// enrolled host) to the process that accepted it.
+	Follow(ctx context.Context, linkID int64, by string) error
 }
 
 // TraceFlags say what a focused trace collects (traces.flags).
@@ -239,6 +242,7 @@ func (a *API) routeTable() []route {
 		{"POST", "/api/v1/traces", RoleAnalyst, true, a.requestTrace},
 		{"POST", "/api/v1/traces/{id}/stop", RoleAnalyst, true, a.stopTrace},
 		{"GET", "/api/v1/traces/{id}/export", RoleAnalyst, true, a.exportTrace},
+		{"POST", "/api/v1/links/{id}/follow", RoleAnalyst, true, a.followLink},
 		{"GET", "/api/v1/approvals", RoleViewer, false, a.approvals},
 		{"POST", "/api/v1/approvals/{id}", RoleApprover, true, a.decide},
 		{"POST", "/api/v1/query", QueryRole, true, a.query},

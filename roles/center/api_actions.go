@@ -462,6 +462,34 @@ func (a *API) replyTrace(w http.ResponseWriter, ctx context.Context, status int,
 	return nil
 }
 
+// followLink fans a trace out along a link (when auto-follow is off, or
+// to retry): the analyst's reason goes to the ledger.
+func (a *API) followLink(w http.ResponseWriter, r *http.Request, p *principal) error {
+	var req stopReq
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	reason, err := checkReason("following a link", req.Reason)
+	if err != nil {
+		return err
+	}
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return errorf(http.StatusBadRequest, "link id %q: want a positive integer", r.PathValue("id"))
+	}
+	if err := a.audit.Audit(r.Context(), "api.follow", p.ID, map[string]any{"link_id": id, "reason": reason, "auth": p.Auth, "remote": p.Remote}); err != nil {
+		return fmt.Errorf("%w: %w", errAudit, err)
+	}
+	if err := a.center.Follow(r.Context(), id, p.ID); err != nil {
+		if errors.Is(err, errNotFollowable) {
+			return errorf(http.StatusConflict, "%v", err)
+		}
+		return err
+	}
+	a.reply(w, http.StatusOK, map[string]any{"link_id": id, "followed": true})
+	return nil
+}
+
 type stopReq struct {
 	Reason string `json:"reason"`
 }

@@ -705,7 +705,23 @@ func (a *API) trace(w http.ResponseWriter, r *http.Request, _ *principal) error 
 	if err != nil {
 		return err
 	}
-	resp := map[string]any{"trace": t, "targets": targets, "approvals": approvals, "events": events, "next_after": nil}
+	links, err := a.sql.Links(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	linkViews := make([]map[string]any, 0, len(links))
+	for _, l := range links {
+		v := map[string]any{"id": l.ID, "time": l.Time.UTC(), "from_host": l.FromHost, "from_pid": l.From.PID, "from_start": l.From.Start,
+			"to_host": l.ToHost, "src": l.Src.String(), "dst": l.Dst.String(), "to_pid": nil, "to_start": nil, "followed": nil}
+		if !l.To.IsZero() {
+			v["to_pid"], v["to_start"] = l.To.PID, l.To.Start
+		}
+		if !l.Followed.IsZero() {
+			v["followed"] = l.Followed.UTC()
+		}
+		linkViews = append(linkViews, v)
+	}
+	resp := map[string]any{"trace": t, "targets": targets, "approvals": approvals, "events": events, "links": linkViews, "next_after": nil}
 	if int64(len(events)) == limit {
 		last := events[len(events)-1]
 		resp["next_after"] = map[string]any{"after_seq": last.Seq, "after_host": last.Host}

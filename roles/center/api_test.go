@@ -95,6 +95,10 @@ func (c *fakeCenter) RequestTrace(_ context.Context, req TraceRequest) error {
 	return nil
 }
 
+func (c *fakeCenter) Follow(_ context.Context, id int64, _ string) error {
+	return fmt.Errorf("%w: link %d unknown to the fake center", errNotFollowable, id)
+}
+
 func (c *fakeCenter) StopTrace(_ context.Context, id, _, _ string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -431,6 +435,7 @@ func TestAPIRoleMatrix(t *testing.T) {
 		"POST /api/v1/traces":                                {"/api/v1/traces", trace},
 		"POST /api/v1/traces/{id}/stop":                      {"/api/v1/traces/no-such-trace/stop", map[string]string{"reason": "matrix: stop nothing"}},
 		"GET /api/v1/traces/{id}/export":                     {"/api/v1/traces/no-such-trace/export", nil},
+		"POST /api/v1/links/{id}/follow":                     {"/api/v1/links/999999/follow", map[string]string{"reason": "matrix: follow nothing"}},
 		"GET /api/v1/approvals":                              {"/api/v1/approvals", nil},
 		"POST /api/v1/approvals/{id}":                        {"/api/v1/approvals/999999", map[string]string{"decision": "approve", "reason": "matrix: no such request"}},
 		"POST /api/v1/query":                                 {"/api/v1/query", map[string]any{"sql": "SELECT 1"}},

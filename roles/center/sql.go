@@ -38,6 +38,9 @@ func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
 				c.log.Error("trace events of a batch", "agent", b.AgentID, "seq", b.Seq, "err", err)
 			}
 			c.agentAlerts(ctx, b.AgentID, b.Events)
+			if c.cfg.Traces.AutoFollow {
+				c.followLinks(ctx)
+			}
 			if c.Rules != nil {
 				c.Rules.Poke()
 			}

@@ -12,12 +12,14 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/ledger"
+	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -287,4 +289,104 @@ func (c *Center) traceEvents(ctx context.Context, b *wire.Batch) error {
 		}
 	}
 	return nil
+}
+
+// AuditTraceFollow is the ledger kind of a fan-out along a link.
+const AuditTraceFollow = "trace.follow"
+
+// errNotFollowable says why a link is not fanned out (the trace ended, the
+// host already runs it); the link is marked so it is not tried again.
+var errNotFollowable = errors.New("link not followable")
+
+// followLinks fans traces out along every link whose accepting process is
+// known and that was not followed yet (center.traces.auto_follow).
+func (c *Center) followLinks(ctx context.Context) {
+	links, err := c.SQL.UnfollowedLinks(ctx)
+	if err != nil {
+		c.log.Warn("links to follow", "err", err)
+		return
+	}
+	for _, l := range links {
+		if err := c.Follow(ctx, l.ID, "center:auto-follow"); err != nil && !errors.Is(err, errNotFollowable) {
+			c.log.Warn("follow link", "link", l.ID, "trace", l.TraceID, "err", err)
+		}
+	}
+}
+
+// Follow fans the trace of link id out to the host the traced process
+// connected to: the same trace_id, rooted at the process that accepted the
+// connection, with the trace's collection flags and caps, signed by the
+// center (agents accept a center-signed fan-out of a trace that was itself
+// approved). by names who asked (an analyst, or the auto-follow policy).
+func (c *Center) Follow(ctx context.Context, linkID int64, by string) error {
+	var l *sqlstore.Link
+	all, err := c.SQL.UnfollowedLinks(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range all {
+		if all[i].ID == linkID {
+			l = &all[i]
+		}
+	}
+	if l == nil {
+		return fmt.Errorf("%w: link %d is unknown, already followed, or its accepting process is not known yet", errNotFollowable, linkID)
+	}
+	var (
+		state, initiatedBy, capsJSON string
+		depth, flags                 int64
+	)
+	if err := c.SQL.ReadOnly().QueryRowContext(ctx, `SELECT state, initiated_by, caps, depth, flags FROM traces WHERE trace_id = ?`,
+		l.TraceID).Scan(&state, &initiatedBy, &capsJSON, &depth, &flags); err != nil {
+		return fmt.Errorf("follow link %d: trace %s: %w", linkID, l.TraceID, err)
+	}
+	skip := func(why string) error {
+		if err := c.SQL.MarkFollowed(ctx, l.ID, time.Time{}); err != nil {
+			return err
+		}
+		c.log.Info("link not followed", "link", l.ID, "trace", l.TraceID, "to", l.ToHost, "why", why)
+		_, _ = c.Ledger.Append(ledger.Entry{Kind: AuditTraceFollow, Actor: by, Time: time.Now(),
+			Payload: mustJSON(map[string]any{"trace_id": l.TraceID, "link_id": l.ID, "to_host": l.ToHost, "followed": false, "why": why})})
+		return fmt.Errorf("%w: %s", errNotFollowable, why)
+	}
+	if state != "active" && state != "approved" {
+		return skip("trace is " + state)
+	}
+	var caps TraceCaps
+	if err := json.Unmarshal([]byte(capsJSON), &caps); err != nil {
+		return fmt.Errorf("follow link %d: caps: %w", linkID, err)
+	}
+	now := time.Now()
+	reason := fmt.Sprintf("follow link %d: %s pid %d connected to %s (%s)", l.ID, l.FromHost, l.From.PID, l.Dst, l.ToHost)
+	var already bool
+	err = c.ops.inTx(ctx, c.auditor, AuditTraceFollow, by, func(tx *sql.Tx) (any, error) {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM trace_targets WHERE trace_id = ? AND host = ?`, l.TraceID, l.ToHost).Scan(&n); err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			already = true
+			return map[string]any{"trace_id": l.TraceID, "link_id": l.ID, "to_host": l.ToHost, "followed": false,
+				"why": "the trace already runs on " + l.ToHost}, nil
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO trace_targets (trace_id, host, pid, start, link_id, state, added) VALUES (?, ?, ?, ?, ?, 'approved', ?)`,
+			l.TraceID, l.ToHost, int64(l.To.PID), int64(l.To.Start), l.ID, now.UnixNano()); err != nil {
+			return nil, err
+		}
+		return map[string]any{"trace_id": l.TraceID, "link_id": l.ID, "from_host": l.FromHost, "from_pid": l.From.PID,
+			"to_host": l.ToHost, "to_pid": l.To.PID, "to_start": l.To.Start, "dst": l.Dst.String(), "followed": true}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("follow link %d: %w", linkID, err)
+	}
+	if err := c.SQL.MarkFollowed(ctx, l.ID, now); err != nil {
+		return err
+	}
+	if already {
+		// One root per trace and host (the agent runs a trace id once).
+		return fmt.Errorf("%w: the trace already runs on %s", errNotFollowable, l.ToHost)
+	}
+	c.log.Info("trace fanned out", "trace", l.TraceID, "link", l.ID, "to", l.ToHost, "pid", l.To.PID, "by", by)
+	return c.RequestTrace(ctx, TraceRequest{TraceID: l.TraceID, Host: l.ToHost, PID: l.To.PID, Start: l.To.Start,
+		Depth: c.cfg.Traces.FollowDepth, Flags: TraceFlags(flags), Caps: caps, InitiatedBy: initiatedBy, Reason: reason, FollowOf: uint64(l.ID)})
 }
