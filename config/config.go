@@ -67,10 +67,14 @@ type Agent struct {
 	Version string `yaml:"-"`
 }
 
-// AgentRules are the rules the agent runs over its own events (the default
-// pack's rules marked runs_on agent).
+// AgentRules are the rules the agent runs over its own events: those of
+// its packs marked runs_on agent. Packs are verified as at the center.
 type AgentRules struct {
-	Enabled bool `yaml:"enabled"`
+	Enabled       bool     `yaml:"enabled"`
+	Default       bool     `yaml:"default"`        // the built-in pack
+	Packs         []string `yaml:"packs"`          // pack files; PACK.sig beside each
+	TrustedKeys   []string `yaml:"trusted_keys"`   // public keys (rules keygen) that may sign packs
+	AllowUnsigned bool     `yaml:"allow_unsigned"` // load unsigned packs (refused by default)
 }
 
 // Stream cuts events into batches for the uplink.
@@ -239,7 +243,7 @@ func Default() Config {
 			Retention: Retain{MaxAge: 7 * 24 * time.Hour, MaxBytes: 1 << 30, ExitedAge: time.Hour},
 			TLS:       TLS{RenewCheckMS: 60000},
 			Metrics:   Metrics{Listen: "127.0.0.1:9464"},
-			Rules:     AgentRules{Enabled: true},
+			Rules:     AgentRules{Enabled: true, Default: true},
 		},
 		Proxy: Proxy{
 			Listen:          "0.0.0.0:7443",

@@ -282,3 +282,30 @@ func LoadPublicKeys(paths ...string) ([]ed25519.PublicKey, error) {
 	}
 	return out, nil
 }
+
+// LoadSet reads the packs a node runs: the built-in default pack when
+// useDefault, then each pack file, checked against the trusted keys (key
+// files from `rules keygen`). An unsigned or badly signed pack is refused
+// unless allowUnsigned; nothing is activated unless every pack loads.
+func LoadSet(useDefault bool, paths, trustedKeyFiles []string, allowUnsigned bool) ([]*Pack, error) {
+	var packs []*Pack
+	if useDefault {
+		p, err := Default()
+		if err != nil {
+			return nil, err
+		}
+		packs = append(packs, p)
+	}
+	trusted, err := LoadPublicKeys(trustedKeyFiles...)
+	if err != nil && len(trustedKeyFiles) > 0 {
+		return nil, fmt.Errorf("rules: trusted keys: %w", err)
+	}
+	for _, path := range paths {
+		p, err := Load(path, trusted, allowUnsigned)
+		if err != nil {
+			return nil, fmt.Errorf("rules: %s: %w", path, err)
+		}
+		packs = append(packs, p)
+	}
+	return packs, nil
+}

@@ -1,7 +1,8 @@
 package agent
 
-// Rules at the agent: the default pack's rules marked runs_on agent
-// evaluate the agent's own events in a small in-memory window, so a local
+// Rules at the agent: the rules marked runs_on agent of the built-in pack
+// and of the configured packs (verified against the trusted keys, as at
+// the center) evaluate the agent's own events in a small in-memory window, so a local
 // match alerts without waiting for the center. An alert is an event of
 // kind alert: stored locally like any other and shipped on the alert lane;
 // the center records it (deduplicated with its own engine's alerts) and
@@ -31,7 +32,8 @@ type agentRules struct {
 const ruleWindowBytes = 8 << 20
 
 func (a *Agent) startRules(ctx context.Context, host string, events chan<- capture.Event) (*agentRules, error) {
-	pack, err := rules.Default()
+	rc := a.cfg.Rules
+	packs, err := rules.LoadSet(rc.Default, rc.Packs, rc.TrustedKeys, rc.AllowUnsigned)
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +52,7 @@ func (a *Agent) startRules(ctx context.Context, host string, events chan<- captu
 		case events <- ev:
 		case <-ctx.Done():
 		}
-	}, a.log, pack)
+	}, a.log, packs...)
 	if err != nil {
 		return nil, err
 	}

@@ -9,41 +9,15 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
-	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/rules"
 )
-
-// loadPacks reads the configured rule packs, each checked against the
-// customer's trusted keys (unsigned packs only where explicitly allowed).
-func loadPacks(cfg config.Rules) ([]*rules.Pack, error) {
-	var packs []*rules.Pack
-	if cfg.Default {
-		p, err := rules.Default()
-		if err != nil {
-			return nil, err
-		}
-		packs = append(packs, p)
-	}
-	trusted, err := rules.LoadPublicKeys(cfg.TrustedKeys...)
-	if err != nil && len(cfg.TrustedKeys) > 0 {
-		return nil, fmt.Errorf("rules: trusted keys: %w", err)
-	}
-	for _, path := range cfg.Packs {
-		p, err := rules.Load(path, trusted, cfg.AllowUnsigned)
-		if err != nil {
-			return nil, fmt.Errorf("rules: %s: %w", path, err)
-		}
-		packs = append(packs, p)
-	}
-	return packs, nil
-}
 
 // startRules builds the rule engine over the SQL store's read-only pool.
 // New alerts, and the traces their rules ask for, go to the ledger; the
 // engine is poked after every ingested batch.
 func (c *Center) startRules(ctx context.Context) (*rules.Engine, func(), error) {
-	packs, err := loadPacks(c.cfg.Rules)
+	packs, err := rules.LoadSet(c.cfg.Rules.Default, c.cfg.Rules.Packs, c.cfg.Rules.TrustedKeys, c.cfg.Rules.AllowUnsigned)
 	if err != nil {
 		return nil, nil, err
 	}
