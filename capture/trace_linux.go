@@ -595,10 +595,15 @@ func pidStart(pid uint32) (uint64, error) {
 	return st.Start, nil
 }
 
-// rootAlive reports whether the process k still runs.
+// rootAlive reports whether the process k still runs: a zombie has
+// exited (its exit was reported; only its parent's wait is missing).
 func rootAlive(k ProcKey) bool {
-	st, err := pidStart(k.PID)
-	return err == nil && st == k.Start
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(k.PID), 10) + "/stat")
+	if err != nil {
+		return false
+	}
+	st, err := parseStat(b)
+	return err == nil && st.Start == k.Start && st.State != 'Z' && st.State != 'X' && st.State != 'x'
 }
 
 // procChildren lists the children of every thread of pid. ok is false when
