@@ -217,8 +217,8 @@ type pipelineResult struct {
 	cpu     time.Duration
 	// Until the center's SQL store had every batch (0: not measured).
 	sqlWall, sqlCPU time.Duration
-	bytes   int64
-	sealed  map[string][][]byte // per agent, in seq order: the NATS side publishes these
+	bytes           int64
+	sealed          map[string][][]byte // per agent, in seq order: the NATS side publishes these
 }
 
 func (r pipelineResult) rate() float64    { return float64(r.events) / r.wall.Seconds() }
