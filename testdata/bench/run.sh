@@ -18,9 +18,11 @@ report="$OUT/bench-$stamp.txt"
   $GO test -run '^$' -bench 'ExecStorm' -benchtime 1x -timeout 20m -v ./capture/ 2>&1 | grep -v '^=== RUN'
   $GO test -run '^$' -bench . -benchtime 1x -timeout 20m -v ./roles/agent/ 2>&1 | grep -v '^=== RUN'
   # The tree: pipeline throughput beside NATS JetStream, trace latency
-  # under a saturated bulk lane (BENCHCOUNT repetitions, side by side).
+  # under a saturated bulk lane (BENCHCOUNT repetitions, side by side). The
+  # pipeline waits for the center's SQL store too (minutes; PIPELINE_SQL=0
+  # skips that part).
   bash testdata/bench/nats.sh
-  $GO test -run '^$' -bench . -benchtime 1x -count "${BENCHCOUNT:-1}" -timeout 30m -v ./roles/treetest/ 2>&1 | grep -v '^=== RUN'
+  $GO test -run '^$' -bench . -benchtime 1x -count "${BENCHCOUNT:-1}" -timeout 90m -v ./roles/treetest/ 2>&1 | grep -v '^=== RUN'
 } | tee "$report"
 echo
 echo "report: $report"
