@@ -174,8 +174,15 @@ func (c *Center) ruleTrace(ctx context.Context, a rules.Alert) error {
 			return nil, err
 		}
 		if state == "pending" {
+			// Approval requests name an operator; a rule's are the
+			// center's, recorded as a disabled pseudo-operator that can
+			// never log in (the reason names the rule).
+			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO operators (id, name, role, created, disabled)
+				VALUES (?, 'Security Center (rule policy)', 'viewer', ?, ?)`, policyRequester, now, now); err != nil {
+				return nil, err
+			}
 			res, err := tx.ExecContext(ctx, `INSERT INTO approvals (subject_kind, subject_id, requested_by, requested_at, reason)
-				VALUES ('trace', ?, ?, ?, ?)`, id, by, now, reason)
+				VALUES ('trace', ?, ?, ?, ?)`, id, policyRequester, now, reason)
 			if err != nil {
 				return nil, err
 			}
@@ -194,6 +201,10 @@ func (c *Center) ruleTrace(ctx context.Context, a rules.Alert) error {
 	return c.RequestTrace(ctx, TraceRequest{TraceID: id, Host: p.Host, PID: p.PID, Start: p.Start, Depth: depth,
 		Flags: TraceFlags(a.Trace.Flags()), Caps: caps, InitiatedBy: by, Reason: reason, AlertID: a.ID})
 }
+
+// policyRequester is the operators row that requests approvals for what
+// policy started (a rule's trace).
+const policyRequester = "center"
 
 func mustJSON(v any) []byte {
 	b, err := json.Marshal(v)
