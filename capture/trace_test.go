@@ -22,6 +22,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"lukechampine.com/blake3"
+
+	"github.com/evilbitlabs/daemoneye/internal/testnet"
 )
 
 // traceHelperEnv makes TestTraceHelperProcess act as a helper process.
@@ -837,7 +839,30 @@ func TestTraceStealth(t *testing.T) {
 		}
 		return ""
 	}
-	mounts := read("/proc/1/mountinfo")
+	// The snapshot is taken once the shell is waiting in its read: just
+	// after Start it may still be the Go child before exec, with other fds.
+	fdCount := func() int { fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); return len(fds) }
+	for i, last := 0, -1; ; i++ {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		n := fdCount()
+		if s := string(st); strings.HasSuffix(exe, "/dash") && strings.Contains(s[strings.LastIndexByte(s, ')'):], ") S ") && n == last {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("the shell did not settle in its read within 10s (exe %s)", exe)
+		}
+		last = n
+		time.Sleep(50 * time.Millisecond)
+	}
+	hostMounts := func() string {
+		m, err := testnet.HostMounts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	mounts := hostMounts()
 	bpffs, _ := os.ReadDir("/sys/fs/bpf")
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	kids, _ := procChildren(uint32(os.Getpid()))
@@ -849,7 +874,7 @@ func TestTraceStealth(t *testing.T) {
 	if got := statusLine("TracerPid"); got != "TracerPid:\t0" {
 		t.Errorf("traced process status %q, want TracerPid 0", got)
 	}
-	if got := read("/proc/1/mountinfo"); got != mounts {
+	if got := hostMounts(); got != mounts {
 		t.Error("the host mount table changed when the trace started")
 	}
 	if now, _ := os.ReadDir("/sys/fs/bpf"); len(now) != len(bpffs) {
