@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -50,6 +51,13 @@ func TestFollowListener(t *testing.T) {
 // on b, and b's agent traces the session's shell under the same trace_id.
 func TestTraceFollowsConnection(t *testing.T) {
 	needRootEBPF(t)
+	t.Run("auto-follow", func(t *testing.T) { followCase(t, true) })
+	t.Run("analyst-follows", func(t *testing.T) { followCase(t, false) })
+}
+
+// followCase runs the chain with the center's auto-follow on, or off with
+// an analyst following the link through the API.
+func followCase(t *testing.T, auto bool) {
 	nw, err := testnet.New(t, "follow")
 	if err != nil {
 		t.Fatal(err)
@@ -64,8 +72,12 @@ func TestTraceFollowsConnection(t *testing.T) {
 	}
 	tr := New(t)
 	c := tr.NewCenter("center")
-	c.Cfg.Traces.AutoFollow = true
+	c.Cfg.Traces.AutoFollow = auto
+	apiAddr := freeTCP(t)
+	c.Cfg.API.Listen = apiAddr
 	c.Start()
+	addOperator(t, c, "dana", center.RoleAnalyst)
+	dana := tr.newOperator("dana", apiAddr)
 	agA := tr.newRealAgent("host-a", c.Cfg.Listen)
 	agA.Cfg.Scope = "netns:" + ha.NamespacePath()
 	agA.Start()
@@ -143,6 +155,23 @@ func TestTraceFollowsConnection(t *testing.T) {
 			t.Logf("host-b event %v pid %d trace %q seq %d note %+v", e.Kind, e.Proc.PID, e.TraceID, e.TraceSeq, e.Note)
 		}
 	}()
+	if !auto {
+		var link int64
+		eventually(t, 30*time.Second, "the link with its accepting process", func() bool {
+			links, _ := c.SQL.Links(ctx, id)
+			if len(links) == 1 && !links[0].To.IsZero() {
+				link = links[0].ID
+				return true
+			}
+			return false
+		})
+		if code, resp := dana.do(t, "POST", fmt.Sprintf("/api/v1/links/%d/follow", link), map[string]string{"reason": "follow the session to host-b"}); code != http.StatusOK {
+			t.Fatalf("follow: %d %v", code, resp)
+		}
+		if code, _ := dana.do(t, "POST", fmt.Sprintf("/api/v1/links/%d/follow", link), map[string]string{"reason": "follow the session again"}); code != http.StatusConflict {
+			t.Errorf("following a followed link: HTTP %d, want 409", code)
+		}
+	}
 	eventually(t, 60*time.Second, "the fan-out to host-b and the session shell traced there", func() bool {
 		evs := traceEvents(centerEvents(t, c, "host-b"), id)
 		for _, e := range evs {
