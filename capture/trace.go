@@ -135,9 +135,6 @@ const (
 	DropAgentEventsPerSec = "cap:agent_events_per_sec"
 	DropKernelValve       = "cap:kernel_valve" // the sensor's coarse per-second valve
 	DropBackpressure      = "backpressure"     // the consumer's channel was full
-	// DropMapLost: the kernel's traced map lost a live process of the
-	// trace; its further events may be missed.
-	DropMapLost = "kernel_map_lost"
 )
 
 // TraceStatus is a trace as Traces reports it.
@@ -236,6 +233,11 @@ type traceState struct {
 	bytes  int64
 	bucket tokenBucket
 	pids   int
+	// emptyCounts is how many counts in a row found none of its processes
+	// in the kernel map. The trace ends on the second: the ring may still
+	// hold records of a short-lived lineage that ended just before the
+	// first, and they must be delivered as the trace's before its stop.
+	emptyCounts int
 
 	dropped map[string]uint64
 	// Drops since the last notes, per cause: a "sampled" note per cause

@@ -364,7 +364,6 @@ func (s *EBPFSource) traceMaintain(count bool) {
 	s.kmu.Unlock()
 
 	s.traces.mu.Lock()
-	var lost []*traceState
 	stopped := s.traces.expired()
 	now := s.traces.now()
 	for _, t := range s.traces.byTag {
@@ -377,39 +376,15 @@ func (s *EBPFSource) traceMaintain(count bool) {
 		}
 		if perTag != nil && t.started.Before(counted) {
 			t.pids = perTag[t.tag]
-			switch {
-			case t.pids == 0 && rootAlive(t.root):
-				// The kernel map lost the root while it still runs (seen
-				// under load with two sensors in one process; the cause is
-				// not found yet): the lineage has not exited. The root goes
-				// back in the map, and the loss is counted in the trace's
-				// notes: events between the loss and now may be missing.
-				t.drop(DropMapLost, 1)
-				lost = append(lost, t)
-			case t.pids == 0:
+			if t.pids > 0 {
+				t.emptyCounts = 0
+			} else if t.emptyCounts++; t.emptyCounts >= 2 {
 				s.traces.stopLocked(t, StopLineageExited, now)
 				stopped = append(stopped, t)
 			}
 		}
 	}
 	s.traces.mu.Unlock()
-	for _, t := range lost {
-		s.kmu.Lock()
-		s.traces.mu.Lock()
-		if t.active() && !s.closed.Load() {
-			depth := uint32(depthUnlimited)
-			if t.spec.Depth >= 0 {
-				depth = uint32(min(t.spec.Depth, depthUnlimited-1))
-			}
-			if err := s.traceRoot(t, depth); err != nil {
-				s.log.Warn("trace: put the root back in the traced map", "trace_id", t.spec.TraceID, "err", err)
-			} else {
-				s.log.Warn("trace: the traced map had lost the root; put it back", "trace_id", t.spec.TraceID, "root", t.root.PID)
-			}
-		}
-		s.traces.mu.Unlock()
-		s.kmu.Unlock()
-	}
 	for _, t := range stopped {
 		s.kernelStop(t)
 	}
@@ -593,17 +568,6 @@ func pidStart(pid uint32) (uint64, error) {
 		return 0, err
 	}
 	return st.Start, nil
-}
-
-// rootAlive reports whether the process k still runs: a zombie has
-// exited (its exit was reported; only its parent's wait is missing).
-func rootAlive(k ProcKey) bool {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(k.PID), 10) + "/stat")
-	if err != nil {
-		return false
-	}
-	st, err := parseStat(b)
-	return err == nil && st.Start == k.Start && st.State != 'Z' && st.State != 'X' && st.State != 'x'
 }
 
 // procChildren lists the children of every thread of pid. ok is false when

@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,31 +17,6 @@ import (
 
 	_ "modernc.org/sqlite"
 )
-
-// TestFollowListener is the server of TestTraceFollowsConnection (run in
-// host b's namespace): it accepts one connection, waits for a line, then
-// runs a shell for it, as sshd does for a session.
-func TestFollowListener(t *testing.T) {
-	addr := os.Getenv("DAEMONEYE_FOLLOW_LISTEN")
-	if addr == "" {
-		t.Skip("helper process for TestTraceFollowsConnection")
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		fmt.Println("listen:", err)
-		os.Exit(1)
-	}
-	fmt.Println("listening")
-	c, err := ln.Accept()
-	if err != nil {
-		os.Exit(1)
-	}
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	out, _ := exec.Command("/bin/sh", "-c", "echo session:"+strings.TrimSpace(line)+"; /bin/true").CombinedOutput()
-	c.Write(out)
-	c.Close()
-	os.Exit(0)
-}
 
 // A traced process on host a connects to host b, where another agent runs:
 // the center sees the link, fans the trace out to the process that accepted
@@ -95,8 +67,16 @@ func followCase(t *testing.T, auto bool) {
 	})
 
 	port := 4022
-	srv := hb.Command(ctx, os.Args[0], "-test.run=^TestFollowListener$")
-	srv.Env = append(os.Environ(), "DAEMONEYE_FOLLOW_LISTEN="+net.JoinHostPort(hb.Addr.String(), strconv.Itoa(port)))
+	// The server on host b accepts one connection, waits for a line, then
+	// runs a shell for it, as sshd does for a session (perl: in every
+	// Debian base system).
+	srv := hb.Command(ctx, "/usr/bin/perl", "-e", `use IO::Socket::INET; $| = 1;
+my $s = IO::Socket::INET->new(LocalAddr => $ARGV[0], Listen => 1, ReuseAddr => 1) or die "listen: $!";
+print "listening\n";
+my $c = $s->accept or die "accept: $!";
+my $l = <$c>; $l =~ s/\s+//g;
+my $o = qx(/bin/sh -c "echo session:$l; /bin/true");
+print $c $o; close $c;`, net.JoinHostPort(hb.Addr.String(), strconv.Itoa(port)))
 	srvOut, _ := srv.StdoutPipe()
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
@@ -151,8 +131,13 @@ func followCase(t *testing.T, auto bool) {
 			}
 		}
 		t.Logf("acks b: %+v", c.Acks("trace-start-"+id+"@host-b"))
+		if hs, err := c.SQL.Hosts(ctx); err == nil {
+			for _, h := range hs {
+				t.Logf("host %s lost %v health %s", h.AgentID, h.LostEvents, h.Health)
+			}
+		}
 		for _, e := range centerEvents(t, c, "host-b") {
-			t.Logf("host-b event %v pid %d trace %q seq %d note %+v", e.Kind, e.Proc.PID, e.TraceID, e.TraceSeq, e.Note)
+			t.Logf("host-b event %s %v pid %d trace %q seq %d note %+v", time.Unix(0, e.Time).Format("15:04:05.000"), e.Kind, e.Proc.PID, e.TraceID, e.TraceSeq, e.Note)
 		}
 	}()
 	if !auto {
