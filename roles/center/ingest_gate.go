@@ -34,9 +34,11 @@ const (
 
 // newCPUGate lets one bulk task fewer run than there are processors (at
 // least one), so that one processor is usually left for urgent work and
-// for the rest of the pipeline.
+// for the rest of the pipeline. Processors are the CPUs, not GOMAXPROCS:
+// with more Ps than CPUs (which shortens the Go run queue that urgent work
+// waits in) the bulk tasks must still leave a CPU free.
 func newCPUGate() *cpuGate {
-	return &cpuGate{free: max(1, runtime.GOMAXPROCS(0)-1)}
+	return &cpuGate{free: max(1, min(runtime.GOMAXPROCS(0), runtime.NumCPU())-1)}
 }
 
 // acquire waits for a slot.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -411,16 +412,29 @@ func BenchmarkTraceLatency(b *testing.B) {
 		realProxies bool
 		link        transport.Options
 		window      int
+		procs       int // GOMAXPROCS for the run; 0 leaves it alone
 	}{
-		{"proxies=real/prio=on", true, transport.Options{}, 0},
-		{"proxies=chain/prio=on", false, transport.Options{}, 0},
-		{"proxies=chain/prio=off", false, transport.Options{NoPrio: true}, 0},
+		{"proxies=real/prio=on", true, transport.Options{}, 0, 0},
+		{"proxies=chain/prio=on", false, transport.Options{}, 0, 0},
+		{"proxies=chain/prio=off", false, transport.Options{NoPrio: true}, 0, 0},
 		// Diagnostic: the same chain with a small uplink window (batches in
 		// flight per lane), which bounds how long the uplink's one sender
 		// goroutine can block on a full bulk lane.
-		{"proxies=chain/prio=on/window=8", false, transport.Options{}, 8},
+		{"proxies=chain/prio=on/window=8", false, transport.Options{}, 8, 0},
+		// Every node of this tree runs in this one process, so they share
+		// one Go scheduler with GOMAXPROCS (2 here) processors: a trace
+		// batch waits at every step in one run queue with the goroutines
+		// of all eight nodes. Deployed, each node is its own process with
+		// its own GOMAXPROCS and the kernel shares the cores between them.
+		// procs=16 (two per node) approximates that on the same two cores.
+		{"proxies=real/prio=on/procs=16", true, transport.Options{}, 0, 16},
+		{"proxies=chain/prio=on/procs=16", false, transport.Options{}, 0, 16},
+		{"proxies=chain/prio=off/procs=16", false, transport.Options{NoPrio: true}, 0, 16},
 	} {
 		b.Run(v.name, func(b *testing.B) {
+			if v.procs > 0 {
+				defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(v.procs))
+			}
 			var all []time.Duration
 			var hops [3][]time.Duration
 			var bulkRate, dry float64
