@@ -177,6 +177,48 @@ type Center struct {
 	Traces  Traces  `yaml:"traces"`
 	TLS     TLS     `yaml:"tls"`
 	Metrics Metrics `yaml:"metrics"`
+	// Sinks are export destinations (none by default: with none the center
+	// opens no outbound connection). A configured sink stays off until an
+	// admin's request to enable it is approved by a second operator.
+	Sinks []Sink `yaml:"sinks"`
+}
+
+// Sink is one export destination for what the center records (alerts,
+// trace summaries and trace events), always masked, one way.
+type Sink struct {
+	Name string `yaml:"name"` // unique; names the approval and the counters
+	Type string `yaml:"type"` // kafka, splunk_hec, elastic, syslog
+	// Kafka: seed brokers and topic.
+	Brokers []string `yaml:"brokers"`
+	Topic   string   `yaml:"topic"`
+	// Splunk HEC (https://host:8088) and Elastic (https://host:9200).
+	URL   string `yaml:"url"`
+	Index string `yaml:"index"` // Splunk index; Elastic index prefix (PREFIX-alert, ...)
+	// TokenFile holds the HEC token or the Elastic API key (read when the
+	// sink starts; never logged, not part of the approved digest).
+	TokenFile string `yaml:"token_file"`
+	// Syslog: host:port of an RFC 5425 (TLS) receiver.
+	Address string  `yaml:"address"`
+	TLS     SinkTLS `yaml:"tls"`
+	// Records limits what goes out: alert, trace, trace_event (all when empty).
+	Records []string `yaml:"records"`
+	// QueueRecords bounds the in-memory queue; when full, new records are
+	// dropped and counted (ingest never waits for a sink).
+	QueueRecords int `yaml:"queue_records"`
+	BatchRecords int `yaml:"batch_records"`
+	// MaxAttempts is how often a batch is tried (with backoff) before it is
+	// counted as failed and dropped.
+	MaxAttempts int `yaml:"max_attempts"`
+}
+
+// SinkTLS is the client side of a sink's TLS. Kafka may be plaintext only
+// when Plaintext says so; HTTP sinks need an https URL; syslog is TLS only.
+type SinkTLS struct {
+	CA         string `yaml:"ca"`   // PEM roots; empty: the system's
+	Cert       string `yaml:"cert"` // client certificate (mutual TLS), optional
+	Key        string `yaml:"key"`
+	ServerName string `yaml:"server_name"`
+	Plaintext  bool   `yaml:"plaintext"` // kafka only
 }
 
 // Traces configures how the center runs focused traces across hosts.
@@ -299,6 +341,7 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Sprintf("center.rules.trace_policy: want auto, approval or off, got %q", c.Center.Rules.TracePolicy))
 	}
+	errs = append(errs, checkSinks(c.Center.Sinks)...)
 	if err := checkScope(c.Agent.Scope); err != nil {
 		errs = append(errs, "agent.scope: "+err.Error())
 	}
