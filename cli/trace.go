@@ -266,8 +266,9 @@ func (c *TraceShowCmd) Run(ctx context.Context, g *Globals) error {
 	defer cl.close()
 	var (
 		head struct {
-			Trace   traceView        `json:"trace"`
-			Targets []map[string]any `json:"targets"`
+			Trace   traceView
+			Targets []map[string]any
+			Links   []map[string]any
 		}
 		events []traceEventView
 	)
@@ -279,6 +280,7 @@ func (c *TraceShowCmd) Run(ctx context.Context, g *Globals) error {
 		var resp struct {
 			Trace     traceView        `json:"trace"`
 			Targets   []map[string]any `json:"targets"`
+			Links     []map[string]any `json:"links"`
 			Events    []traceEventView `json:"events"`
 			NextAfter *struct {
 				Seq  int64  `json:"after_seq"`
@@ -289,7 +291,7 @@ func (c *TraceShowCmd) Run(ctx context.Context, g *Globals) error {
 			return err
 		}
 		if page == 0 {
-			head.Trace, head.Targets = resp.Trace, resp.Targets
+			head.Trace, head.Targets, head.Links = resp.Trace, resp.Targets, resp.Links
 		}
 		events = append(events, resp.Events...)
 		if resp.NextAfter == nil {
@@ -298,11 +300,38 @@ func (c *TraceShowCmd) Run(ctx context.Context, g *Globals) error {
 		after.Set("after_seq", fmt.Sprint(resp.NextAfter.Seq))
 		after.Set("after_host", resp.NextAfter.Host)
 	}
-	printTrace(g.stdout, head.Trace, head.Targets, events)
+	// Where each target came from: its ancestors as the center knows them.
+	ancestry := map[string]string{}
+	for _, tg := range head.Targets {
+		host, _ := tg["host"].(string)
+		pid, _ := num(tg["pid"])
+		start, _ := num(tg["start"])
+		var lin struct {
+			Ancestors []struct {
+				PID  uint32 `json:"pid"`
+				Comm string `json:"comm"`
+				Exe  string `json:"exe"`
+			} `json:"ancestors"`
+		}
+		if err := cl.do(ctx, "GET", fmt.Sprintf("/api/v1/processes/%s/%d/%d/lineage", url.PathEscape(host), pid, start), nil, &lin); err != nil {
+			continue // the process may be unknown to the SQL store yet: the rest still prints
+		}
+		var parts []string
+		for i := len(lin.Ancestors) - 1; i >= 0; i-- {
+			a := lin.Ancestors[i]
+			name := a.Comm
+			if name == "" {
+				name = a.Exe
+			}
+			parts = append(parts, fmt.Sprintf("%s(%d)", privacy.Safe(name), a.PID))
+		}
+		ancestry[fmt.Sprintf("%s %d@%d", host, pid, start)] = strings.Join(parts, " > ")
+	}
+	printTrace(g.stdout, head.Trace, head.Targets, ancestry, head.Links, events)
 	return nil
 }
 
-func printTrace(w io.Writer, t traceView, targets []map[string]any, events []traceEventView) {
+func printTrace(w io.Writer, t traceView, targets []map[string]any, ancestry map[string]string, links []map[string]any, events []traceEventView) {
 	fmt.Fprintf(w, "trace %s  state %s\n", t.TraceID, t.State)
 	fmt.Fprintf(w, "  root      %s pid %d@%d, depth %d\n", t.Host, t.PID, t.Start, t.Depth)
 	fmt.Fprintf(w, "  by        %s: %s\n", privacy.Safe(t.InitiatedBy), privacy.Safe(t.Reason))
@@ -314,6 +343,20 @@ func printTrace(w io.Writer, t traceView, targets []map[string]any, events []tra
 		pid, _ := num(tg["pid"])
 		start, _ := num(tg["start"])
 		fmt.Fprintf(w, "  target    %v pid %d@%d (%v)\n", tg["host"], pid, start, tg["state"])
+		if a := ancestry[fmt.Sprintf("%v %d@%d", tg["host"], pid, start)]; a != "" {
+			fmt.Fprintf(w, "            under %s\n", a)
+		}
+	}
+	for _, l := range links {
+		to := "accept not seen yet"
+		if pid, ok := num(l["to_pid"]); ok {
+			to = fmt.Sprintf("accepted by pid %d", pid)
+		}
+		followed := "not followed"
+		if l["followed"] != nil {
+			followed = "followed"
+		}
+		fmt.Fprintf(w, "  link      %v pid %v %v -> %v %v (%s, %s)\n", l["from_host"], l["from_pid"], l["src"], l["to_host"], l["dst"], to, followed)
 	}
 
 	// Lineage: processes seen in the trace, under their parents.
