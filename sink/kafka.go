@@ -40,8 +40,12 @@ func (k *kafkaDest) send(ctx context.Context, recs []Record) ([]Record, error) {
 	krs := make([]*kgo.Record, len(recs))
 	at := make(map[*kgo.Record]int, len(recs))
 	for i, r := range recs {
-		krs[i] = &kgo.Record{Key: []byte(r.id), Value: r.doc, Timestamp: r.time,
-			Headers: []kgo.RecordHeader{{Key: "kind", Value: []byte(r.kind)}, {Key: "host", Value: []byte(r.host)}}}
+		// Timestamp is left to the client (produce time): franz-go's
+		// delivery timeout counts from it, and an event's own time is in
+		// the document and the "time" header.
+		krs[i] = &kgo.Record{Key: []byte(r.id), Value: r.doc,
+			Headers: []kgo.RecordHeader{{Key: "kind", Value: []byte(r.kind)}, {Key: "host", Value: []byte(r.host)},
+				{Key: "time", Value: []byte(r.time.Format(time.RFC3339Nano))}}}
 		at[krs[i]] = i
 	}
 	res := k.cl.ProduceSync(ctx, krs...)
