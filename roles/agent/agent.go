@@ -179,6 +179,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("rule window seed", "err", err)
 		}
 	}
+	if err := a.shipSeed(procs); err != nil {
+		stopSource()
+		return err
+	}
 	procs = nil // the table is in the store now
 	sock, err := a.listenSocket()
 	if err != nil {
@@ -237,6 +241,46 @@ func (a *Agent) seed() ([]capture.Process, error) {
 	a.seedTime.Store(int64(d))
 	a.log.Info("process table seeded", "processes", len(procs), "took", d.Round(time.Millisecond), "source", a.src.Name())
 	return procs, nil
+}
+
+// shipSeed stores one exec event (source "seed") per user process found
+// running at start, so the center learns the processes that predate the
+// agent (a web server started at boot) and its lineage reaches them. Kernel
+// threads (no executable) are left out. Called before the pipeline runs:
+// the store has one writer.
+func (a *Agent) shipSeed(procs []capture.Process) error {
+	now := time.Now().UnixNano()
+	batch := make([]capture.Event, 0, a.cfg.Stream.BatchMaxEvents)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if _, _, err := a.store.Append(batch); err != nil {
+			return fmt.Errorf("agent: store the seeded processes: %w", err)
+		}
+		a.stored.Add(uint64(len(batch)))
+		batch = batch[:0]
+		return nil
+	}
+	for i := range procs {
+		p := &procs[i]
+		if p.Exec.Exe == "" {
+			continue
+		}
+		x := p.Exec
+		t := p.StartTime
+		if t == 0 {
+			t = now
+		}
+		batch = append(batch, capture.Event{Time: t, Kind: capture.KindExec, Proc: p.Key, Parent: p.Parent, Comm: p.Comm,
+			Source: "seed", Exec: &x})
+		if len(batch) == cap(batch) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
 }
 
 // traceFlushDelay is the longest a trace event waits in the pipeline

@@ -218,16 +218,26 @@ func mounts(t *testing.T) string {
 	return m
 }
 
+// otherScratch: names that tests, the Go toolchain and the browser tests
+// create in /tmp while this test runs (go test builds and runs packages in
+// parallel); the agent's own files would have none of these prefixes.
+func otherScratch(name string) bool {
+	for _, p := range []string{"Test", "Fuzz", "Benchmark", "go-build", "go-link", "daemoneye-", "org.chromium.", ".org.chromium.", "chromedp-"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // listings names the entries of the shared scratch directories.
 func listings(t *testing.T) string {
 	var b strings.Builder
 	for _, d := range []string{"/tmp", "/var/tmp", "/dev/shm", "/run"} {
 		es, _ := os.ReadDir(d)
 		for _, e := range es {
-			if strings.HasPrefix(e.Name(), "Test") || strings.HasPrefix(e.Name(), "Fuzz") ||
-				strings.HasPrefix(e.Name(), "Benchmark") || strings.HasPrefix(e.Name(), "go-build") ||
-				strings.HasPrefix(e.Name(), "daemoneye-") { // other packages' test helpers (built binaries, trace fixtures)
-				continue // temp dirs of this and other test binaries running in parallel
+			if otherScratch(e.Name()) {
+				continue // temp dirs of this and other test binaries, the toolchain and browsers running in parallel
 			}
 			if filepath.Join(d, e.Name()) == "/run/netns" {
 				continue // made by `ip netns` in the namespace tests running in parallel

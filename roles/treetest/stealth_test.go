@@ -218,7 +218,7 @@ func TestTraceStealth(t *testing.T) {
 	ignore := func(dir, name string) bool {
 		// Other tests' and the toolchain's scratch entries, and this
 		// test's own temp dirs; the agent's data dir is under tr.Dir.
-		for _, p := range []string{"Test", "Fuzz", "go-build", "daemoneye-", "go.", "gopls"} {
+		for _, p := range []string{"Test", "Fuzz", "Benchmark", "go-build", "go-link", "daemoneye-", "go.", "gopls", "org.chromium.", ".org.chromium.", "chromedp-"} {
 			if strings.HasPrefix(name, p) {
 				return true
 			}
