@@ -249,6 +249,8 @@ func (a *API) routeTable() []route {
 		{"GET", "/api/v1/operators", RoleAdmin, false, a.operators},
 		{"POST", "/api/v1/operators", RoleAdmin, true, a.addOperator},
 		{"POST", "/api/v1/operators/{id}", RoleAdmin, true, a.updateOperator},
+		{"GET", "/api/v1/sinks", RoleAdmin, false, a.listSinks},
+		{"POST", "/api/v1/sinks/{name}/enable", RoleAdmin, true, a.enableSink},
 	}
 }
 

@@ -442,6 +442,8 @@ func TestAPIRoleMatrix(t *testing.T) {
 		"GET /api/v1/operators":                              {"/api/v1/operators", nil},
 		"POST /api/v1/operators":                             {"/api/v1/operators", map[string]string{"id": "", "role": "viewer"}},
 		"POST /api/v1/operators/{id}":                        {"/api/v1/operators/no-such-op", map[string]string{"role": "viewer"}},
+		"GET /api/v1/sinks":                                  {"/api/v1/sinks", nil},
+		"POST /api/v1/sinks/{name}/enable":                   {"/api/v1/sinks/no-such-sink/enable", map[string]string{"reason": "matrix: enable nothing"}},
 	}
 	routes := e.api.Routes()
 	for pattern := range routes {

@@ -56,6 +56,8 @@ type Center struct {
 	ops     *Operators
 	auditor Auditor
 
+	sinks *SinkGate // export sinks behind the egress gate (sink.go)
+
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
 
@@ -131,6 +133,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 			return nil, fmt.Errorf("center: %w", err)
 		}
 	}
+	c.sinks = newSinkGate(cfg.Sinks, sq, LedgerAuditor{L: lg}, log)
 	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
 	c.Ingest.toSQL = func(b *wire.Batch) {
 		select {
@@ -220,6 +223,7 @@ func (c *Center) Run(ctx context.Context) error {
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })
+	g.Go(func() error { return c.sinks.Run(gctx) })
 	return g.Wait()
 }
 
