@@ -23,6 +23,8 @@ type BenchScaleCmd struct {
 	Rate       float64       `default:"20" help:"Baseline events per second per agent (fork, exec, connect, exit)."`
 	Duration   time.Duration `default:"2m" help:"How long the load runs."`
 	Drain      time.Duration `default:"5m" help:"Longest wait for the tree to drain after the load."`
+	BatchMS    int           `name:"batch-ms" help:"The simulated agents' agent.stream.batch_max_ms (default: the configuration default): each cuts one bulk batch this often." placeholder:"MS"`
+	CPUProfile string        `name:"cpuprofile" type:"path" help:"Also write the CPU profile of the load and drain (samples labelled role=center|proxy|agent|loadgen; go tool pprof -tags FILE) here." placeholder:"FILE"`
 	AlertEvery time.Duration `default:"1s" help:"One exec from /tmp on a random agent this often (exec -> alert latency; 0: none)."`
 	CmdEvery   time.Duration `default:"500ms" help:"One command to a random agent this often (round trip; 0: none)."`
 	TraceEvery time.Duration `default:"50ms" help:"One trace event on the first agent this often (trace lane under bulk; 0: none)."`
@@ -51,7 +53,7 @@ func (c *BenchScaleCmd) Run(ctx context.Context, g *Globals) error {
 		}
 	}
 	res, err := loadgen.Run(ctx, loadgen.Options{
-		Dir: dir, Agents: c.Agents, Top: c.Top, Fanout: c.Fanout, Rate: c.Rate, Duration: c.Duration, Drain: c.Drain,
+		Dir: dir, Agents: c.Agents, Top: c.Top, Fanout: c.Fanout, Rate: c.Rate, Duration: c.Duration, Drain: c.Drain, BatchMS: c.BatchMS, CPUProfile: c.CPUProfile,
 		AlertEvery: c.AlertEvery, CmdEvery: c.CmdEvery, TraceEvery: c.TraceEvery, Seed: c.Seed,
 		Log: slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl})), Out: g.stdout,
 	})

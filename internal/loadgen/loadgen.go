@@ -16,6 +16,7 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -48,10 +50,16 @@ type Options struct {
 	Rate     float64       // baseline events per second per agent
 	Duration time.Duration // how long the load runs
 	Drain    time.Duration // how long to wait for the tree to drain after the load
+	// BatchMS is the simulated agents' agent.stream.batch_max_ms (0: the
+	// default): how often each cuts a bulk batch, so the batches per second
+	// the tree carries (Agents * 1000 / BatchMS).
+	BatchMS int
 
 	AlertEvery time.Duration // one exec from /tmp on a random agent this often (0: none)
 	CmdEvery   time.Duration // one command to a random agent this often (0: none)
 	TraceEvery time.Duration // one trace event on agent 0 this often (0: none)
+
+	CPUProfile string // also write the run's CPU profile here (labelled by role)
 
 	Seed uint64       // churn randomness
 	Log  *slog.Logger // nil: discard
@@ -168,6 +176,9 @@ type simAgent struct {
 // returned even when the check fails (with an error wrapping ErrLoss).
 func Run(ctx context.Context, o Options) (*Result, error) {
 	o.defaults()
+	// This goroutine's own work (polling, accounting) is the generator's.
+	pprof.SetGoroutineLabels(roleCtx(ctx, "loadgen"))
+	defer pprof.SetGoroutineLabels(ctx)
 	res := &Result{Options: o, Started: time.Now()}
 	if ents, err := os.ReadDir(o.Dir); err == nil && len(ents) > 0 {
 		return nil, fmt.Errorf("loadgen: %s is not empty", o.Dir)
@@ -207,7 +218,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	cc.CADir = ca.Dir()
 	cc.API.Listen = ""
-	cn, err := center.New(cc, o.Log)
+	var cn *center.Center
+	asRole("center", func() { cn, err = center.New(cc, o.Log) })
 	if err != nil {
 		return nil, fmt.Errorf("loadgen: %w", err)
 	}
@@ -217,7 +229,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	runners = append(runners, struct {
 		name string
 		r    *runner
-	}{"center", start(cn.Run)})
+	}{"center", startAs("center", cn.Run)})
 
 	// Proxies: Top under the center, Fanout under each of those.
 	newProxy := func(name, parent string) (string, error) {
@@ -232,14 +244,15 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if pc.TLS, err = t.issue(pki.RoleProxy, name); err != nil {
 			return "", err
 		}
-		px, err := proxy.New(pc, o.Log)
+		var px *proxy.Proxy
+		asRole("proxy", func() { px, err = proxy.New(pc, o.Log) })
 		if err != nil {
 			return "", fmt.Errorf("proxy %s: %w", name, err)
 		}
 		runners = append(runners, struct {
 			name string
 			r    *runner
-		}{name, start(px.Run)})
+		}{name, startAs("proxy", px.Run)})
 		return px.Addr(), nil
 	}
 	var leaves []string
@@ -263,7 +276,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	startAgents := time.Now()
 	agents := make([]*simAgent, o.Agents)
 	for i := range agents {
-		a, err := newSimAgent(t, fmt.Sprintf("ag%05d", i), leaves[i%len(leaves)], o.Seed+uint64(i))
+		var a *simAgent
+		asRole("agent", func() {
+			a, err = newSimAgent(t, fmt.Sprintf("ag%05d", i), leaves[i%len(leaves)], o.BatchMS, o.Seed+uint64(i))
+		})
 		if err != nil {
 			for _, b := range agents[:i] {
 				b.stop()
@@ -292,7 +308,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	res.RSSAgents = rss()
 	fmt.Fprintf(o.Out, "tree up: center, %d proxies, %d agents connected in %s\n", res.Proxies, o.Agents, res.StartAgents.Round(time.Millisecond))
 
-	// Load.
+	// Load. The CPU profile splits the process's CPU by role.
+	var prof bytes.Buffer
+	profiling := pprof.StartCPUProfile(&prof) == nil
+	stopProfile := func() {
+		if !profiling {
+			return
+		}
+		profiling = false
+		pprof.StopCPUProfile()
+		if o.CPUProfile != "" {
+			if err := os.WriteFile(o.CPUProfile, prof.Bytes(), 0o644); err != nil {
+				fmt.Fprintf(o.Out, "write CPU profile: %v\n", err)
+			}
+		}
+		if byRole, err := profileByRole(prof.Bytes()); err == nil {
+			res.RoleCPU = byRole
+		}
+	}
+	defer stopProfile()
 	cpu0 := cpuTime()
 	loadStart := time.Now()
 	lctx, lcancel := context.WithTimeout(ctx, o.Duration)
@@ -301,10 +335,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			pprof.SetGoroutineLabels(roleCtx(lctx, "agent")) // the sensor's share of the agent
 			a.emit(lctx, o.Rate, time.Duration(i)*100*time.Millisecond/time.Duration(len(agents)))
 		}()
 	}
 	wg.Add(3)
+	// (these goroutines inherit this one's role label, loadgen)
 	go func() { defer wg.Done(); m.alertProbes(lctx, cn, agents, o.AlertEvery, o.Seed) }()
 	go func() { defer wg.Done(); m.commands(lctx, cn, agents, o.CmdEvery, o.Seed) }()
 	go func() { defer wg.Done(); m.traceProbe(lctx, agents[0], o.TraceEvery) }()
@@ -314,8 +350,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		case <-lctx.Done():
 			done = true
 		case <-tick.C:
-			b, e, _ := cn.Ingest.Counts()
-			fmt.Fprintf(o.Out, "%4.0fs: center stored %d batches, %d events; rss %s\n", time.Since(loadStart).Seconds(), b, e, mib(rss()))
+			progress(o.Out, time.Since(loadStart), cn, agents)
 		}
 	}
 	tick.Stop()
@@ -345,6 +380,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if got >= want || time.Since(drainStart) > o.Drain {
 			break
 		}
+		if n := time.Since(drainStart); n.Truncate(200*time.Millisecond)%(10*time.Second) == 0 && n > time.Second {
+			progress(o.Out, time.Since(loadStart), cn, agents)
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -354,6 +392,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// Give late alert and command measurements a moment, then read them.
 	time.Sleep(2 * time.Second)
 	res.TotalCPU = cpuTime() - cpu0
+	stopProfile()
 	m.finish(ctx, cn, res)
 
 	if err := check(cn, agents, res); err != nil {
@@ -368,10 +407,31 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
-func newSimAgent(t *tree, name, parent string, seed uint64) (*simAgent, error) {
+// progress prints where the events are: stored by the agents, queued in
+// their uplink WALs, stored at the center.
+func progress(w io.Writer, at time.Duration, cn *center.Center, agents []*simAgent) {
+	var emitted, queued, queuedEv, waiting uint64
+	for _, a := range agents {
+		s := a.ship.Stats()
+		emitted += a.emitted.Load()
+		queued += s.Batches
+		queuedEv += s.Events
+		for _, l := range s.Queue.Lanes {
+			waiting += uint64(l.Entries)
+		}
+	}
+	b, e, _ := cn.Ingest.Counts()
+	fmt.Fprintf(w, "%5.0fs: agents stored %d events, queued %d batches (%d events, %d not yet acked); center stored %d batches, %d events; rss %s\n",
+		at.Seconds(), emitted, queued, queuedEv, waiting, b, e, mib(rss()))
+}
+
+func newSimAgent(t *tree, name, parent string, batchMS int, seed uint64) (*simAgent, error) {
 	ac := config.Default().Agent
 	ac.DataDir = filepath.Join(t.dir, "agents", name)
 	ac.ProxyHint = parent
+	if batchMS > 0 {
+		ac.Stream.BatchMaxMS = batchMS
+	}
 	var err error
 	if ac.TLS, err = t.issue(pki.RoleAgent, name); err != nil {
 		return nil, err
@@ -389,7 +449,7 @@ func newSimAgent(t *tree, name, parent string, seed uint64) (*simAgent, error) {
 		return nil, err
 	}
 	a := &simAgent{name: name, st: st, ship: sh, inject: make(chan injected, 16), churn: newChurn(seed)}
-	a.run = start(sh.Run)
+	a.run = startAs("agent", sh.Run)
 	return a, nil
 }
 

@@ -34,6 +34,7 @@ type Result struct {
 
 	// Resources of the whole process (center, proxies and agents).
 	LoadCPU, TotalCPU time.Duration // during the load; load + drain
+	RoleCPU           RoleCPU       // load + drain, by role, from a CPU profile (nil: none)
 	RSSAfterLoad, HWM int64         // bytes
 	// RSSTree is before the agents start (center and proxies idle),
 	// RSSAgents once every agent is connected (before the load).
@@ -136,6 +137,14 @@ func (r *Result) Report(w io.Writer) {
 	fmt.Fprintf(w, "  trace lane under bulk         %s   target p99 < 100 ms\n", r.Trace)
 	fmt.Fprintf(w, "  process CPU (all roles)       %.1f s in the load (%.2f cores), %.1f s with drain; %.1f CPU-s per 1,000 agent-minutes\n",
 		r.LoadCPU.Seconds(), r.LoadCPU.Seconds()/r.Load.Seconds(), r.TotalCPU.Seconds(), per1k(r.LoadCPU.Seconds())/r.Load.Minutes())
+	if r.RoleCPU != nil {
+		fmt.Fprintf(w, "  CPU by role (profile)         %s\n", r.RoleCPU)
+		load := r.Load + r.DrainTime
+		for _, role := range []string{"center", "proxy"} {
+			fmt.Fprintf(w, "  %-29s %.2f cores over load+drain; %.1f CPU-s per 1,000 agent-minutes\n", role+" CPU",
+				r.RoleCPU[role].Seconds()/load.Seconds(), per1k(r.RoleCPU[role].Seconds())/r.Load.Minutes())
+		}
+	}
 	fmt.Fprintf(w, "  process RSS (all roles)       %s after the load, peak %s\n", mib(r.RSSAfterLoad), mib(r.HWM))
 	fmt.Fprintf(w, "  RSS by phase                  center+proxies idle %s; + %d idle agents %s (%s per agent)\n",
 		mib(r.RSSTree), o.Agents, mib(r.RSSAgents), fmt.Sprintf("%.2f MiB", float64(r.RSSAgents-r.RSSTree)/float64(o.Agents)/(1<<20)))
