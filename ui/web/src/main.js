@@ -101,7 +101,13 @@ async function alertView(id) {
     h('p', {}, h('span', { class: `badge sev-${al.severity}` }, al.severity), ' ', al.technique, ' · ', al.host,
       ' · pid ', al.pid, ' · ', fmtTime(al.time), ' · ', al.state, al.count > 1 ? ` · ${al.count} hits` : ''),
     h('h2', {}, 'Context'), h('pre', {}, JSON.stringify(al.context, null, 2)),
-    al.trace_id ? h('p', {}, h('a', { href: `#/trace/${encodeURIComponent(al.trace_id)}`, id: 'open-trace' }, `Open trace ${al.trace_id}`)) : null);
+    h('p', { id: 'alert-traces' }));
+  // The trace a rule or an analyst started for this alert names it
+  // (traces.alert_id); alerts.trace_id is set only by some paths.
+  const { traces } = await get(`/traces?host=${encodeURIComponent(al.host)}&limit=1000`);
+  const ids = [...new Set([al.trace_id, ...traces.filter((t) => t.alert_id === al.id).map((t) => t.trace_id)].filter(Boolean))];
+  head.querySelector('#alert-traces').append(...ids.map((tid, i) => [i ? ' · ' : '', h('a', { href: `#/trace/${encodeURIComponent(tid)}`, id: i ? null : 'open-trace' }, `Open trace ${tid}`)]).flat(),
+    ids.length ? '' : h('span', { class: 'muted' }, 'No trace for this alert.'));
   show(head, h('div', { id: 'lineage' }, h('p', { class: 'muted' }, 'Loading the lineage…')));
   if (proc) await lineageView(document.getElementById('lineage'), proc, al);
   else document.getElementById('lineage').replaceChildren(h('p', { class: 'muted' }, 'The alert\'s process is not in the store.'));
@@ -185,7 +191,12 @@ async function approvalsView() {
     try {
       await post(`/approvals/${ap.id}`, { decision, reason });
       await approvalsView();
-    } catch (e) { document.getElementById('approvals-msg').replaceChildren(errorBox(e)); }
+    } catch (e) {
+      // The decision may be recorded although what it started failed
+      // (the trace command, say): show the queue as it is now, then why.
+      await approvalsView();
+      document.getElementById('approvals-msg').replaceChildren(errorBox(e));
+    }
   };
   const mayDecide = can('approver');
   show(h('h1', {}, `Approvals (${pending.length} pending)`), h('div', { id: 'approvals-msg' }),
@@ -225,6 +236,8 @@ async function route() {
     if (!m) continue;
     try {
       main().dataset.view = '';
+      delete main().dataset.ready;
+      delete main().dataset.current;
       await view(...m.slice(1));
       if (n === routing) main().dataset.view = hash.split('/')[1];
     } catch (e) {
