@@ -45,8 +45,9 @@ fuzz-smoke: ## Run each fuzz target for FUZZTIME.
 deps-generate:
 	@command -v clang >/dev/null && command -v bpftool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm libbpf-dev bpftool; }
 
-generate: deps-generate ## Rebuild the generated eBPF objects (needs clang; installs it).
+generate: deps-generate ## Rebuild the generated eBPF objects (needs clang; installs it) and the web UI's ui/dist (needs node and npm).
 	bash bpf/generate.sh
+	bash ui/build.sh
 
 bench: build ## Run the benchmarks and print their figures (see BENCHMARKS.md).
 	bash testdata/bench/run.sh
