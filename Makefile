@@ -12,7 +12,7 @@ FUZZTIME    ?= 4s
 BENCHTIME   ?= 1x
 export CGO_ENABLED := 0
 
-.PHONY: help build test vet fuzz-smoke generate bench demo demo-standalone demo-clean deps-generate
+.PHONY: help build test vet fuzz-smoke generate bench demo demo-standalone demo-clean deps-generate deps-test
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ build: ## Build the static binary bin/daemoneye and the daemoneye-agent symlink.
 vet:
 	$(GO) vet ./...
 
-test: build vet ## Run every test (as root: the capture tests use the real kernel), then each fuzz target briefly.
+test: build vet deps-test ## Run every test (as root: the capture tests use the real kernel), then each fuzz target briefly.
 	DAEMONEYE_BIN=$(CURDIR)/$(BIN)/daemoneye $(GO) test -count=1 -timeout 12m ./...
 	@$(MAKE) --no-print-directory fuzz-smoke
 
@@ -41,6 +41,12 @@ fuzz-smoke: ## Run each fuzz target for FUZZTIME.
 	    fi; \
 	  done; \
 	done
+
+deps-test: ## Install the peers the sink tests talk to (Debian's kcat and rsyslog), once.
+	@if [ "$$(id -u)" = 0 ] && ! { command -v kcat >/dev/null && command -v rsyslogd >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ]; }; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat rsyslog rsyslog-gnutls; } >/tmp/daemoneye-apt.log 2>&1 \
+	    || { echo "deps-test: apt-get install kcat rsyslog rsyslog-gnutls failed:"; tail -20 /tmp/daemoneye-apt.log; exit 1; }; \
+	fi
 
 deps-generate:
 	@command -v clang >/dev/null && command -v bpftool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm libbpf-dev bpftool; }
