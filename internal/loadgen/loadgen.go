@@ -152,6 +152,11 @@ func raiseNoFile() (uint64, error) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, err
 	}
+	// Root may raise the hard limit too; otherwise take the hard limit.
+	want := syscall.Rlimit{Cur: max(rl.Max, 1<<20), Max: max(rl.Max, 1<<20)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err == nil {
+		return want.Cur, nil
+	}
 	rl.Cur = rl.Max
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, err
@@ -421,8 +426,9 @@ func progress(w io.Writer, at time.Duration, cn *center.Center, agents []*simAge
 		}
 	}
 	b, e, _ := cn.Ingest.Counts()
-	fmt.Fprintf(w, "%5.0fs: agents stored %d events, queued %d batches (%d events, %d not yet acked); center stored %d batches, %d events; rss %s\n",
-		at.Seconds(), emitted, queued, queuedEv, waiting, b, e, mib(rss()))
+	fds, _ := os.ReadDir("/proc/self/fd")
+	fmt.Fprintf(w, "%5.0fs: agents stored %d events, queued %d batches (%d events, %d not yet acked); center stored %d batches, %d events; rss %s, fds %d\n",
+		at.Seconds(), emitted, queued, queuedEv, waiting, b, e, mib(rss()), len(fds))
 }
 
 func newSimAgent(t *tree, name, parent string, batchMS int, seed uint64) (*simAgent, error) {
