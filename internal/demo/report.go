@@ -378,7 +378,8 @@ func (d *run) reportCenter() {
 		d.say("  API   was %s/api/v1 while the demo ran; `daemoneye demo --keep` leaves it running to explore", d.res.APIURL)
 		d.say("        (its data stays in %s)", filepath.Dir(d.res.CenterDB))
 	}
-	d.say("  UI    not built yet (issue 8): the center serves the API only")
+	d.say("  UI    %s/ (served by the center beside the API; browsers refuse its Ed25519 TLS certificate until the", d.res.APIURL)
+	d.say("        center gets an ECDSA API certificate, issue 8: the UI's browser test serves the same handler meanwhile)")
 }
 
 // cmdline is a process's command line, shortened to max runes.
