@@ -475,7 +475,11 @@ func TestBrowserScenario(t *testing.T) {
 	api := newAPIClient(t, base, analyst)
 	var target graphNode
 	for _, n := range path[:1] {
-		var p struct{ Process struct{ ExitTime *time.Time `json:"exit_time"` } }
+		var p struct {
+			Process struct {
+				ExitTime *time.Time `json:"exit_time"`
+			}
+		}
 		api.do("GET", fmt.Sprintf("/api/v1/processes/%s/%d/%d", n.Host, n.PID, n.Start), nil, &p)
 		if p.Process.ExitTime == nil {
 			target = n
