@@ -10,8 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
@@ -58,7 +58,7 @@ func (c *ExportCmd) Run(ctx context.Context, g *Globals) error {
 	if rep.TraceID != c.Trace {
 		return fmt.Errorf("export: asked for trace %s, the package is of %s", c.Trace, rep.TraceID)
 	}
-	if err := writeFileAtomic(c.Output, pkg); err != nil {
+	if err := atomicfile.Write(c.Output, pkg, 0o640); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	fmt.Fprintf(g.stdout, "wrote %s (%d bytes): trace %s, %d events from %d hosts, signed by center %s; export recorded as ledger entry %d\n",
@@ -92,32 +92,6 @@ func (c *apiClient) download(ctx context.Context, path string, limit int64) ([]b
 		return nil, fmt.Errorf("api: GET %s: answer larger than %d bytes", path, limit)
 	}
 	return data, nil
-}
-
-// writeFileAtomic writes via a temporary file in the same directory,
-// synced, then renamed into place.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o640); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // apiStatusError is an error answer as apiClient.do reports it: the API's

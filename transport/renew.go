@@ -10,12 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
@@ -134,10 +133,10 @@ func (r *Renewer) Handle(resp wire.RenewResponse) error {
 	}
 	// Key first: a crash between the two leaves the old certificate with a
 	// new key, which LoadKeyPair refuses loudly, rather than a silent mix.
-	if err := writeAtomic(r.keyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(r.keyFile, keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeAtomic(r.certFile, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(r.certFile, certPEM, 0o644); err != nil {
 		return err
 	}
 	r.id.Holder.Store(pair)
@@ -145,30 +144,6 @@ func (r *Renewer) Handle(resp wire.RenewResponse) error {
 	r.renewals.Add(1)
 	r.log.Info("certificate renewed", "serial", pki.FormatSerial(cert.SerialNumber), "expires", cert.NotAfter.UTC().Format(time.RFC3339))
 	return nil
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // RouteNode returns the child through which a node (agent or proxy) is

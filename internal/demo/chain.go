@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 	"github.com/evilbitlabs/daemoneye/internal/scenario"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/store/sqlstore"
@@ -479,7 +480,7 @@ func (d *run) exportAndVerify(ctx context.Context) error {
 		return fmt.Errorf("demo: export trace %s: %w", id, err)
 	}
 	path := filepath.Join(d.dir, "trace-"+id+".pkg")
-	if err := writeFileAtomic(path, pkg); err != nil {
+	if err := atomicfile.Write(path, pkg, 0o640); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	d.res.Package = path
@@ -505,31 +506,6 @@ func (d *run) exportAndVerify(ctx context.Context) error {
 	d.res.Report = rep
 	d.timing("offline verification", time.Since(t))
 	return nil
-}
-
-// writeFileAtomic writes via a synced temporary file renamed into place.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o640); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // keep leaves everything running until ctx ends.

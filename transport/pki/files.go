@@ -13,6 +13,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 )
 
 // File names inside a CA directory, and the modes of what we write.
@@ -207,55 +209,11 @@ func checkKeyMode(path string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, so readers see the old content or the new, never a part. With
-// noClobber it fails if path exists (link(2) does not replace).
-func writeFileAtomic(path string, data []byte, perm fs.FileMode, noClobber bool) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	// CreateTemp makes the file 0600 before any byte is written, so a key
-	// is never readable by others, not even briefly.
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
+// writeFileAtomic writes through internal/atomicfile; with noClobber it
+// refuses to replace an existing file.
+func writeFileAtomic(path string, data []byte, perm fs.FileMode, noClobber bool) error {
 	if noClobber {
-		if err = os.Link(tmp, path); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
-		}
-		os.Remove(tmp)
-	} else if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return atomicfile.WriteNew(path, data, perm)
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.Write(path, data, perm)
 }
