@@ -8,6 +8,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -38,7 +39,10 @@ func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
 				c.log.Error("trace events of a batch", "agent", b.AgentID, "seq", b.Seq, "err", err)
 			}
 			c.agentAlerts(ctx, b.AgentID, b.Events)
-			if c.cfg.Traces.AutoFollow {
+			if c.cfg.Traces.AutoFollow && hasConnections(b) {
+				// A link appears with a traced connect and becomes
+				// followable with its accept: other batches cannot
+				// change what there is to follow.
 				c.followLinks(ctx)
 			}
 			if c.Rules != nil {
@@ -96,4 +100,14 @@ func (c *Center) reconcile(ctx context.Context) error {
 		c.log.Info("reconciled the SQL store with the batch store", "batches", n)
 	}
 	return it.Error()
+}
+
+// hasConnections reports whether b holds a connect or an accept.
+func hasConnections(b *wire.Batch) bool {
+	for i := range b.Events {
+		if k := b.Events[i].Kind; k == capture.KindConnect || k == capture.KindAccept {
+			return true
+		}
+	}
+	return false
 }

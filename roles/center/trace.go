@@ -307,7 +307,7 @@ func (c *Center) followLinks(ctx context.Context) {
 		return
 	}
 	for _, l := range links {
-		if err := c.Follow(ctx, l.ID, "center:auto-follow"); err != nil && !errors.Is(err, errNotFollowable) {
+		if err := c.follow(ctx, l, "center:auto-follow"); err != nil && !errors.Is(err, errNotFollowable) {
 			c.log.Warn("follow link", "link", l.ID, "trace", l.TraceID, "err", err)
 		}
 	}
@@ -319,19 +319,22 @@ func (c *Center) followLinks(ctx context.Context) {
 // center (agents accept a center-signed fan-out of a trace that was itself
 // approved). by names who asked (an analyst, or the auto-follow policy).
 func (c *Center) Follow(ctx context.Context, linkID int64, by string) error {
-	var l *sqlstore.Link
 	all, err := c.SQL.UnfollowedLinks(ctx)
 	if err != nil {
 		return err
 	}
-	for i := range all {
-		if all[i].ID == linkID {
-			l = &all[i]
+	for _, l := range all {
+		if l.ID == linkID {
+			return c.follow(ctx, l, by)
 		}
 	}
-	if l == nil {
-		return fmt.Errorf("%w: link %d is unknown, already followed, or its accepting process is not known yet", errNotFollowable, linkID)
-	}
+	return fmt.Errorf("%w: link %d is unknown, already followed, or its accepting process is not known yet", errNotFollowable, linkID)
+}
+
+// follow fans the trace out along l, a link not followed yet whose
+// accepting process is known.
+func (c *Center) follow(ctx context.Context, l sqlstore.Link, by string) error {
+	linkID := l.ID
 	var (
 		state, initiatedBy, capsJSON string
 		depth, flags                 int64
@@ -359,7 +362,7 @@ func (c *Center) Follow(ctx context.Context, linkID int64, by string) error {
 	now := time.Now()
 	reason := fmt.Sprintf("follow link %d: %s pid %d connected to %s (%s)", l.ID, l.FromHost, l.From.PID, l.Dst, l.ToHost)
 	var already bool
-	err = c.ops.inTx(ctx, c.auditor, AuditTraceFollow, by, func(tx *sql.Tx) (any, error) {
+	err := c.ops.inTx(ctx, c.auditor, AuditTraceFollow, by, func(tx *sql.Tx) (any, error) {
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM trace_targets WHERE trace_id = ? AND host = ?`, l.TraceID, l.ToHost).Scan(&n); err != nil {
 			return nil, err
