@@ -52,19 +52,7 @@ func (a *Agent) health() wire.Health {
 
 // reportHealth sends a report now and then until ctx ends.
 func (a *Agent) reportHealth(ctx context.Context) error {
-	t := time.NewTimer(healthFirst)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if err := a.ship.up.SendControl(a.health()); err != nil {
-			a.log.Warn("send health report", "err", err)
-		}
-		t.Reset(healthEvery)
-	}
+	return a.ship.up.SendEvery(ctx, healthFirst, healthEvery, func() wire.Frame { return a.health() }, a.log)
 }
 
 // hostAddresses lists the host's IP addresses other than loopback and

@@ -42,17 +42,5 @@ func (p *Proxy) health() wire.Health {
 
 // reportHealth sends this proxy's report now and then until ctx ends.
 func (p *Proxy) reportHealth(ctx context.Context) error {
-	t := time.NewTimer(healthFirst)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if err := p.up.SendControl(p.health()); err != nil {
-			p.log.Warn("send health report", "err", err)
-		}
-		t.Reset(healthEvery)
-	}
+	return p.up.SendEvery(ctx, healthFirst, healthEvery, func() wire.Frame { return p.health() }, p.log)
 }
