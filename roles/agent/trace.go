@@ -144,8 +144,11 @@ func (t *tracer) start(c wire.Command, v wire.Verified) (wire.CommandStatus, str
 	now := t.now()
 	at := &activeTrace{TraceID: cmd.TraceID, Root: capture.ProcKey{PID: cmd.TargetPID, Start: cmd.TargetStart}, Spec: spec,
 		Started: now.UnixNano(), Signer: v.Signer}
-	if d := t.effective(spec).MaxDuration; d > 0 {
-		at.Deadline = now.Add(d).UnixNano()
+	// The deadline is capture's, with the agent's policy applied.
+	for _, st := range t.src.Traces() {
+		if st.TraceID == cmd.TraceID && st.Running() && st.Spec.MaxDuration > 0 {
+			at.Deadline = st.Started.Add(st.Spec.MaxDuration).UnixNano()
+		}
 	}
 	t.active[cmd.TraceID] = at
 	if err := t.saveLocked(); err != nil {
@@ -155,15 +158,6 @@ func (t *tracer) start(c wire.Command, v wire.Verified) (wire.CommandStatus, str
 	t.log.Info("trace started", "trace", cmd.TraceID, "pid", cmd.TargetPID, "depth", cmd.Depth, "signer", v.Signer,
 		"approved_by", v.Approval.ApprovedBy, "policy", v.Approval.Policy)
 	return wire.CommandDone, fmt.Sprintf("trace started on pid %d, depth %d", cmd.TargetPID, cmd.Depth)
-}
-
-// effective is spec under the agent's policy (what capture applies).
-func (t *tracer) effective(spec capture.TraceSpec) capture.TraceSpec {
-	p := t.policy()
-	if p.MaxDuration > 0 && (spec.MaxDuration <= 0 || spec.MaxDuration > p.MaxDuration) {
-		spec.MaxDuration = p.MaxDuration
-	}
-	return spec
 }
 
 func (t *tracer) stop(v wire.Verified) (wire.CommandStatus, string) {
