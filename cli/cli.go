@@ -62,6 +62,9 @@ type CLI struct {
 	Verify   VerifyCmd   `cmd:"" help:"Check a forensic package offline with the CA certificate; print what it proves."`
 	Demo     DemoCmd     `cmd:"" help:"Run the web-1 -> db-1 attack scenario end to end on this machine (root): alert, cross-host trace, signed package."`
 	Bench    BenchCmd    `cmd:"" help:"Benchmarks run as commands: scale (simulated agents through a proxy tree)."`
+
+	Install   InstallCmd   `cmd:"" help:"Install a role as a hardened systemd service (unit, user, directories, configuration)."`
+	Uninstall UninstallCmd `cmd:"" help:"Remove a role's systemd service; --purge also deletes its data."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.

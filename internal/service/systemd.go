@@ -84,6 +84,9 @@ func Activate(ctx context.Context, p *Plan, enable bool) ([]string, error) {
 		}
 		return did, nil
 	}
+	if !live(p.Root) && enabled(p.Root, unit) {
+		return append(did, unit+" is enabled"), nil
+	}
 	if err := systemctl(ctx, p.Root, "enable", unit); err != nil {
 		return did, err
 	}
