@@ -114,7 +114,7 @@ Examples:
 
 // Run plans, confirms and applies the removal.
 func (c *UninstallCmd) Run(ctx context.Context, g *Globals) error {
-	plan, err := service.PlanUninstall(ctx, c.Role, c.Root, c.Purge)
+	plan, err := service.PlanUninstall(c.Role, c.Root, c.Purge)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}

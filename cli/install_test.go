@@ -150,8 +150,8 @@ func TestInstallConfirms(t *testing.T) {
 	if out, errs, err := cmd(slave, "install"); err != nil {
 		t.Fatalf("install answered y: %v\n%s%s", err, out, errs)
 	}
-	if _, err := os.Stat(unit); err != nil {
-		t.Fatalf("install answered y: %v", err)
+	if b, err := os.ReadFile(unit); err != nil || !strings.Contains(string(b), "\nExecStart=/usr/bin/daemoneye agent --config /etc/daemoneye/agent.yaml\n") {
+		t.Fatalf("install answered y: %v; the unit does not run the --binary:\n%s", err, b)
 	}
 	if st, err := os.Stat(data); err != nil || st.Mode().Perm() != 0o700 {
 		t.Fatalf("agent data directory: %v %v", st, err)

@@ -272,6 +272,9 @@ func PlanInstall(opts Options) (*Plan, error) {
 		for _, d := range spec.ExtraWritable {
 			p.checkWritable(acc, user, d)
 		}
+		for _, f := range spec.Reads {
+			p.checkReadable(acc, user, f)
+		}
 	}
 
 	// The unit last: it refers to everything above.
@@ -485,20 +488,39 @@ func (p *Plan) planDataDir(dir, ownerName string, owner func() (int, int, error)
 
 // checkReadable notes a file the service user cannot read.
 func (p *Plan) checkReadable(acc accounts, user, path string) {
-	if !accessible(acc, user, host(p.Root, path), 4) {
-		p.Notes = append(p.Notes, fmt.Sprintf("%s cannot read %s: chgrp %s it and make it group-readable", user, path, user))
+	hp := host(p.Root, path)
+	if _, err := os.Stat(hp); err != nil {
+		p.Notes = append(p.Notes, fmt.Sprintf("%s does not exist yet (%s reads it)", path, user))
+		return
+	}
+	if !reachable(acc, user, p.Root, filepath.Dir(path)) || !accessible(acc, user, hp, 4) {
+		p.Notes = append(p.Notes, fmt.Sprintf("%s cannot read %s: chgrp %s it (and its directories) and make it group-readable, or chown it to %s", user, path, user, user))
 	}
 }
 
 // checkWritable notes a directory of certificates the service user cannot
 // write, where renewal would fail.
 func (p *Plan) checkWritable(acc accounts, user, dir string) {
-	if _, err := os.Stat(host(p.Root, dir)); err != nil {
+	hp := host(p.Root, dir)
+	if _, err := os.Stat(hp); err != nil {
 		p.Notes = append(p.Notes, fmt.Sprintf("%s does not exist yet: create it for the certificates, owned by %s", dir, user))
 		return
 	}
-	if !accessible(acc, user, host(p.Root, dir), 2|1) {
+	if !reachable(acc, user, p.Root, filepath.Dir(dir)) || !accessible(acc, user, hp, 2|1) {
 		p.Notes = append(p.Notes, fmt.Sprintf("%s cannot write %s, where certificates are renewed: chown -R %s: %s", user, dir, user, dir))
+	}
+}
+
+// reachable reports whether user may search every directory from / down
+// to dir (a target path).
+func reachable(acc accounts, user, root, dir string) bool {
+	for d := dir; ; d = filepath.Dir(d) {
+		if !accessible(acc, user, host(root, d), 1) {
+			return false
+		}
+		if d == "/" {
+			return true
+		}
 	}
 }
 
@@ -509,7 +531,11 @@ func accessible(acc accounts, user, path string, want fs.FileMode) bool {
 	if err != nil {
 		return false
 	}
-	a := acc.users[user]
+	a, ok := acc.users[user]
+	if !ok {
+		// Not made yet: it owns nothing.
+		a = account{UID: -1, GID: -1}
+	}
 	sys := st.Sys().(*syscall.Stat_t)
 	perm := st.Mode().Perm()
 	switch {

@@ -265,7 +265,7 @@ func TestInstallIntoRoot(t *testing.T) {
 	}
 
 	// Uninstall keeps the data; --purge deletes it; the user stays.
-	up, err := PlanUninstall(ctx, "proxy", root, false)
+	up, err := PlanUninstall("proxy", root, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,10 +282,10 @@ func TestInstallIntoRoot(t *testing.T) {
 			t.Errorf("uninstall without --purge removed %s", kept)
 		}
 	}
-	if up, _ := PlanUninstall(ctx, "proxy", root, false); up.Changes() {
+	if up, _ := PlanUninstall("proxy", root, false); up.Changes() {
 		t.Errorf("second uninstall planned %+v", up.Steps)
 	}
-	pp, err := PlanUninstall(ctx, "center", root, true)
+	pp, err := PlanUninstall("center", root, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,5 +345,61 @@ func TestInstallRefusals(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "etc/daemoneye/agent.yaml"), []byte("agent:\n  data_dri: /x\n"), 0o600)
 	if _, err := PlanInstall(Options{Role: "agent", Root: root, Source: bin}); err == nil || !strings.Contains(err.Error(), "data_dri") {
 		t.Errorf("a misspelt key: %v", err)
+	}
+}
+
+// TestInstallNotes: files the configuration names that the service user
+// cannot read, or a certificate directory it cannot write, are pointed out
+// with the command that fixes them, and the notes go once fixed.
+func TestInstallNotes(t *testing.T) {
+	needRoot(t)
+	needTool(t, "useradd")
+	bin := binary(t)
+	root := stagingRoot(t)
+	tlsDir := filepath.Join(root, "etc/daemoneye/tls")
+	if err := os.MkdirAll(tlsDir, 0o700); err != nil { // and /etc/daemoneye 0700
+		t.Fatal(err)
+	}
+	for _, f := range []string{"c.crt", "c.key", "ca.crt"} {
+		os.WriteFile(filepath.Join(tlsDir, f), []byte("x"), 0o600)
+	}
+	cfg := "center:\n  data_dir: /var/lib/daemoneye/center\n  tls:\n    cert: /etc/daemoneye/tls/c.crt\n    key: /etc/daemoneye/tls/c.key\n    ca: /etc/daemoneye/tls/ca.crt\n  ca_dir: /srv/pki\n"
+	os.WriteFile(filepath.Join(root, ConfigPath("center")), []byte(cfg), 0o600)
+
+	p := install(t, Options{Role: "center", Root: root, Source: bin}, false)
+	notes := strings.Join(p.Notes, "\n")
+	for _, want := range []string{
+		"daemoneye-center cannot read /etc/daemoneye/center.yaml",
+		"daemoneye-center cannot read /etc/daemoneye/tls/c.key",
+		"daemoneye-center cannot write /etc/daemoneye/tls, where certificates are renewed: chown -R daemoneye-center: /etc/daemoneye/tls",
+		"/srv/pki/ca.key does not exist yet",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+	unit, _ := os.ReadFile(filepath.Join(root, UnitDir, UnitName("center")))
+	if !bytes.Contains(unit, []byte("ReadWritePaths=-/etc/daemoneye/tls")) {
+		t.Errorf("the unit does not let the center renew its certificate in /etc/daemoneye/tls:\n%s", unit)
+	}
+
+	acc, _ := readAccounts(root)
+	c := acc.users["daemoneye-center"]
+	filepath.WalkDir(tlsDir, func(p string, _ fs.DirEntry, _ error) error { return os.Chown(p, c.UID, c.GID) })
+	os.Chmod(filepath.Join(root, "etc/daemoneye"), 0o755)
+	os.Chown(filepath.Join(root, ConfigPath("center")), 0, c.GID)
+	os.Chmod(filepath.Join(root, ConfigPath("center")), 0o640)
+	os.Mkdir(filepath.Join(root, "srv"), 0o755)
+	os.Mkdir(filepath.Join(root, "srv/pki"), 0o750)
+	os.Chown(filepath.Join(root, "srv/pki"), c.UID, c.GID)
+	os.WriteFile(filepath.Join(root, "srv/pki/ca.crt"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(root, "srv/pki/ca.key"), []byte("x"), 0o600)
+	os.Chown(filepath.Join(root, "srv/pki/ca.key"), c.UID, c.GID)
+	p, err := PlanInstall(Options{Role: "center", Root: root, Source: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Notes) > 0 || p.Changes() {
+		t.Errorf("after the fixes: notes %q, steps %+v", p.Notes, p.Steps)
 	}
 }

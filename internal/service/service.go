@@ -113,6 +113,10 @@ type Spec struct {
 	Namespaces []string
 	// Memlock lifts RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps to it.
 	Memlock bool
+	// Reads are files named by the configuration that the role must be
+	// able to read (certificates, keys, the CA, sink tokens); install
+	// checks them for a service user.
+	Reads []string
 }
 
 // ForRole derives the spec of role from its effective configuration.
@@ -161,6 +165,13 @@ func ForRole(role, binary string, c config.Config) (Spec, error) {
 		s.DataDirs, err = absDirs("center.data_dir", cn.DataDir)
 		tls, listens = cn.TLS, []string{cn.Listen, cn.API.Listen, cn.Metrics.Listen}
 		s.Families = []string{"AF_UNIX", "AF_INET", "AF_INET6"}
+		if cn.CADir != "" {
+			// The center signs renewals with the CA key and reads its CRL.
+			s.reads(filepath.Join(cn.CADir, "ca.crt"), filepath.Join(cn.CADir, "ca.key"))
+		}
+		for _, k := range cn.Sinks {
+			s.reads(k.TokenFile, k.TLS.CA, k.TLS.Cert, k.TLS.Key)
+		}
 	}
 	if err != nil {
 		return Spec{}, err
@@ -171,6 +182,7 @@ func ForRole(role, binary string, c config.Config) (Spec, error) {
 			break
 		}
 	}
+	s.reads(tls.Cert, tls.Key, tls.CA)
 	// The renewer rewrites the certificate and key in place (a temporary
 	// file and a rename in their directory); the CRL is saved likewise.
 	for _, f := range []string{tls.Cert, tls.Key, tls.CRL} {
@@ -186,6 +198,15 @@ func ForRole(role, binary string, c config.Config) (Spec, error) {
 		}
 	}
 	return s, nil
+}
+
+// reads adds the files that are set to s.Reads.
+func (s *Spec) reads(files ...string) {
+	for _, f := range files {
+		if f != "" {
+			s.Reads = append(s.Reads, f)
+		}
+	}
 }
 
 func absDirs(key, dir string) ([]string, error) {

@@ -14,7 +14,7 @@ import (
 // directories and configuration file too. The system user and the binary
 // stay: files elsewhere may still belong to the user, and other roles may
 // run the binary.
-func PlanUninstall(ctx context.Context, role, root string, purge bool) (*Plan, error) {
+func PlanUninstall(role, root string, purge bool) (*Plan, error) {
 	if err := CheckRole(role); err != nil {
 		return nil, err
 	}
@@ -28,7 +28,9 @@ func PlanUninstall(ctx context.Context, role, root string, purge bool) (*Plan, e
 	_, uerr := os.Stat(host(root, unitPath))
 	switch {
 	case uerr == nil:
-		if enabled(root, unit) {
+		// On the live system disable --now also stops a service that runs
+		// without being enabled; offline only the links go.
+		if live(root) || enabled(root, unit) {
 			p.add("disable "+unit+": "+systemctlLine(root, "disable", unit), func(ctx context.Context) error {
 				return systemctl(ctx, root, "disable", unit)
 			})
