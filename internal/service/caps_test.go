@@ -208,21 +208,24 @@ func TestAgentWithUnitCapabilities(t *testing.T) {
 	}
 	bin := binary(t)
 
-	c := config.Default()
-	c.Agent.Capture = "ebpf"
-	spec, err := ForRole("agent", bin, c)
-	if err != nil {
-		t.Fatal(err)
+	unitOf := func(capture string) (bounding, ambient []string, nnp bool) {
+		c := config.Default()
+		c.Agent.Capture = capture
+		spec, err := ForRole("agent", bin, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unit, err := Unit(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bounding, ambient, nnp = unitCaps(t, unit)
+		if !nnp || !slices.Equal(bounding, ambient) {
+			t.Fatalf("agent unit: bounding %q ambient %q no_new_privs %v", bounding, ambient, nnp)
+		}
+		t.Logf("with capture: %s the agent's unit keeps %s", capture, strings.Join(bounding, " "))
+		return bounding, ambient, nnp
 	}
-	unit, err := Unit(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bounding, ambient, nnp := unitCaps(t, unit)
-	if !nnp || !slices.Equal(bounding, ambient) {
-		t.Fatalf("agent unit: bounding %q ambient %q no_new_privs %v", bounding, ambient, nnp)
-	}
-	t.Logf("the agent's unit keeps %s", strings.Join(bounding, " "))
 
 	// A directory user nobody can run binaries from.
 	vdir, err := os.MkdirTemp("", "daemoneye-caps-")
@@ -232,27 +235,34 @@ func TestAgentWithUnitCapabilities(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(vdir) })
 	os.Chmod(vdir, 0o755)
 
-	t.Run("unit set", func(t *testing.T) {
-		seededPID, seededExe := victim(t, vdir, "de-seeded-sleep")
-		a := startAgent(t, bin, setpriv, bounding, ambient, nnp, "ebpf")
-		if !a.ready(t) {
-			t.Fatalf("the agent exited with its unit's capabilities:\n%s", a.log)
-		}
-		if got := capLine(t, a.cmd.Process.Pid); got != capMask(t, bounding) {
-			t.Errorf("the agent runs with CapEff %s, want %s (%s)", got, capMask(t, bounding), bounding)
-		}
-		if exe, uid := a.lineageExe(t, seededPID); exe != seededExe || uid != 65534 {
-			t.Errorf("seeded process of uid 65534: exe %q uid %d, want %q 65534\n%s", exe, uid, seededExe, a.log)
-		}
-		execPID, execExe := victim(t, vdir, "de-exec-sleep")
-		if exe, uid := a.lineageExe(t, execPID); exe != execExe || uid != 65534 {
-			t.Errorf("exec by uid 65534: exe %q uid %d, want %q 65534\n%s", exe, uid, execExe, a.log)
-		}
-		if !strings.Contains(a.log.String(), "ebpf sensor attached") {
-			t.Errorf("the eBPF sensor did not attach:\n%s", a.log)
-		}
-	})
+	// Both sources, the eBPF sensor and the /proc fallback (proc
+	// connector) that hosts without eBPF run, and auto, the default,
+	// which must still pick eBPF with its unit's set.
+	for _, capture := range []string{"ebpf", "proc", "auto"} {
+		t.Run(capture+" with the unit's set", func(t *testing.T) {
+			bounding, ambient, nnp := unitOf(capture)
+			seededPID, seededExe := victim(t, vdir, "de-seeded-"+capture)
+			a := startAgent(t, bin, setpriv, bounding, ambient, nnp, capture)
+			if !a.ready(t) {
+				t.Fatalf("the agent exited with its unit's capabilities:\n%s", a.log)
+			}
+			if got := capLine(t, a.cmd.Process.Pid); got != capMask(t, bounding) {
+				t.Errorf("the agent runs with CapEff %s, want %s (%s)", got, capMask(t, bounding), bounding)
+			}
+			if exe, uid := a.lineageExe(t, seededPID); exe != seededExe || uid != 65534 {
+				t.Errorf("seeded process of uid 65534: exe %q uid %d, want %q 65534\n%s", exe, uid, seededExe, a.log)
+			}
+			execPID, execExe := victim(t, vdir, "de-exec-"+capture)
+			if exe, uid := a.lineageExe(t, execPID); exe != execExe || uid != 65534 {
+				t.Errorf("exec by uid 65534: exe %q uid %d, want %q 65534\n%s", exe, uid, execExe, a.log)
+			}
+			if want := map[string]string{"ebpf": "ebpf sensor attached", "proc": "source=proc", "auto": "source=ebpf"}[capture]; !strings.Contains(a.log.String(), want) {
+				t.Errorf("the log does not say %q:\n%s", want, a.log)
+			}
+		})
+	}
 
+	bounding, _, nnp := unitOf("ebpf")
 	for _, drop := range []string{"CAP_PERFMON", "CAP_BPF"} {
 		t.Run("without "+drop, func(t *testing.T) {
 			less := slices.DeleteFunc(slices.Clone(bounding), func(c string) bool { return c == drop })
