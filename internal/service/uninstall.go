@@ -85,7 +85,11 @@ func PlanUninstall(role, root string, purge bool) (*Plan, error) {
 	}
 	if u := UserName(role); u != "" {
 		if acc, err := readAccounts(root); err == nil && hasKey(acc.users, u) {
-			p.Notes = append(p.Notes, fmt.Sprintf("system user %s kept (files may still belong to it): userdel %s removes it", u, u))
+			del := "userdel " + u
+			if root != "/" {
+				del = "userdel --prefix " + root + " " + u
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("system user %s kept (files may still belong to it): %s removes it", u, del))
 		}
 	}
 	return p, nil
