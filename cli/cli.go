@@ -93,6 +93,7 @@ func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Wri
 		kong.Exit(func(c int) { panic(exitCode(c)) }),
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Help(helpWithExamples),
 		kong.BindTo(ctx, (*context.Context)(nil)),
 	)
 	if err != nil {
