@@ -109,7 +109,8 @@ var examples = map[string][]string{
 	},
 	"export": {
 		"# The signed forensic package of a trace, checked before it is written",
-		"daemoneye export --trace 4f1c2b9e -o case-42.dpkg",
+		"# It holds the trace's command lines as recorded: the reason goes in the ledger",
+		`daemoneye export --trace 4f1c2b9e -o case-42.dpkg --reason "IR-42: evidence for legal"`,
 	},
 	"verify": {
 		"# Anywhere, offline: what the package proves, against the customer CA",

@@ -24,6 +24,7 @@ type ExportCmd struct {
 	Trace  string `required:"" help:"Trace id." placeholder:"ID"`
 	Output string `short:"o" required:"" type:"path" help:"File to write the package to (refused if it exists, unless --force)." placeholder:"FILE"`
 	Force  bool   `help:"Replace an existing output file."`
+	Reason string `required:"" help:"Why (at least 10 characters; recorded with the export: the package holds the trace's command lines and environments as recorded)."`
 }
 
 // maxDownload bounds what the CLI accepts as a package.
@@ -44,7 +45,7 @@ func (c *ExportCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	defer cl.close()
 	fmt.Fprintf(g.stderr, "export: the center is building the package of trace %s...\n", c.Trace)
-	pkg, err := cl.download(ctx, "/api/v1/traces/"+url.PathEscape(c.Trace)+"/export", maxDownload, g.stderr)
+	pkg, err := cl.download(ctx, "/api/v1/traces/"+url.PathEscape(c.Trace)+"/export?"+url.Values{"reason": {c.Reason}}.Encode(), maxDownload, g.stderr)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
