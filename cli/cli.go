@@ -17,6 +17,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/privacy"
 	"github.com/evilbitlabs/daemoneye/roles/center"
 	"github.com/evilbitlabs/daemoneye/roles/proxy"
 )
@@ -95,6 +96,7 @@ func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Wri
 		kong.Exit(func(c int) { panic(exitCode(c)) }),
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Help(helpWithExamples),
 		kong.BindTo(ctx, (*context.Context)(nil)),
 	)
 	if err != nil {
@@ -190,7 +192,18 @@ func (g *Globals) load() (*config.Loaded, error) {
 		flags = append(flags, config.Flag{Key: "log.level", Value: g.LogLevel, Name: "--log-level"})
 	}
 	flags = append(flags, g.flags...)
-	return config.Load(config.Sources{File: file, Environ: g.env, Flags: flags})
+	l, err := config.Load(config.Sources{File: file, Environ: g.env, Flags: flags})
+	if err != nil {
+		return nil, err
+	}
+	// One masking policy for everything this process shows (checked by
+	// Validate already).
+	pol, err := privacy.NewPolicy(l.Config.Privacy.Rules())
+	if err != nil {
+		return nil, err
+	}
+	privacy.SetDefault(pol)
+	return l, nil
 }
 
 func (g *Globals) flag(key, value, name string) {
@@ -215,7 +228,7 @@ type ConfigCmd struct {
 
 // ConfigShowCmd prints the effective configuration.
 type ConfigShowCmd struct {
-	Section string `arg:"" optional:"" enum:"agent,proxy,center,log," default:"" help:"Only this section (agent, proxy, center, log)."`
+	Section string `arg:"" optional:"" enum:"agent,proxy,center,privacy,log," default:"" help:"Only this section (agent, proxy, center, privacy, log)."`
 }
 
 // Run prints each key, its value and its layer.

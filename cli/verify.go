@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/ledger"
+	"github.com/evilbitlabs/daemoneye/privacy"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
 
@@ -140,6 +141,13 @@ func printPackageReport(w io.Writer, name, caName string, rep ledger.PackageRepo
 		}
 		fmt.Fprintf(w, "  %-12s #%d %s %s by %s: %s\n", "", a.Index, ts(a.Time), a.Kind, a.Actor, what)
 	}
-	fmt.Fprintf(w, "  exported by  %s at %s (ledger entry %d)\n", rep.Export.Actor, ts(rep.Export.Time), rep.Export.Index)
+	fmt.Fprintf(w, "  exported by  %s at %s (ledger entry %d)", rep.Export.Actor, ts(rep.Export.Time), rep.Export.Index)
+	var why struct {
+		Reason string `json:"reason"`
+	}
+	if json.Unmarshal(rep.Export.Payload, &why) == nil && why.Reason != "" {
+		fmt.Fprintf(w, ", reason %s", privacy.Safe(why.Reason))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "  not checked  revocation (no CRL is read); that the center exported every batch it held beyond what its ledger entries name")
 }

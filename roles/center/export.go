@@ -273,11 +273,24 @@ func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64
 	return indexes, refs, exported, nil
 }
 
-// exportTrace is GET /api/v1/traces/{id}/export: it records the export in
-// the ledger, then answers with the package (built in memory, so that a
-// failure is an error status, not a truncated file).
+// exportTrace is GET /api/v1/traces/{id}/export?reason=WHY: it records the
+// export in the ledger, then answers with the package (built in memory, so
+// that a failure is an error status, not a truncated file).
+//
+// An export is a reveal: the package carries the trace's events as the
+// agents signed them, command lines and environments included (masking
+// them would break the agents' signatures, which are the evidence). So it
+// takes a reason, like POST /reveal, recorded with the export.
 func (a *API) exportTrace(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id := r.PathValue("id")
+	q, err := queryParams(r, "reason")
+	if err != nil {
+		return err
+	}
+	reason, err := checkReason("exporting a trace (its package holds command lines and environments as recorded)", q.str("reason"))
+	if err != nil {
+		return err
+	}
 	var n int
 	if err := a.sql.ReadOnly().QueryRowContext(r.Context(), `SELECT count(*) FROM traces WHERE trace_id = ?`, id).Scan(&n); err != nil {
 		return err
@@ -289,7 +302,8 @@ func (a *API) exportTrace(w http.ResponseWriter, r *http.Request, p *principal) 
 	if !ok {
 		return errorf(http.StatusNotImplemented, "this center cannot export packages")
 	}
-	if err := a.record(r.Context(), ledger.KindExport, p, map[string]any{"trace_id": id, "format": ledger.PackageFormat}); err != nil {
+	if err := a.record(r.Context(), ledger.KindExport, p, map[string]any{"trace_id": id, "format": ledger.PackageFormat, "reason": reason,
+		"unmasked": "command lines and environments of the trace's events, as the agents signed them"}); err != nil {
 		return err
 	}
 	var buf bytes.Buffer
@@ -304,8 +318,7 @@ func (a *API) exportTrace(w http.ResponseWriter, r *http.Request, p *principal) 
 	h.Set("Content-Disposition", `attachment; filename="`+id+`.dpkg"`)
 	h.Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(http.StatusOK)
-	_, err := w.Write(buf.Bytes())
-	if err != nil {
+	if _, err := w.Write(buf.Bytes()); err != nil {
 		a.log.Warn("export: client went away", "trace", id, "operator", p.ID, "err", err)
 	}
 	return nil
