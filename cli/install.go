@@ -22,7 +22,7 @@ type InstallCmd struct {
 	Enable bool   `help:"Enable and start the service (systemctl enable --now); with --root, enable it in that root."`
 }
 
-// Help is the long help, with examples.
+// Help is the long help; the examples are in examples.go.
 func (c *InstallCmd) Help() string {
 	return `Installs a role as the systemd service daemoneye-ROLE: the binary (this one,
 copied to /usr/local/bin/daemoneye), a commented configuration file
@@ -37,13 +37,7 @@ run install again after changing data directories, ports, agent.capture
 or agent.scope. A second run changes nothing that is already right.
 
 Without --yes it asks before changing anything, and refuses when there is
-no terminal to ask on.
-
-Examples:
-  daemoneye install --role agent --dry-run      # what would change, and the unit
-  sudo daemoneye install --role agent --enable  # install and start the agent
-  sudo daemoneye install --role center --yes    # no questions (scripts)
-  daemoneye install --role proxy --root /build/rootfs --yes --enable   # an image`
+no terminal to ask on.`
 }
 
 // Run plans, confirms and applies the install, then hands over to systemd.
@@ -98,18 +92,12 @@ type UninstallCmd struct {
 	Yes    bool   `help:"Do not ask for confirmation."`
 }
 
-// Help is the long help, with examples.
+// Help is the long help; the examples are in examples.go.
 func (c *UninstallCmd) Help() string {
 	return `Stops and disables the service daemoneye-ROLE and removes its unit. The data
 directories and /etc/daemoneye/ROLE.yaml are kept unless --purge; the
 binary and the system user are always kept (other roles may use the binary;
-files may still belong to the user).
-
-Examples:
-  daemoneye uninstall --role agent --dry-run
-  sudo daemoneye uninstall --role agent                 # keeps the recorded data
-  sudo daemoneye uninstall --role center --purge        # asks, then deletes the data too
-  daemoneye uninstall --role proxy --root /build/rootfs --yes`
+files may still belong to the user).`
 }
 
 // Run plans, confirms and applies the removal.
