@@ -208,6 +208,8 @@ type Center struct {
 	// opens no outbound connection). A configured sink stays off until an
 	// admin's request to enable it is approved by a second operator.
 	Sinks []Sink `yaml:"sinks"`
+	// Retention is how long events are kept, per site (retention.go).
+	Retention Retention `yaml:"retention"`
 }
 
 // Sink is one export destination for what the center records (alerts,
@@ -331,6 +333,8 @@ func Default() Config {
 			Rules:   Rules{Default: true, TracePolicy: "approval"},
 			Traces:  Traces{AutoFollow: true, FollowDepth: 6},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
+
+			Retention: Retention{Window: Period(90 * 24 * time.Hour), Every: Period(time.Hour), KeepOpenTraces: true},
 		},
 		Privacy: Privacy{Mode: privacy.ModeCount, KeepArgv0: true},
 		Log:     Log{Level: "info", Format: "text"},
@@ -373,6 +377,7 @@ func (c *Config) Validate() error {
 	if _, err := privacy.NewPolicy(c.Privacy.Rules()); err != nil {
 		errs = append(errs, err.Error())
 	}
+	errs = append(errs, checkRetention(c.Center.Retention)...)
 	if err := checkScope(c.Agent.Scope); err != nil {
 		errs = append(errs, "agent.scope: "+err.Error())
 	}
