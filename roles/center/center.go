@@ -58,6 +58,8 @@ type Center struct {
 
 	sinks *SinkGate // export sinks behind the egress gate (sink.go)
 
+	retention retention // the purge job's state (retention.go)
+
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
 
@@ -176,7 +178,16 @@ func (c *Center) Agents() []string { return c.srv.Agents() }
 
 // Run serves until ctx ends.
 func (c *Center) Run(ctx context.Context) error {
+	serving := false
 	defer func() {
+		if !serving {
+			// The listener New opened closes as the server's Run ends:
+			// a start that stops early (while reconciling) must not keep
+			// the port.
+			done, cancel := context.WithCancel(context.Background())
+			cancel()
+			c.srv.Run(done) //nolint:errcheck // returns nil on a done context
+		}
 		if c.API != nil {
 			c.API.Close()
 		}
@@ -199,6 +210,9 @@ func (c *Center) Run(ctx context.Context) error {
 		if apiLn != nil {
 			apiLn.Close()
 		}
+		if ctx.Err() != nil {
+			return nil // stopped while reconciling; the next start goes on
+		}
 		return err
 	}
 	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
@@ -220,10 +234,12 @@ func (c *Center) Run(ctx context.Context) error {
 		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}
 		g.Go(func() error { return c.API.Serve(gctx, apiLn, tlsConf) })
 	}
+	serving = true
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })
 	g.Go(func() error { return c.sinks.Run(gctx) })
+	g.Go(func() error { return c.runRetention(gctx) })
 	return g.Wait()
 }
 

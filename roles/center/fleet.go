@@ -65,12 +65,24 @@ func hostOf(h wire.Health, now time.Time) sqlstore.Host {
 // health keeps what it reported (version, addresses, its full path).
 func (c *Center) registerFleet(ctx context.Context) {
 	now := time.Now()
+	// A host not heard from since the start keeps the site it reported:
+	// retention windows go by site.
+	sites := map[string]string{}
+	if bySite, err := c.SQL.HostsBySite(ctx); err == nil {
+		for site, hosts := range bySite {
+			for _, h := range hosts {
+				sites[h] = site
+			}
+		}
+	}
 	upsert := func(h sqlstore.Host) {
 		c.fleetMu.Lock()
 		rep, ok := c.fleet[h.AgentID]
 		c.fleetMu.Unlock()
 		if ok {
 			h = hostOf(rep, now)
+		} else {
+			h.SiteTag = sites[h.AgentID]
 		}
 		if err := c.SQL.UpsertHost(ctx, h); err != nil {
 			c.log.Warn("fleet registry", "node", h.AgentID, "err", err)

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -445,6 +446,49 @@ func (s *Store) HostsBySite(ctx context.Context) (map[string][]string, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: hosts by site: %w", err)
+	}
+	return out, nil
+}
+
+// BatchTraces counts, per trace, the events of host's batches seqs that
+// belong to a trace: what a purge of them takes from each trace.
+func (s *Store) BatchTraces(ctx context.Context, host string, seqs []uint64) (map[string]int, error) {
+	out := map[string]int{}
+	if len(seqs) == 0 {
+		return out, nil
+	}
+	list, err := seqJSON(seqs)
+	if err != nil {
+		return nil, err
+	}
+	parts := make([]string, len(purgeTables))
+	for i, t := range purgeTables {
+		if t == "mem_snippets" {
+			parts[i] = `SELECT NULL, 0 WHERE 0` // a snippet's event has its own row elsewhere
+			continue
+		}
+		parts[i] = `SELECT trace_id, count(*) FROM ` + t + ` WHERE host = ?1 AND batch_seq IN (SELECT value FROM json_each(?2))
+			AND trace_id IS NOT NULL GROUP BY trace_id`
+	}
+	rows, err := s.ro.QueryContext(ctx, strings.Join(parts, "\nUNION ALL\n"), host, list)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: traces of batches of %s: %w", host, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id sql.NullString
+			n  int
+		)
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, fmt.Errorf("sqlstore: traces of batches of %s: %w", host, err)
+		}
+		if id.Valid {
+			out[id.String] += n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: traces of batches of %s: %w", host, err)
 	}
 	return out, nil
 }

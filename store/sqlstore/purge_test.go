@@ -104,6 +104,9 @@ func TestPurgeBatches(t *testing.T) {
 		}
 	}
 
+	if tr, err := s.BatchTraces(ctx, "web-1", []uint64{1, 2}); err != nil || len(tr) != 1 || tr["tr"] != 5 {
+		t.Errorf("BatchTraces = %v, %v; want 5 events of trace tr", tr, err)
+	}
 	c, err := s.PurgeBatches(ctx, "web-1", []uint64{1, 99}, 42)
 	if err != nil {
 		t.Fatal(err)
