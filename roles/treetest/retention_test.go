@@ -557,3 +557,37 @@ func TestRetentionSchedule(t *testing.T) {
 		t.Errorf("web-1/1 has %d rows after the scheduled purge", n)
 	}
 }
+
+// TestRetentionSiteKept: the fleet registry keeps a host's site when the
+// host reconnects before reporting its health again (windows go by site; a
+// site lost for a moment would purge by the default window).
+func TestRetentionSiteKept(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	ag := tr.NewAgent("sim-1", c.Cfg.Listen).Start() // a simulated agent: no health reports
+	ctx := context.Background()
+	host := func() sqlstore.Host {
+		hs, err := c.SQL.Hosts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range hs {
+			if h.AgentID == "sim-1" {
+				return h
+			}
+		}
+		return sqlstore.Host{}
+	}
+	eventually(t, 20*time.Second, "the agent in the fleet registry", func() bool { return host().AgentID != "" })
+	// What its health report would have said.
+	if err := c.SQL.UpsertHost(ctx, sqlstore.Host{AgentID: "sim-1", SiteTag: "dmz"}); err != nil {
+		t.Fatal(err)
+	}
+	seen := host().LastSeen
+	ag.Stop()
+	ag.Start()
+	eventually(t, 20*time.Second, "the registry updated for the reconnect", func() bool { return host().LastSeen.After(seen) })
+	if h := host(); h.SiteTag != "dmz" {
+		t.Errorf("after a reconnect the host's site is %q, want dmz kept", h.SiteTag)
+	}
+}
