@@ -58,7 +58,7 @@ const (
 // ingest) for as long as it deletes rows.
 const (
 	defaultChunkBatches = 256
-	defaultChunkEvents  = 20000
+	defaultChunkEvents  = 5000
 	procChunk           = 1000
 	procPasses          = 8 // leaves first: a chain of exited processes goes one level a pass
 	progressEvery       = 10 * time.Second

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
 func dueSeqs(t *testing.T, s *Store, host string, cutoff int64, page int) []uint64 {
@@ -324,5 +325,69 @@ func TestPurgePlans(t *testing.T) {
 		if p := strings.Join(plan, "; "); !strings.Contains(p, c.want) {
 			t.Errorf("plan of %s:\n%s\nwant %s", c.q, p, c.want)
 		}
+	}
+}
+
+// BenchmarkPurgeBatches purges SQLSTORE_PURGE_BATCHES (default 50) batches
+// of 2000 fleet events, SQLSTORE_PURGE_CHUNK (default 3) batches per
+// PurgeBatches (6000 events: the center's chunk bound is 5000 events, at
+// least one batch): it reports rows removed per second and the longest
+// chunk, which is how long the purge holds the writer (and so the ingest)
+// at a time. Run with -benchtime 1x.
+func BenchmarkPurgeBatches(b *testing.B) {
+	nb := envInt("SQLSTORE_PURGE_BATCHES", 50)
+	const per = 2000
+	chunk := envInt("SQLSTORE_PURGE_CHUNK", 3)
+	g := newFleetGen("host-00", 1)
+	batches := make([]*wire.Batch, nb)
+	for i := range batches {
+		batches[i] = g.batch(uint64(i+1), per)
+	}
+	ctx := context.Background()
+	for b.Loop() {
+		b.StopTimer()
+		s := openTest(b)
+		for _, bt := range batches {
+			if err := s.IngestBatch(ctx, bt); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		var (
+			rows      int64
+			total     time.Duration
+			longest   time.Duration
+			procsGone int64
+		)
+		for i := 0; i < nb; i += chunk {
+			seqs := make([]uint64, 0, chunk)
+			for j := i; j < min(i+chunk, nb); j++ {
+				seqs = append(seqs, uint64(j+1))
+			}
+			t0 := time.Now()
+			c, err := s.PurgeBatches(ctx, "host-00", seqs, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			d := time.Since(t0)
+			total += d
+			longest = max(longest, d)
+			rows += c.Events
+		}
+		var cur ProcCursor
+		for {
+			n, next, done, err := s.PurgeProcesses(ctx, "host-00", 1<<62, cur, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			procsGone += n
+			if done {
+				break
+			}
+			cur = next
+		}
+		b.ReportMetric(float64(rows)/total.Seconds(), "rows/s")
+		b.ReportMetric(float64(longest.Microseconds())/1e3, "max-chunk-ms")
+		b.ReportMetric(float64(procsGone), "processes")
 	}
 }
