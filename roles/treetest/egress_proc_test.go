@@ -194,8 +194,20 @@ func readStrace(t *testing.T, path, lport, aport string) straceReport {
 	rep := straceReport{listeners: map[string]bool{}}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	pending := map[string]string{} // thread -> the first half of a call strace split
 	for sc.Scan() {
 		l := sc.Text()
+		// strace -f splits a call another thread interrupts: "PID call(args
+		// <unfinished ...>" then "PID <... call resumed>rest) = RET".
+		tid, _, _ := strings.Cut(l, " ")
+		if head, ok := strings.CutSuffix(l, " <unfinished ...>"); ok {
+			pending[tid] = head
+			continue
+		}
+		if i := strings.Index(l, " resumed>"); i >= 0 && strings.Contains(l[:i], "<... ") {
+			l = pending[tid] + l[i+len(" resumed>"):]
+			delete(pending, tid)
+		}
 		if m := sockRE.FindStringSubmatch(l); m != nil {
 			rep.sockets++
 			bound[m[2]] = "" // a new socket on this descriptor
