@@ -1,0 +1,556 @@
+package bundle
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
+)
+
+// DefaultStateDir is where a node keeps its bundle state, under the root.
+const DefaultStateDir = "var/lib/daemoneye/bundles"
+
+// ApplyOptions say where and how a bundle is applied.
+type ApplyOptions struct {
+	// Root is the directory the manifest's paths are relative to ("/").
+	Root string
+	// StateDir holds the applied-bundles log, the journal and backups
+	// (default Root/var/lib/daemoneye/bundles).
+	StateDir string
+	// Trusted are the bundle-signing public keys.
+	Trusted []ed25519.PublicKey
+	// Role, when set, must be one of the bundle's targets.
+	Role string
+	// Force applies a bundle that is not newer than the last one applied
+	// (or is the same one).
+	Force bool
+	// RulesTrusted, when set, are the rule pack keys: every rule pack the
+	// bundle brings must then carry a signature that verifies.
+	RulesTrusted []ed25519.PublicKey
+	// CA, when set, must have signed every CRL the bundle brings.
+	CA *x509.Certificate
+	// Confirm is asked, after the bundle verified and before anything is
+	// written, whether to go on; nil means yes.
+	Confirm func(*Plan) bool
+	// Progress reports on large files.
+	Progress *Progress
+	// Out receives one line per step (may be nil).
+	Out io.Writer
+	Now func() time.Time
+
+	// fault, in tests, fails the apply at a named step.
+	fault func(step string, i int) error
+}
+
+// Plan is what an apply is about to do.
+type Plan struct {
+	Opened   *Opened
+	Root     string
+	Files    []Planned
+	Previous *Applied // the newest bundle applied before, if any
+}
+
+// Planned is one file of a plan.
+type Planned struct {
+	File
+	Target string // absolute
+	Exists bool   // replaces a file (else creates it)
+}
+
+// Result says what an apply did.
+type Result struct {
+	Opened *Opened
+	Files  []Planned
+	Checks []string // what each post-apply check found
+	Backup string   // directory holding the files replaced
+	// Recovered describes an interrupted earlier apply that was undone
+	// first ("" if none).
+	Recovered string
+}
+
+// Apply installs the bundle at path, all or nothing:
+//
+//  1. an interrupted earlier apply (a journal left behind) is undone;
+//  2. the whole bundle is verified (signature, manifest, every hash);
+//  3. rollback protection: a bundle not newer than the newest applied, or
+//     applied already, is refused unless Force;
+//  4. every file is staged beside its target (same directory, so the swap
+//     is a rename) and checked again against the manifest as it is
+//     written; missing directories are created;
+//  5. a journal is written, then each target is swapped in: the old file
+//     keeps a hard link beside it, the staged file is renamed over it;
+//  6. each file's check runs where it now lives (the binary answers
+//     --version, rule packs pass `rules check`, configuration validates,
+//     CRLs parse);
+//  7. on success the replaced files move to the backups and the bundle is
+//     recorded in the applied-bundles log. If any step from 4 on fails,
+//     every file is put back as it was (the same inode, so mode, owner and
+//     times too), new files and directories are removed, and the error
+//     says what failed.
+func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
+	if o.Root == "" {
+		o.Root = "/"
+	}
+	root, err := filepath.Abs(o.Root)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("apply: root %s is not a directory", root)
+	}
+	state := o.StateDir
+	if state == "" {
+		state = filepath.Join(root, filepath.FromSlash(DefaultStateDir))
+	}
+	if state, err = filepath.Abs(state); err != nil {
+		return nil, err
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	say := func(format string, args ...any) {
+		if o.Out != nil {
+			fmt.Fprintf(o.Out, format+"\n", args...)
+		}
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrState, err)
+	}
+	lk, err := lock(filepath.Join(state, lockFile))
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Close()
+
+	res := &Result{}
+	if j, err := readJournal(state); err != nil {
+		return nil, err
+	} else if j != nil {
+		if err := undo(j, len(j.Entries)); err != nil {
+			return nil, fmt.Errorf("%w: an earlier apply (bundle %s) was interrupted and could not be undone: %v", ErrState, short(j.Digest), err)
+		}
+		if err := removeJournal(state); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrState, err)
+		}
+		res.Recovered = fmt.Sprintf("an interrupted apply of bundle %s (sequence %d) was undone: its %d file(s) are as they were before it",
+			short(j.Digest), j.Sequence, len(j.Entries))
+		say("%s", res.Recovered)
+	}
+
+	// 2. Verify everything before touching anything.
+	say("verifying %s", path)
+	op, err := VerifyFile(path, o.Trusted, o.Progress)
+	if err != nil {
+		return nil, err
+	}
+	res.Opened = op
+	m := &op.Manifest
+	if o.Role != "" && !slices.Contains(m.Targets, o.Role) {
+		return nil, fmt.Errorf("%w: it is for %s, this node is a %s", ErrRole, strings.Join(m.Targets, ", "), o.Role)
+	}
+
+	// 3. Rollback protection.
+	log, err := ReadApplied(state)
+	if err != nil {
+		return nil, err
+	}
+	prev := latest(log)
+	for _, a := range log {
+		if a.Digest == op.Digest && !o.Force {
+			return nil, fmt.Errorf("%w: bundle %s (sequence %d) was applied on %s (--force to apply it again)",
+				ErrAlreadyApplied, short(op.Digest), m.Sequence, a.Time.Format(time.RFC3339))
+		}
+	}
+	if prev != nil && m.Sequence <= prev.Sequence && !o.Force {
+		return nil, fmt.Errorf("%w: this bundle has sequence %d (created %s), bundle %s with sequence %d (created %s) was applied on %s: refusing to go back (--force to apply it anyway)",
+			ErrRollback, m.Sequence, m.Created.Format(time.RFC3339), short(prev.Digest), prev.Sequence,
+			prev.Created.Format(time.RFC3339), prev.Time.Format(time.RFC3339))
+	}
+
+	plan := &Plan{Opened: op, Root: root, Previous: prev}
+	for _, f := range m.Files {
+		target := filepath.Join(root, filepath.FromSlash(f.Path))
+		if within(target, state) {
+			return nil, fmt.Errorf("%w: %s is inside the bundle state directory %s", ErrUnsafe, f.Path, state)
+		}
+		exists, err := checkTarget(target)
+		if err != nil {
+			return nil, err
+		}
+		plan.Files = append(plan.Files, Planned{File: f, Target: target, Exists: exists})
+	}
+	res.Files = plan.Files
+	if o.Confirm != nil && !o.Confirm(plan) {
+		return nil, ErrDeclined
+	}
+
+	// 4. Stage.
+	j := &journal{Digest: op.Digest, Sequence: m.Sequence}
+	if err := stage(path, o, plan, j); err != nil {
+		cleanStaged(j)
+		return nil, err
+	}
+	say("staged %d file(s) beside their targets", len(j.Entries))
+
+	// 5. Swap, journalled.
+	if err := writeJournal(state, j); err != nil {
+		cleanStaged(j)
+		return nil, fmt.Errorf("%w: journal: %v", ErrState, err)
+	}
+	rollback := func(cause error, swapped int) error {
+		if uerr := undo(j, swapped); uerr != nil {
+			return fmt.Errorf("%w; ROLLBACK INCOMPLETE (%v): the journal %s is kept and the next apply retries it",
+				cause, uerr, filepath.Join(state, pendingFile))
+		}
+		if err := removeJournal(state); err != nil {
+			return fmt.Errorf("%w; rolled back, but the journal could not be removed: %v", cause, err)
+		}
+		say("rolled back: every file is as it was before")
+		return fmt.Errorf("%w (rolled back: every file is as it was before)", cause)
+	}
+	for i, e := range j.Entries {
+		if err := swap(e); err != nil {
+			return nil, rollback(err, i+1)
+		}
+		if o.fault != nil {
+			if err := o.fault("swap", i); err != nil {
+				return nil, rollback(err, i+1)
+			}
+		}
+	}
+	if err := syncDirs(j); err != nil {
+		return nil, rollback(err, len(j.Entries))
+	}
+	say("swapped in %d file(s)", len(j.Entries))
+
+	// 6. Check what is now in place.
+	ck := &checker{rulesTrusted: o.RulesTrusted, ca: o.CA}
+	for i, p := range plan.Files {
+		line, err := ck.check(ctx, p.File, p.Target)
+		if err == nil && o.fault != nil {
+			err = o.fault("check", i)
+		}
+		if err != nil {
+			return nil, rollback(err, len(j.Entries))
+		}
+		if line != "" {
+			res.Checks = append(res.Checks, line)
+			say("check: %s", line)
+		}
+	}
+
+	// 7. Commit: keep the old files, record the bundle.
+	setName := fmt.Sprintf("%020d-%s", m.Sequence, short(op.Digest))
+	backup := filepath.Join(state, backupsDir, setName)
+	var warn []string
+	for k, e := range j.Entries {
+		if !e.Existed {
+			continue
+		}
+		dst := filepath.Join(backup, filepath.FromSlash(plan.Files[k].Path))
+		if err := keepOld(e.Old, dst); err != nil {
+			warn = append(warn, fmt.Sprintf("the old %s stays at %s: %v", plan.Files[k].Path, e.Old, err))
+			continue
+		}
+		res.Backup = backup
+	}
+	entry := Applied{Time: o.Now().UTC(), Digest: op.Digest, Sequence: m.Sequence, Created: m.Created, Creator: m.Creator,
+		Key: KeyID(op.Signer), Forced: o.Force}
+	for _, f := range m.Files {
+		entry.Files = append(entry.Files, f.Path)
+	}
+	if res.Backup != "" {
+		entry.Backup = filepath.Join(backupsDir, setName)
+	}
+	if err := appendApplied(state, entry); err != nil {
+		warn = append(warn, fmt.Sprintf("the files are applied but the applied-bundles log was not updated: %v", err))
+	}
+	if err := removeJournal(state); err != nil {
+		warn = append(warn, fmt.Sprintf("journal: %v", err))
+	}
+	if err := pruneBackups(state, keepBackups); err != nil {
+		warn = append(warn, fmt.Sprintf("pruning old backups: %v", err))
+	}
+	for _, w := range warn {
+		say("warning: %s", w)
+	}
+	return res, nil
+}
+
+// within reports whether p is dir or below it.
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// checkTarget refuses a target that is not a regular file (a symlink would
+// be replaced by a file, a directory cannot be) and one whose parent is
+// not a directory.
+func checkTarget(target string) (bool, error) {
+	fi, err := os.Lstat(target)
+	switch {
+	case err == nil && fi.Mode().IsRegular():
+		return true, nil
+	case err == nil:
+		return false, fmt.Errorf("%w: %s exists and is not a regular file (%s): a bundle replaces regular files only", ErrUnsafe, target, fi.Mode().Type())
+	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
+		return false, err
+	}
+	for d := filepath.Dir(target); ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return false, fmt.Errorf("%w: %s is in %s, which is not a directory", ErrUnsafe, target, d)
+			}
+			return false, nil
+		}
+		if (!errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR)) || d == filepath.Dir(d) {
+			return false, err
+		}
+	}
+}
+
+// stage writes each file beside its target, checked against the manifest
+// again as it is written (the bundle file could have changed since it was
+// verified), and fills the journal.
+func stage(path string, o ApplyOptions, plan *Plan, j *journal) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	br, err := NewReader(f, o.Trusted)
+	if err != nil {
+		return err
+	}
+	if br.Opened().Digest != plan.Opened.Digest {
+		return fmt.Errorf("%w: the bundle file changed after it was verified", ErrDigest)
+	}
+	for i := 0; ; i++ {
+		bf, content, err := br.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p := plan.Files[i]
+		dirs, err := mkdirs(filepath.Dir(p.Target))
+		j.Dirs = append(j.Dirs, dirs...)
+		if err != nil {
+			return err
+		}
+		e := journalEntry{Target: p.Target, Existed: p.Exists, SHA256: bf.SHA256}
+		if e.Staged, err = stageFile(p, o.Progress.reader("stage", p.File, content)); err != nil {
+			return err
+		}
+		if p.Exists {
+			e.Old = sibling(p.Target, "old")
+		}
+		j.Entries = append(j.Entries, e)
+		if o.fault != nil {
+			if err := o.fault("stage", i); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// stageFile writes the content to a new file beside the target, with the
+// manifest's mode and, replacing a file as root, the old file's owner.
+func stageFile(p Planned, content io.Reader) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(p.Target), "."+filepath.Base(p.Target)+".bundle-new-*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	fail := func(err error) (string, error) {
+		f.Close()
+		os.Remove(name)
+		return "", fmt.Errorf("stage %s: %w", p.Path, err)
+	}
+	if _, err := io.Copy(f, content); err != nil {
+		return fail(err)
+	}
+	if err := f.Chmod(p.Perm()); err != nil {
+		return fail(err)
+	}
+	if p.Exists && os.Geteuid() == 0 {
+		if fi, err := os.Lstat(p.Target); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+					return fail(err)
+				}
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(name)
+		return "", err
+	}
+	return name, nil
+}
+
+// sibling is a fresh name beside target for its old file.
+func sibling(target, what string) string {
+	return filepath.Join(filepath.Dir(target), fmt.Sprintf(".%s.bundle-%s-%d", filepath.Base(target), what, time.Now().UnixNano()))
+}
+
+// mkdirs creates dir and its missing parents and returns those it created,
+// parents first.
+func mkdirs(dir string) ([]string, error) {
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) || d == filepath.Dir(d) {
+			return nil, err
+		}
+		missing = append(missing, d)
+	}
+	var made []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], 0o755); err != nil {
+			return made, err
+		}
+		made = append(made, missing[i])
+	}
+	return made, nil
+}
+
+// swap puts one staged file in place: the old file first gets a hard link
+// beside it (the same inode, so undo restores it exactly), then the staged
+// file is renamed over the target.
+func swap(e journalEntry) error {
+	if e.Existed {
+		if err := os.Link(e.Target, e.Old); err != nil {
+			return fmt.Errorf("keep the old %s: %w", e.Target, err)
+		}
+	}
+	if err := os.Rename(e.Staged, e.Target); err != nil {
+		return fmt.Errorf("swap in %s: %w", e.Target, err)
+	}
+	return nil
+}
+
+// undo puts back the first n entries of a journal (in reverse), removes
+// every staged file and the directories the apply created. It works from
+// what is on disk, so it also finishes an apply interrupted at any point.
+func undo(j *journal, n int) error {
+	var errs []error
+	for i := min(n, len(j.Entries)) - 1; i >= 0; i-- {
+		e := j.Entries[i]
+		switch {
+		case e.Existed && exists(e.Old):
+			// rename over the same inode (interrupted before the swap's
+			// rename) does nothing: the link is removed below.
+			if err := os.Rename(e.Old, e.Target); err != nil {
+				errs = append(errs, fmt.Errorf("restore %s: %w", e.Target, err))
+				continue
+			}
+			if err := os.Remove(e.Old); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		case !e.Existed:
+			// Remove what the apply created, and only that.
+			if sum, err := fileSHA256(e.Target); err == nil && sum == e.SHA256 {
+				if err := os.Remove(e.Target); err != nil {
+					errs = append(errs, fmt.Errorf("remove %s: %w", e.Target, err))
+				}
+			}
+		}
+	}
+	cleanStaged(j)
+	for i := len(j.Dirs) - 1; i >= 0; i-- {
+		os.Remove(j.Dirs[i]) // only if empty: something else may live there now
+	}
+	var synced []string
+	for _, e := range j.Entries {
+		if d := filepath.Dir(e.Target); !slices.Contains(synced, d) && exists(d) {
+			synced = append(synced, d)
+			if err := atomicfile.SyncDir(d); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cleanStaged removes staged files that were not swapped in.
+func cleanStaged(j *journal) {
+	for _, e := range j.Entries {
+		if e.Staged != "" {
+			os.Remove(e.Staged)
+		}
+	}
+}
+
+func syncDirs(j *journal) error {
+	var done []string
+	for _, e := range j.Entries {
+		d := filepath.Dir(e.Target)
+		if slices.Contains(done, d) {
+			continue
+		}
+		done = append(done, d)
+		if err := atomicfile.SyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keepOld moves the old file's link into the backup set: a rename when the
+// state directory is on the same file system, else a copy.
+func keepOld(old, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	if err := os.Rename(old, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(old)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	err = atomicfile.WriteFrom(dst, fi.Mode().Perm(), func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return os.Remove(old)
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+func fileSHA256(p string) (string, error) {
+	_, sum, err := hashFile(p)
+	return sum, err
+}
+
+// short is a digest's first 12 hex digits, for messages.
+func short(d string) string { return d[:min(len(d), 12)] }
