@@ -170,7 +170,7 @@ func oldRoot(t *testing.T) string {
 	// The state directory exists on a node that applied bundles before.
 	os.MkdirAll(filepath.Join(root, DefaultStateDir), 0o700)
 	for p, data := range map[string]string{
-		"etc/daemoneye/daemoneye.yaml":       "log:\n  level: warn\n",
+		"etc/daemoneye/daemoneye.yaml":        "log:\n  level: warn\n",
 		"etc/daemoneye/rules/marker.yaml":     "old pack\n",
 		"etc/daemoneye/rules/marker.yaml.sig": "old sig\n",
 	} {
@@ -397,7 +397,11 @@ func TestVerifyRefusesSignedBadManifests(t *testing.T) {
 		{"unknown format", func(m *Manifest) { m.Format = "daemoneye-bundle/v2" }, ErrFormat, `"daemoneye-bundle/v2"`},
 		{"unknown kind", func(m *Manifest) { m.Files[0].Kind = "script" }, ErrMalformed, `unknown kind "script"`},
 		{"setuid", func(m *Manifest) { m.Files[0].Mode = "4755" }, ErrMalformed, "no setuid"},
-		{"lone signature", func(m *Manifest) { m.Files[0].Kind = KindRulesSig; m.Files[0].Path = "etc/x.yaml.sig"; m.Files[0].Size = 3 }, ErrMalformed, "rules-sig"},
+		{"lone signature", func(m *Manifest) {
+			m.Files[0].Kind = KindRulesSig
+			m.Files[0].Path = "etc/x.yaml.sig"
+			m.Files[0].Size = 3
+		}, ErrMalformed, "rules-sig"},
 		{"bad target", func(m *Manifest) { m.Targets = []string{"toaster"} }, ErrMalformed, `"toaster"`},
 		{"no files", func(m *Manifest) { m.Files = nil }, ErrMalformed, "no files"},
 	}
