@@ -43,8 +43,8 @@ type ApplyOptions struct {
 	// Confirm is asked, after the bundle verified and before anything is
 	// written, whether to go on; nil means yes.
 	Confirm func(*Plan) bool
-	// Progress reports on large files.
-	Progress *Progress
+	// Progress is told how far each file has got.
+	Progress Progress
 	// Out receives one line per step (may be nil).
 	Out io.Writer
 	Now func() time.Time
@@ -246,9 +246,9 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 		}
 		if line != "" {
 			res.Checks = append(res.Checks, line)
-			say("check: %s", line)
 		}
 	}
+	say("checked the files where they now are: %d check(s) passed", len(res.Checks))
 
 	// 7. Commit: keep the old files, record the bundle.
 	setName := fmt.Sprintf("%020d-%s", m.Sequence, short(op.Digest))

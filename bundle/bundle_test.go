@@ -633,7 +633,11 @@ func TestApplyBinary(t *testing.T) {
 	b := k.create("bin.bundle", 60, srcs)
 	var progress bytes.Buffer
 	o := k.opts(root)
-	o.Progress = &Progress{W: &progress}
+	o.Progress = func(step string, f File, done int64) {
+		if done == f.Size && f.Size > 4<<20 {
+			fmt.Fprintf(&progress, "%s %s: %d of %d (100%%)\n", step, f.Path, done, f.Size)
+		}
+	}
 	res, err := Apply(context.Background(), b, o)
 	if err != nil {
 		t.Fatalf("apply with the binary: %v", err)

@@ -36,7 +36,7 @@ type Header struct {
 // Create writes a bundle of the sources, signed with key, to w. Each source
 // is read twice (hash, then copy); a file that changes in between is an
 // error, not a bundle whose content does not match its manifest.
-func Create(w io.Writer, h Header, srcs []Source, key ed25519.PrivateKey, p *Progress) (*Manifest, error) {
+func Create(w io.Writer, h Header, srcs []Source, key ed25519.PrivateKey, p Progress) (*Manifest, error) {
 	if h.Created.IsZero() {
 		h.Created = time.Now()
 	}
@@ -90,7 +90,7 @@ func Create(w io.Writer, h Header, srcs []Source, key ed25519.PrivateKey, p *Pro
 
 // CreateFile writes the bundle to path through a temporary file, so a
 // failed create leaves nothing half-written.
-func CreateFile(path string, h Header, srcs []Source, key ed25519.PrivateKey, p *Progress) (*Manifest, error) {
+func CreateFile(path string, h Header, srcs []Source, key ed25519.PrivateKey, p Progress) (*Manifest, error) {
 	var m *Manifest
 	err := atomicfile.WriteFrom(path, 0o644, func(w io.Writer) error {
 		var err error
@@ -123,7 +123,7 @@ func hashFile(path string) (int64, string, error) {
 
 // copyChecked copies src into w and fails if it is no longer the file
 // that was hashed into f.
-func copyChecked(w io.Writer, src string, f File, p *Progress) error {
+func copyChecked(w io.Writer, src string, f File, p Progress) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err

@@ -10,7 +10,6 @@ import (
 	"hash"
 	"io"
 	"os"
-	"time"
 )
 
 // Reader reads a bundle as a stream: the manifest first, verified before
@@ -141,7 +140,7 @@ func (fr *fileReader) Read(p []byte) (int, error) {
 // Verify reads a whole bundle and checks everything: the signature with the
 // trusted keys, the manifest, and every file's size and hash. Nothing is
 // written anywhere.
-func Verify(r io.Reader, trusted []ed25519.PublicKey, p *Progress) (*Opened, error) {
+func Verify(r io.Reader, trusted []ed25519.PublicKey, p Progress) (*Opened, error) {
 	br, err := NewReader(r, trusted)
 	if err != nil {
 		return nil, err
@@ -161,7 +160,7 @@ func Verify(r io.Reader, trusted []ed25519.PublicKey, p *Progress) (*Opened, err
 }
 
 // VerifyFile is Verify of the bundle at path.
-func VerifyFile(path string, trusted []ed25519.PublicKey, p *Progress) (*Opened, error) {
+func VerifyFile(path string, trusted []ed25519.PublicKey, p Progress) (*Opened, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -170,57 +169,35 @@ func VerifyFile(path string, trusted []ed25519.PublicKey, p *Progress) (*Opened,
 	return Verify(f, trusted, p)
 }
 
-// Progress prints how far a long step has got, one line at a time on W,
-// for files of at least Min bytes (default 4 MiB): at most once per Every
-// (default 1s), and once when the file is done.
-type Progress struct {
-	W     io.Writer
-	Min   int64
-	Every time.Duration
-}
+// Progress is told how far a step ("verify", "stage", "pack") has got
+// through a file: done of f.Size bytes, after every read. The caller
+// decides what to show (the command line prints a line a second on large
+// files). Nil reports nothing.
+type Progress func(step string, f File, done int64)
 
-func (p *Progress) reader(verb string, f File, r io.Reader) io.Reader {
-	min := int64(4 << 20)
-	if p != nil && p.Min > 0 {
-		min = p.Min
-	}
-	if p == nil || p.W == nil || f.Size < min {
+func (p Progress) reader(step string, f File, r io.Reader) io.Reader {
+	if p == nil {
 		return r
 	}
-	every := p.Every
-	if every <= 0 {
-		every = time.Second
-	}
-	return &progressReader{r: r, p: p, verb: verb, f: f, every: every, last: time.Now()}
+	return &progressReader{r: r, p: p, step: step, f: f}
 }
 
 type progressReader struct {
-	r     io.Reader
-	p     *Progress
-	verb  string
-	f     File
-	n     int64
-	every time.Duration
-	last  time.Time
+	r    io.Reader
+	p    Progress
+	step string
+	f    File
+	n    int64
 }
 
 func (pr *progressReader) Read(b []byte) (int, error) {
 	n, err := pr.r.Read(b)
-	pr.n += int64(n)
-	if pr.n == pr.f.Size && n > 0 {
-		pr.line()
-	} else if now := time.Now(); now.Sub(pr.last) >= pr.every {
-		pr.last = now
-		pr.line()
+	if n > 0 {
+		pr.n += int64(n)
+		pr.p(pr.step, pr.f, pr.n)
 	}
 	return n, err
 }
-
-func (pr *progressReader) line() {
-	fmt.Fprintf(pr.p.W, "%s %s: %s of %s (%d%%)\n", pr.verb, pr.f.Path, mib(pr.n), mib(pr.f.Size), pr.n*100/max(pr.f.Size, 1))
-}
-
-func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
