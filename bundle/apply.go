@@ -195,22 +195,15 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 		return nil, ErrDeclined
 	}
 
-	// 4. Stage.
-	j := &journal{Digest: op.Digest, Sequence: m.Sequence}
-	if err := stage(path, o, plan, j); err != nil {
-		cleanStaged(j)
-		return nil, err
-	}
-	say("staged %d file(s) beside their targets", len(j.Entries))
-
-	// 5. Swap, journalled.
+	// 4. Stage, journalled from the first byte written: whatever happens
+	// from here, the journal says what to remove or put back.
+	j := newJournal(op, plan)
 	if err := writeJournal(state, j); err != nil {
-		cleanStaged(j)
 		return nil, fmt.Errorf("%w: journal: %v", ErrState, err)
 	}
 	rollback := func(cause error, swapped int) error {
 		if uerr := undo(j, swapped); uerr != nil {
-			return fmt.Errorf("%w; ROLLBACK INCOMPLETE (%v): the journal %s is kept and the next apply retries it",
+			return fmt.Errorf("%w; ROLLBACK INCOMPLETE (%v): the journal %s is kept and the next apply finishes the rollback first",
 				cause, uerr, filepath.Join(state, pendingFile))
 		}
 		if err := removeJournal(state); err != nil {
@@ -219,6 +212,12 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 		say("rolled back: every file is as it was before")
 		return fmt.Errorf("%w (rolled back: every file is as it was before)", cause)
 	}
+	if err := stage(path, o, plan, j); err != nil {
+		return nil, rollback(err, 0)
+	}
+	say("staged %d file(s) beside their targets", len(j.Entries))
+
+	// 5. Swap.
 	for i, e := range j.Entries {
 		if err := swap(e); err != nil {
 			return nil, rollback(err, i+1)
@@ -321,9 +320,28 @@ func checkTarget(target string) (bool, error) {
 	}
 }
 
-// stage writes each file beside its target, checked against the manifest
+// newJournal plans where everything goes: the staged file and the old
+// file's link beside each target, the directories to create.
+func newJournal(op *Opened, plan *Plan) *journal {
+	j := &journal{Digest: op.Digest, Sequence: op.Manifest.Sequence}
+	for _, p := range plan.Files {
+		e := journalEntry{Target: p.Target, Staged: sibling(p.Target, "new", op.Digest), Existed: p.Exists, SHA256: p.SHA256}
+		if p.Exists {
+			e.Old = sibling(p.Target, "old", op.Digest)
+		}
+		j.Entries = append(j.Entries, e)
+		for _, d := range missingDirs(filepath.Dir(p.Target)) {
+			if !slices.Contains(j.Dirs, d) {
+				j.Dirs = append(j.Dirs, d)
+			}
+		}
+	}
+	return j
+}
+
+// stage writes each file to its staged name, checked against the manifest
 // again as it is written (the bundle file could have changed since it was
-// verified), and fills the journal.
+// verified).
 func stage(path string, o ApplyOptions, plan *Plan, j *journal) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -337,8 +355,13 @@ func stage(path string, o ApplyOptions, plan *Plan, j *journal) error {
 	if br.Opened().Digest != plan.Opened.Digest {
 		return fmt.Errorf("%w: the bundle file changed after it was verified", ErrDigest)
 	}
+	for _, d := range j.Dirs {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
 	for i := 0; ; i++ {
-		bf, content, err := br.Next()
+		_, content, err := br.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -346,19 +369,9 @@ func stage(path string, o ApplyOptions, plan *Plan, j *journal) error {
 			return err
 		}
 		p := plan.Files[i]
-		dirs, err := mkdirs(filepath.Dir(p.Target))
-		j.Dirs = append(j.Dirs, dirs...)
-		if err != nil {
+		if err := stageFile(p, j.Entries[i].Staged, o.Progress.reader("stage", p.File, content)); err != nil {
 			return err
 		}
-		e := journalEntry{Target: p.Target, Existed: p.Exists, SHA256: bf.SHA256}
-		if e.Staged, err = stageFile(p, o.Progress.reader("stage", p.File, content)); err != nil {
-			return err
-		}
-		if p.Exists {
-			e.Old = sibling(p.Target, "old")
-		}
-		j.Entries = append(j.Entries, e)
 		if o.fault != nil {
 			if err := o.fault("stage", i); err != nil {
 				return err
@@ -369,16 +382,15 @@ func stage(path string, o ApplyOptions, plan *Plan, j *journal) error {
 
 // stageFile writes the content to a new file beside the target, with the
 // manifest's mode and, replacing a file as root, the old file's owner.
-func stageFile(p Planned, content io.Reader) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(p.Target), "."+filepath.Base(p.Target)+".bundle-new-*")
+func stageFile(p Planned, name string, content io.Reader) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return "", err
+		return fmt.Errorf("stage %s: %w", p.Path, err)
 	}
-	name := f.Name()
-	fail := func(err error) (string, error) {
+	fail := func(err error) error {
 		f.Close()
 		os.Remove(name)
-		return "", fmt.Errorf("stage %s: %w", p.Path, err)
+		return fmt.Errorf("stage %s: %w", p.Path, err)
 	}
 	if _, err := io.Copy(f, content); err != nil {
 		return fail(err)
@@ -400,36 +412,27 @@ func stageFile(p Planned, content io.Reader) (string, error) {
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(name)
-		return "", err
+		return fmt.Errorf("stage %s: %w", p.Path, err)
 	}
-	return name, nil
+	return nil
 }
 
-// sibling is a fresh name beside target for its old file.
-func sibling(target, what string) string {
-	return filepath.Join(filepath.Dir(target), fmt.Sprintf(".%s.bundle-%s-%d", filepath.Base(target), what, time.Now().UnixNano()))
+// sibling names a file beside target for this bundle: its staged new
+// content ("new") or the old file's link ("old").
+func sibling(target, what, digest string) string {
+	return filepath.Join(filepath.Dir(target), fmt.Sprintf(".%s.bundle-%s-%s", filepath.Base(target), what, short(digest)))
 }
 
-// mkdirs creates dir and its missing parents and returns those it created,
-// parents first.
-func mkdirs(dir string) ([]string, error) {
+// missingDirs lists dir and its ancestors that do not exist, parents first.
+func missingDirs(dir string) []string {
 	var missing []string
 	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
 			break
-		} else if !errors.Is(err, fs.ErrNotExist) || d == filepath.Dir(d) {
-			return nil, err
 		}
-		missing = append(missing, d)
+		missing = append([]string{d}, missing...)
 	}
-	var made []string
-	for i := len(missing) - 1; i >= 0; i-- {
-		if err := os.Mkdir(missing[i], 0o755); err != nil {
-			return made, err
-		}
-		made = append(made, missing[i])
-	}
-	return made, nil
+	return missing
 }
 
 // swap puts one staged file in place: the old file first gets a hard link
@@ -474,7 +477,9 @@ func undo(j *journal, n int) error {
 			}
 		}
 	}
-	cleanStaged(j)
+	if err := cleanStaged(j); err != nil {
+		errs = append(errs, err)
+	}
 	for i := len(j.Dirs) - 1; i >= 0; i-- {
 		os.Remove(j.Dirs[i]) // only if empty: something else may live there now
 	}
@@ -491,12 +496,16 @@ func undo(j *journal, n int) error {
 }
 
 // cleanStaged removes staged files that were not swapped in.
-func cleanStaged(j *journal) {
+func cleanStaged(j *journal) error {
+	var errs []error
 	for _, e := range j.Entries {
 		if e.Staged != "" {
-			os.Remove(e.Staged)
+			if err := os.Remove(e.Staged); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove staged %s: %w", e.Staged, err))
+			}
 		}
 	}
+	return errors.Join(errs...)
 }
 
 func syncDirs(j *journal) error {

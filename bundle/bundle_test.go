@@ -558,7 +558,7 @@ func TestApplyRecoversInterrupted(t *testing.T) {
 	for _, c := range []struct {
 		swapped  int
 		linkNext bool // died between the next file's link and its rename
-	}{{0, true}, {1, true}, {3, false}, {4, false}} {
+	}{{-1, false}, {0, true}, {1, true}, {3, false}, {4, false}} {
 		root := oldRoot(t)
 		before := snapshot(t, root)
 		state := filepath.Join(root, DefaultStateDir)
@@ -570,14 +570,17 @@ func TestApplyRecoversInterrupted(t *testing.T) {
 			exists, _ := checkTarget(target)
 			plan.Files = append(plan.Files, Planned{File: f, Target: target, Exists: exists})
 		}
-		j := &journal{Digest: op.Digest, Sequence: 50}
-		if err := stage(b, k.opts(root), plan, j); err != nil {
-			t.Fatal(err)
-		}
+		j := newJournal(op, plan)
 		if err := writeJournal(state, j); err != nil {
 			t.Fatal(err)
 		}
-		for _, e := range j.Entries[:c.swapped] {
+		if c.swapped < 0 { // died while staging: one file and its directory written
+			os.MkdirAll(j.Dirs[0], 0o755)
+			os.WriteFile(j.Entries[3].Staged, []byte("half"), 0o600)
+		} else if err := stage(b, k.opts(root), plan, j); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range j.Entries[:max(c.swapped, 0)] {
 			if err := swap(e); err != nil {
 				t.Fatal(err)
 			}
@@ -704,4 +707,80 @@ func rawBundle(t testing.TB, key ed25519.PrivateKey, m *Manifest, members []memb
 		t.Fatal(err)
 	}
 	return rawArchive(t, signedEnvelope(t, key, payload), m, members)
+}
+
+// immutable makes dir unwritable even for root (chattr +i; ext4 and most
+// disk file systems), until the returned function or the test's end.
+func immutable(t *testing.T, dir string) func() {
+	t.Helper()
+	if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("chattr +i %s: %v %s", dir, err, out)
+		}
+		t.Skipf("cannot make a directory immutable here: %v %s", err, out)
+	}
+	undo := func() { exec.Command("chattr", "-i", dir).Run() }
+	t.Cleanup(undo)
+	return undo
+}
+
+// A target directory that cannot be written (as root: the immutable
+// attribute) makes the apply fail for real: while staging, nothing is left;
+// in the middle of the swaps, the files already swapped are put back at
+// once, and what cannot be removed yet (a staged file in that directory) is
+// finished by the next apply, from the journal.
+func TestApplyReadOnlyDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set and this test needs root (chattr +i)")
+		}
+		t.Skip("needs root: chattr +i")
+	}
+	k := newKit(t)
+	b := k.create("ro.bundle", 80, k.standard("8.0.0", "error"))
+
+	// While staging: the rules directory refuses the first staged file.
+	root := oldRoot(t)
+	before := snapshot(t, root)
+	unlock := immutable(t, filepath.Join(root, "etc/daemoneye/rules"))
+	_, err := Apply(context.Background(), b, k.opts(root))
+	if err == nil || !strings.Contains(err.Error(), "operation not permitted") || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("apply into a read-only directory: %v, want a refusal, rolled back", err)
+	}
+	unlock()
+	sameTree(t, "after a read-only directory refused staging", before, snapshot(t, root))
+
+	// In the middle of the swaps: the CRL's directory turns read-only once
+	// everything is staged, so the last swap fails after three went in.
+	root = oldRoot(t)
+	before = snapshot(t, root)
+	crlDir := filepath.Join(root, "var/lib/daemoneye/agent")
+	o := k.opts(root)
+	o.fault = func(step string, i int) error {
+		if step == "stage" && i == 3 {
+			immutable(t, crlDir)
+		}
+		return nil
+	}
+	_, err = Apply(context.Background(), b, o)
+	if err == nil || !strings.Contains(err.Error(), "operation not permitted") || !strings.Contains(err.Error(), "ROLLBACK INCOMPLETE") {
+		t.Fatalf("apply with a directory turned read-only: %v, want the failed swap and an incomplete rollback", err)
+	}
+	// What could be put back is back already.
+	now := snapshot(t, root)
+	for _, p := range []string{"etc/daemoneye/daemoneye.yaml", "etc/daemoneye/rules/marker.yaml", "etc/daemoneye/rules/marker.yaml.sig"} {
+		if now[p] != before[p] {
+			t.Errorf("%s not restored at once: %q, was %q", p, now[p], before[p])
+		}
+	}
+	exec.Command("chattr", "-i", crlDir).Run()
+	o = k.opts(root)
+	o.Confirm = func(*Plan) bool { return false }
+	if _, err := Apply(context.Background(), b, o); !errors.Is(err, ErrDeclined) {
+		t.Fatalf("next apply: %v", err)
+	}
+	sameTree(t, "after the next apply finished the rollback", before, snapshot(t, root))
+	if _, err := Apply(context.Background(), b, k.opts(root)); err != nil {
+		t.Errorf("apply once the directory is writable again: %v", err)
+	}
 }
