@@ -330,6 +330,8 @@ func (c *BundleApplyCmd) Run(ctx context.Context, g *Globals) error {
 			fmt.Fprintf(g.stdout, "  restart daemoneye to use the new configuration (%s)\n", f.Path)
 		case bundle.KindRules:
 			fmt.Fprintf(g.stdout, "  a center running with %s among its packs reloads it within seconds and pushes it to the agents\n", f.Path)
+		case bundle.KindCRL:
+			fmt.Fprintf(g.stdout, "  the node reads its CRL (%s) at start; a running tree gets the CA's CRL from the center\n", f.Path)
 		}
 	}
 	return nil
