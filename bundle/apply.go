@@ -381,7 +381,7 @@ func stage(path string, o ApplyOptions, plan *Plan, j *journal) error {
 }
 
 // stageFile writes the content to a new file beside the target, with the
-// manifest's mode and, replacing a file as root, the old file's owner.
+// manifest's mode and, as root, the owner it should have.
 func stageFile(p Planned, name string, content io.Reader) error {
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -398,10 +398,20 @@ func stageFile(p Planned, name string, content io.Reader) error {
 	if err := f.Chmod(p.Perm()); err != nil {
 		return fail(err)
 	}
-	if p.Exists && os.Geteuid() == 0 {
-		if fi, err := os.Lstat(p.Target); err == nil {
+	if os.Geteuid() == 0 {
+		// A replaced file keeps its owner and group; a new one belongs to
+		// root and takes its directory's group (a service's configuration
+		// directory is root:daemoneye, say).
+		from, uid := p.Target, -1
+		if !p.Exists {
+			from, uid = filepath.Dir(p.Target), 0
+		}
+		if fi, err := os.Stat(from); err == nil {
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+				if uid < 0 {
+					uid = int(st.Uid)
+				}
+				if err := f.Chown(uid, int(st.Gid)); err != nil {
 					return fail(err)
 				}
 			}

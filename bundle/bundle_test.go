@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,6 +212,14 @@ func TestCreateVerifyApply(t *testing.T) {
 
 	root := oldRoot(t)
 	os.Chmod(filepath.Join(root, "etc/daemoneye/daemoneye.yaml"), 0o600)
+	asRoot := os.Geteuid() == 0
+	if asRoot {
+		// Ownership: a replaced file keeps its owner, a new one takes its
+		// directory's group.
+		os.Chown(filepath.Join(root, "etc/daemoneye/daemoneye.yaml"), 1234, 5678)
+		os.Chown(filepath.Join(root, "etc/daemoneye/rules"), 0, 4321)
+		os.Remove(filepath.Join(root, "etc/daemoneye/rules/marker.yaml.sig"))
+	}
 	var asked *Plan
 	o := k.opts(root)
 	o.Role = "center"
@@ -219,7 +228,7 @@ func TestCreateVerifyApply(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	if asked == nil || len(asked.Files) != 4 || !asked.Files[0].Exists || asked.Files[3].Exists {
+	if asked == nil || len(asked.Files) != 4 || !asked.Files[0].Exists || asked.Files[1].Exists != !asRoot || asked.Files[3].Exists {
 		t.Errorf("confirm saw %+v", asked)
 	}
 	for _, s := range k.standard("1.0.1", "debug") {
@@ -231,6 +240,22 @@ func TestCreateVerifyApply(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Join(root, "etc/daemoneye/daemoneye.yaml")); fi.Mode().Perm() != 0o640 {
 		t.Errorf("config mode %v, want the manifest's 0640", fi.Mode().Perm())
+	}
+	owner := func(p string) [2]uint32 {
+		fi, err := os.Stat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return [2]uint32{st.Uid, st.Gid}
+	}
+	if asRoot {
+		if got := owner("etc/daemoneye/daemoneye.yaml"); got != [2]uint32{1234, 5678} {
+			t.Errorf("replaced config owned by %v, want the old file's 1234:5678", got)
+		}
+		if got := owner("etc/daemoneye/rules/marker.yaml.sig"); got != [2]uint32{0, 4321} {
+			t.Errorf("new signature file owned by %v, want root and its directory's group 4321", got)
+		}
 	}
 	if len(res.Checks) != 3 {
 		t.Errorf("checks %q, want pack, config and CRL", res.Checks)
