@@ -136,6 +136,13 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 	res := &Result{}
 	if j, err := readJournal(state); err != nil {
 		return nil, err
+	} else if j != nil && j.Commit != nil {
+		_, warn := commit(state, j)
+		res.Recovered = fmt.Sprintf("an interrupted apply of bundle %s (sequence %d) had committed: it is recorded as applied", short(j.Digest), j.Sequence)
+		say("%s", res.Recovered)
+		for _, w := range warn {
+			say("warning: %s", w)
+		}
 	} else if j != nil {
 		if err := undo(j, len(j.Entries)); err != nil {
 			return nil, fmt.Errorf("%w: an earlier apply (bundle %s) was interrupted and could not be undone: %v", ErrState, short(j.Digest), err)
@@ -249,31 +256,63 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 	}
 	say("checked the files where they now are: %d check(s) passed", len(res.Checks))
 
-	// 7. Commit: keep the old files, record the bundle.
-	setName := fmt.Sprintf("%020d-%s", m.Sequence, short(op.Digest))
-	backup := filepath.Join(state, backupsDir, setName)
-	var warn []string
-	for k, e := range j.Entries {
-		if !e.Existed {
-			continue
-		}
-		dst := filepath.Join(backup, filepath.FromSlash(plan.Files[k].Path))
-		if err := keepOld(e.Old, dst); err != nil {
-			warn = append(warn, fmt.Sprintf("the old %s stays at %s: %v", plan.Files[k].Path, e.Old, err))
-			continue
-		}
-		res.Backup = backup
-	}
-	entry := Applied{Time: o.Now().UTC(), Digest: op.Digest, Sequence: m.Sequence, Created: m.Created, Creator: m.Creator,
+	// 7. Commit. From the moment the journal says so, the bundle is
+	// applied: a crash after it finishes the commit, not an undo.
+	entry := &Applied{Time: o.Now().UTC(), Digest: op.Digest, Sequence: m.Sequence, Created: m.Created, Creator: m.Creator,
 		Key: KeyID(op.Signer), Forced: o.Force}
 	for _, f := range m.Files {
 		entry.Files = append(entry.Files, f.Path)
 	}
-	if res.Backup != "" {
-		entry.Backup = filepath.Join(backupsDir, setName)
+	j.Commit = entry
+	if err := writeJournal(state, j); err != nil {
+		j.Commit = nil
+		return nil, rollback(fmt.Errorf("%w: journal: %v", ErrState, err), len(j.Entries))
 	}
-	if err := appendApplied(state, entry); err != nil {
-		warn = append(warn, fmt.Sprintf("the files are applied but the applied-bundles log was not updated: %v", err))
+	if o.fault != nil {
+		if err := o.fault("commit", 0); err != nil {
+			return nil, err // tests: the process dies right after the commit point
+		}
+	}
+	var warn []string
+	res.Backup, warn = commit(state, j)
+	for _, w := range warn {
+		say("warning: %s", w)
+	}
+	return res, nil
+}
+
+// commit finishes a committed apply (again, after a crash): the replaced
+// files move to the backup set, the bundle is recorded in the applied log
+// (once), the journal goes. It returns the backup directory ("" if
+// nothing was replaced) and what could not be done.
+func commit(state string, j *journal) (string, []string) {
+	a := *j.Commit
+	setName := fmt.Sprintf("%020d-%s", j.Sequence, short(j.Digest))
+	backup := filepath.Join(state, backupsDir, setName)
+	var warn []string
+	kept := false
+	for k, e := range j.Entries {
+		if !e.Existed || !exists(e.Old) {
+			continue
+		}
+		dst := filepath.Join(backup, filepath.FromSlash(a.Files[k]))
+		if err := keepOld(e.Old, dst); err != nil {
+			warn = append(warn, fmt.Sprintf("the old %s stays at %s: %v", a.Files[k], e.Old, err))
+			continue
+		}
+		kept = true
+	}
+	if kept || exists(backup) {
+		a.Backup = filepath.Join(backupsDir, setName)
+	} else {
+		backup = ""
+	}
+	log, err := ReadApplied(state)
+	recorded := err == nil && slices.ContainsFunc(log, func(l Applied) bool { return l.Digest == a.Digest && l.Time.Equal(a.Time) })
+	if !recorded {
+		if err := appendApplied(state, a); err != nil {
+			warn = append(warn, fmt.Sprintf("the files are applied but the applied-bundles log was not updated: %v", err))
+		}
 	}
 	if err := removeJournal(state); err != nil {
 		warn = append(warn, fmt.Sprintf("journal: %v", err))
@@ -281,10 +320,7 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 	if err := pruneBackups(state, keepBackups); err != nil {
 		warn = append(warn, fmt.Sprintf("pruning old backups: %v", err))
 	}
-	for _, w := range warn {
-		say("warning: %s", w)
-	}
-	return res, nil
+	return backup, warn
 }
 
 // within reports whether p is dir or below it.

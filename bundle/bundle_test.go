@@ -639,6 +639,60 @@ func TestApplyRecoversInterrupted(t *testing.T) {
 	}
 }
 
+// An apply that died after its commit point is finished, not undone, by
+// the next apply: recorded once, the old files moved to the backups.
+func TestApplyFinishesCommitted(t *testing.T) {
+	k := newKit(t)
+	b := k.create("c.bundle", 90, k.standard("9.0.0", "debug"))
+	root := oldRoot(t)
+	state := filepath.Join(root, DefaultStateDir)
+	o := k.opts(root)
+	crash := errors.New("killed")
+	o.fault = func(step string, i int) error {
+		if step == "commit" {
+			return crash
+		}
+		return nil
+	}
+	if _, err := Apply(context.Background(), b, o); !errors.Is(err, crash) {
+		t.Fatalf("apply: %v", err)
+	}
+	if log, _ := ReadApplied(state); len(log) != 0 {
+		t.Fatalf("recorded before the crash was finished: %+v", log)
+	}
+	after := snapshot(t, root) // the new files, and the old ones' links beside them
+	newer := k.create("d.bundle", 91, k.standard("9.0.1", "info"))
+	o = k.opts(root)
+	var out bytes.Buffer
+	o.Out = &out
+	o.Confirm = func(*Plan) bool { return false }
+	if _, err := Apply(context.Background(), newer, o); !errors.Is(err, ErrDeclined) {
+		t.Fatalf("next apply: %v", err)
+	}
+	if !strings.Contains(out.String(), "had committed") {
+		t.Errorf("output %q does not say the earlier apply was finished", out.String())
+	}
+	now := snapshot(t, root)
+	for p, v := range after {
+		if strings.Contains(p, ".bundle-old-") {
+			if _, ok := now[p]; ok {
+				t.Errorf("old file link %s left beside its target", p)
+			}
+			continue
+		}
+		if now[p] != v {
+			t.Errorf("%s changed while finishing the commit: %q -> %q", p, v, now[p])
+		}
+	}
+	log, err := ReadApplied(state)
+	if err != nil || len(log) != 1 || log[0].Sequence != 90 || log[0].Backup == "" {
+		t.Fatalf("applied log after finishing: %+v %v", log, err)
+	}
+	if old, err := os.ReadFile(filepath.Join(state, log[0].Backup, "etc/daemoneye/daemoneye.yaml")); err != nil || string(old) != "log:\n  level: warn\n" {
+		t.Errorf("backup of the replaced config: %q %v", old, err)
+	}
+}
+
 // The binary of a bundle must run: a real daemoneye build is applied and
 // answers --version; a file that cannot run is rolled back.
 func TestApplyBinary(t *testing.T) {

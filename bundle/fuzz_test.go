@@ -111,12 +111,9 @@ func FuzzBundle(f *testing.F) {
 // FuzzState feeds the node's own state files (applied-bundles log and
 // journal) arbitrary bytes: a damaged file must be an error, not a panic.
 func FuzzState(f *testing.F) {
-	good := Applied{Time: time.Unix(1_800_000_000, 0).UTC(), Digest: "ab12", Sequence: 3, Created: time.Unix(1_799_999_000, 0).UTC(), Key: "k", Files: []string{"etc/x"}}
-	line, _ := json.Marshal(good)
-	f.Add(append(line, '\n'))
-	j, _ := json.Marshal(journal{Digest: "ab", Sequence: 3, Entries: []journalEntry{{Target: "/etc/x", Staged: "/etc/.x.new", Old: "/etc/.x.old", Existed: true, SHA256: "00"}}, Dirs: []string{"/etc/y"}})
-	f.Add(j)
-	f.Add([]byte("{}\n{\"sequence\":-1}\n"))
+	for _, s := range stateSeeds() {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if log, err := parseApplied(data, "fuzz"); err != nil && !errors.Is(err, ErrState) {
 			t.Fatalf("applied log error wraps no sentinel: %v", err)
@@ -133,6 +130,25 @@ func FuzzState(f *testing.F) {
 			}
 		}
 	})
+}
+
+// stateSeeds are state files: an applied-bundles log, journals before and
+// after the commit point, and damaged ones.
+func stateSeeds() map[string][]byte {
+	good := Applied{Time: time.Unix(1_800_000_000, 0).UTC(), Digest: "ab12", Sequence: 3, Created: time.Unix(1_799_999_000, 0).UTC(), Key: "k", Files: []string{"etc/x"}}
+	line, _ := json.Marshal(good)
+	j := journal{Digest: "ab", Sequence: 3, Entries: []journalEntry{{Target: "/etc/x", Staged: "/etc/.x.new", Old: "/etc/.x.old", Existed: true, SHA256: "00"}}, Dirs: []string{"/etc/y"}}
+	jb, _ := json.Marshal(j)
+	j.Commit = &good
+	cb, _ := json.Marshal(j)
+	return map[string][]byte{
+		"applied":         append(line, '\n'),
+		"journal":         jb,
+		"journal-commit":  cb,
+		"relative-target": []byte(`{"digest":"a","sequence":1,"entries":[{"target":"etc/x","staged":"/s","existed":false,"sha256":"0"}]}`),
+		"commit-mismatch": []byte(`{"digest":"a","sequence":1,"entries":[],"commit":{"applied":"2027-01-15T08:00:00Z","digest":"a","sequence":1,"created":"2027-01-15T08:00:00Z","key":"k","files":["etc/x"]}}`),
+		"applied-damaged": []byte("{}\n{\"sequence\":-1}\n"),
+	}
 }
 
 // fuzzSeeds are bundles made with the fixed key: valid ones, and the
@@ -193,7 +209,7 @@ func fuzzSeeds(t testing.TB) map[string][]byte {
 	}
 }
 
-// TestWriteFuzzCorpus regenerates testdata/fuzz/FuzzBundle when
+// TestWriteFuzzCorpus regenerates testdata/fuzz/FuzzBundle and FuzzState when
 // BUNDLE_WRITE_CORPUS=1.
 func TestWriteFuzzCorpus(t *testing.T) {
 	if os.Getenv("BUNDLE_WRITE_CORPUS") != "1" {
@@ -204,6 +220,16 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, data := range fuzzSeeds(t) {
+		content := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir = filepath.Join("testdata", "fuzz", "FuzzState")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range stateSeeds() {
 		content := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)

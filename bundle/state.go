@@ -141,6 +141,9 @@ type journal struct {
 	Entries  []journalEntry `json:"entries"`
 	// Dirs were created by the apply, parents first.
 	Dirs []string `json:"dirs,omitempty"`
+	// Commit, once set, says every file is in place and checked: what is
+	// left is recording it (see commit), never undoing it.
+	Commit *Applied `json:"commit,omitempty"`
 }
 
 type journalEntry struct {
@@ -185,6 +188,16 @@ func parseJournal(b []byte) (*journal, error) {
 	for _, d := range j.Dirs {
 		if !filepath.IsAbs(d) {
 			return nil, fmt.Errorf("%w: %s: path %q is not absolute", ErrState, pendingFile, d)
+		}
+	}
+	if j.Commit != nil && len(j.Commit.Files) != len(j.Entries) {
+		return nil, fmt.Errorf("%w: %s: %d files committed, %d in the journal", ErrState, pendingFile, len(j.Commit.Files), len(j.Entries))
+	}
+	if j.Commit != nil {
+		for _, f := range j.Commit.Files {
+			if err := CheckPath(f); err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrState, pendingFile, err)
+			}
 		}
 	}
 	return &j, nil
