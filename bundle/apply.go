@@ -81,23 +81,27 @@ type Result struct {
 
 // Apply installs the bundle at path, all or nothing:
 //
-//  1. an interrupted earlier apply (a journal left behind) is undone;
+//  1. an interrupted earlier apply (a journal left behind) is undone, or
+//     finished if it had passed its commit point;
 //  2. the whole bundle is verified (signature, manifest, every hash);
 //  3. rollback protection: a bundle not newer than the newest applied, or
 //     applied already, is refused unless Force;
-//  4. every file is staged beside its target (same directory, so the swap
-//     is a rename) and checked again against the manifest as it is
-//     written; missing directories are created;
-//  5. a journal is written, then each target is swapped in: the old file
-//     keeps a hard link beside it, the staged file is renamed over it;
+//  4. a journal is written, then every file is staged beside its target
+//     (same directory, so the swap is a rename) and checked again against
+//     the manifest as it is written; missing directories are created;
+//  5. each target is swapped in: the old file keeps a hard link beside it,
+//     the staged file is renamed over it;
 //  6. each file's check runs where it now lives (the binary answers
 //     --version, rule packs pass `rules check`, configuration validates,
 //     CRLs parse);
-//  7. on success the replaced files move to the backups and the bundle is
-//     recorded in the applied-bundles log. If any step from 4 on fails,
-//     every file is put back as it was (the same inode, so mode, owner and
-//     times too), new files and directories are removed, and the error
-//     says what failed.
+//  7. the journal marks the commit; the replaced files move to the backups
+//     and the bundle is recorded in the applied-bundles log.
+//
+// If any step from 4 to 7 fails before the commit, every file is put back
+// as it was (the same inode, so mode, owner and times too), new files and
+// directories are removed, and the error says what failed. What cannot be
+// put back at once (a directory turned read-only) stays in the journal for
+// the next apply.
 func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 	if o.Root == "" {
 		o.Root = "/"

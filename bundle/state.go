@@ -4,9 +4,10 @@ package bundle
 // /var/lib/daemoneye/bundles under the root):
 //
 //	applied.jsonl   one JSON line per bundle applied: rollback protection
-//	pending.json    the journal of an apply in progress: if the process dies
-//	                between the first swap and the commit, the next apply
-//	                puts every file back first
+//	pending.json    the journal of an apply in progress, written before the
+//	                first file is staged: if the process dies, the next
+//	                apply first puts every file back (or, past the commit
+//	                point, finishes recording it)
 //	backups/SEQ-DIGEST/PATH  the files each apply replaced
 //	lock            held (flock) while an apply runs
 
