@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-isatty"
-
 	"github.com/evilbitlabs/daemoneye/bundle"
 	"github.com/evilbitlabs/daemoneye/rules"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
@@ -27,34 +25,6 @@ type BundleCmd struct {
 	Verify BundleVerifyCmd `cmd:"" help:"Check a bundle offline with trusted public key(s): signature, every file's size and SHA-256, paths, limits."`
 	Apply  BundleApplyCmd  `cmd:"" help:"Install a bundle on this node, all or nothing: verify, stage, swap in, check, and roll everything back on any failure."`
 	Keygen BundleKeygenCmd `cmd:"" help:"Create an Ed25519 key pair for signing bundles (KEY, mode 0600, and KEY.pub)."`
-}
-
-func init() {
-	// Kept beside the commands (cli/examples.go holds the others).
-	examples["bundle keygen"] = []string{
-		"# Once, on the offline signing machine: bundle.key (0600) and bundle.pub for the nodes",
-		"daemoneye bundle keygen --out bundle.key",
-	}
-	examples["bundle create"] = []string{
-		"# A new binary and the customer's signed rule pack, for every role",
-		"daemoneye bundle create --key bundle.key -o update-2026-11.bundle --binary bin/daemoneye --rules site.yaml",
-		"# New rule packs only, for the center (it pushes them down to the agents)",
-		"daemoneye bundle create --key bundle.key -o rules-42.bundle --target center --rules site.yaml=etc/daemoneye/rules/site.yaml",
-		"# A configuration and a CRL, with an explicit sequence number",
-		"daemoneye bundle create --key bundle.key -o cfg.bundle --sequence 43 --config-file agent.yaml=etc/daemoneye/daemoneye.yaml --crl crl.pem=var/lib/daemoneye/agent/crl.pem",
-	}
-	examples["bundle verify"] = []string{
-		"# Offline, anywhere: what the bundle holds and that the key signed all of it",
-		"daemoneye bundle verify --trusted bundle.pub update-2026-11.bundle",
-	}
-	examples["bundle apply"] = []string{
-		"# On the node (asks before changing anything)",
-		"daemoneye bundle apply --trusted /etc/daemoneye/bundle.pub update-2026-11.bundle",
-		"# Unattended, on a center, also checking the packs' signatures",
-		"daemoneye bundle apply --yes --role center --trusted bundle.pub --rules-key rules.pub rules-42.bundle",
-		"# Into an image being built, not the running system",
-		"daemoneye bundle apply --trusted bundle.pub --to /srv/images/agent-root --yes update-2026-11.bundle",
-	}
 }
 
 // BundleKeygenCmd creates a bundle-signing key pair.
@@ -261,10 +231,7 @@ type BundleApplyCmd struct {
 
 // stdinIsTerminal says whether confirmation can be asked on stdin (a
 // variable so tests can answer).
-var stdinIsTerminal = func(g *Globals) bool {
-	f, ok := g.stdin.(*os.File)
-	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
-}
+var stdinIsTerminal = func(g *Globals) bool { return isTerminal(g.stdin) }
 
 // Run applies the bundle and prints what it did.
 func (c *BundleApplyCmd) Run(ctx context.Context, g *Globals) error {
