@@ -128,7 +128,12 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 			fmt.Fprintf(o.Out, format+"\n", args...)
 		}
 	}
-	if err := os.MkdirAll(state, 0o700); err != nil {
+	// Its parents are ordinary directories (var/lib in an image being
+	// built); the state itself is root's alone.
+	if err := os.MkdirAll(filepath.Dir(state), 0o755); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrState, err)
+	}
+	if err := os.Mkdir(state, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: %v", ErrState, err)
 	}
 	lk, err := lock(filepath.Join(state, lockFile))
