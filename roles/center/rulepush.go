@@ -53,7 +53,10 @@ func (c *Center) watchRulePacks(ctx context.Context) error {
 	c.packsMu.RLock()
 	running := runDigest(customer(c.packs))
 	c.packsMu.RUnlock()
-	var loaded, failed string
+	// Never a fingerprint (which is "" with no packs): the first look
+	// always loads and pushes, so an empty set reaches agents that still
+	// run packs this center no longer has.
+	loaded, failed := "\x00", "\x00"
 	t := time.NewTicker(rulePackPoll)
 	defer t.Stop()
 	for {
@@ -62,7 +65,7 @@ func (c *Center) watchRulePacks(ctx context.Context) error {
 				c.log.Error("rule packs not reloaded: the running packs stay active", "err", err)
 				failed = fp
 			} else {
-				loaded, failed = fp, ""
+				loaded, failed = fp, "\x00"
 			}
 		}
 		c.push.CatchUp() // children whose last send failed

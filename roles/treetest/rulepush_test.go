@@ -222,3 +222,12 @@ func TestRulePackPush(t *testing.T) {
 		t.Errorf("proxy after a restart holds set %d, want %d", got, seq2)
 	}
 }
+
+// A center with no customer packs still pushes its (empty) set: agents
+// drop packs it no longer has.
+func TestRulePackPushEmpty(t *testing.T) {
+	tr := New(t)
+	c := tr.NewCenter("center").Start()
+	px := tr.NewProxy("px", c.Cfg.Listen).Start()
+	eventually(t, 30*time.Second, "the empty rule pack set at the proxy", func() bool { return px.RulePacksSeq() != 0 })
+}
