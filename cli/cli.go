@@ -61,6 +61,7 @@ type CLI struct {
 	Trace    TraceCmd    `cmd:"" help:"Focused traces: start (signed with your operator key), stop, list, show."`
 	Export   ExportCmd   `cmd:"" help:"Download a trace's signed forensic package (recorded in the center's ledger)."`
 	Verify   VerifyCmd   `cmd:"" help:"Check a forensic package offline with the CA certificate; print what it proves."`
+	Bundle   BundleCmd   `cmd:"" help:"Air-gap update bundles: create, verify offline, apply all-or-nothing; keygen."`
 	Demo     DemoCmd     `cmd:"" help:"Run the web-1 -> db-1 attack scenario end to end on this machine (root): alert, cross-host trace, signed package."`
 	Bench    BenchCmd    `cmd:"" help:"Benchmarks run as commands: scale (simulated agents through a proxy tree)."`
 

@@ -116,6 +116,30 @@ var examples = map[string][]string{
 		"# Anywhere, offline: what the package proves, against the customer CA",
 		"daemoneye verify --ca ca.crt case-42.dpkg",
 	},
+	"bundle keygen": {
+		"# Once, on the offline signing machine: bundle.key (0600) and bundle.pub for the nodes",
+		"daemoneye bundle keygen --out bundle.key",
+	},
+	"bundle create": {
+		"# A new binary and the customer's signed rule pack, for every role",
+		"daemoneye bundle create --key bundle.key -o update-2026-11.bundle --binary bin/daemoneye --rules site.yaml",
+		"# New rule packs only, for the center (it pushes them down to the agents)",
+		"daemoneye bundle create --key bundle.key -o rules-42.bundle --target center --rules site.yaml=etc/daemoneye/rules/site.yaml",
+		"# A configuration and a CRL, with an explicit sequence number",
+		"daemoneye bundle create --key bundle.key -o cfg.bundle --sequence 43 --config-file agent.yaml=etc/daemoneye/daemoneye.yaml --crl crl.pem=var/lib/daemoneye/agent/crl.pem",
+	},
+	"bundle verify": {
+		"# Offline, anywhere: what the bundle holds and that the key signed all of it",
+		"daemoneye bundle verify --trusted bundle.pub update-2026-11.bundle",
+	},
+	"bundle apply": {
+		"# On the node (asks before changing anything)",
+		"daemoneye bundle apply --trusted /etc/daemoneye/bundle.pub update-2026-11.bundle",
+		"# Unattended, on a center, also checking the packs' signatures",
+		"daemoneye bundle apply --yes --role center --trusted bundle.pub --rules-key rules.pub rules-42.bundle",
+		"# Into an image being built, not the running system",
+		"daemoneye bundle apply --trusted bundle.pub --to /srv/images/agent-root --yes update-2026-11.bundle",
+	},
 	"demo": {
 		"# The web-1 -> db-1 scenario end to end (root); make demo runs this",
 		"daemoneye demo --dir .demo",

@@ -46,7 +46,9 @@ type Center struct {
 	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
 	API      *API           // nil when center.api.listen is empty
 	Rules    *rules.Engine
+	packsMu  sync.RWMutex       // packs: replaced when the pack files change (rulepush.go)
 	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
+	push     *transport.Latest  // the rule pack set every child gets (rulepush.go)
 	rec      *rules.SQLRecorder // alerts table; nil until Run starts the rules
 	ingestQ  chan *wire.Batch
 	stopping chan struct{} // closed when Run's context ends
@@ -156,6 +158,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		OnChange: func() {
 			go c.disp.Flush(context.Background())
 			go c.registerFleet(context.Background())
+			c.push.CatchUp()
 		},
 		Log: log,
 	})
@@ -167,6 +170,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: %w", err)
 	}
 	c.disp = transport.NewDispatcher(c.srv, outbox, c.recordAck, log)
+	c.push = transport.NewLatest(c.srv, log)
 	return c, nil
 }
 
@@ -238,6 +242,7 @@ func (c *Center) Run(ctx context.Context) error {
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })
+	g.Go(func() error { return c.watchRulePacks(gctx) })
 	g.Go(func() error { return c.sinks.Run(gctx) })
 	g.Go(func() error { return c.runRetention(gctx) })
 	return g.Wait()
