@@ -82,14 +82,27 @@ func TestCenterProcessNoEgress(t *testing.T) {
 	stop := func() {
 		if !stopped {
 			stopped = true
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			// Signals go to the center only: strace writes out its log
+			// when its tracee ends (a killed strace loses what it buffered).
+			sp := cmd.Process.Pid
+			center := -sp // the group, should the child not be found
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", sp, sp)); err == nil && len(strings.Fields(string(b))) > 0 {
+				fmt.Sscan(strings.Fields(string(b))[0], &center)
+			}
 			done := make(chan struct{})
 			go func() { cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				<-done
+			for _, step := range []struct {
+				pid  int
+				sig  syscall.Signal
+				wait time.Duration
+			}{{center, syscall.SIGTERM, 30 * time.Second}, {center, syscall.SIGKILL, 10 * time.Second}, {-sp, syscall.SIGKILL, time.Minute}} {
+				syscall.Kill(step.pid, step.sig)
+				select {
+				case <-done:
+					return
+				case <-time.After(step.wait):
+					t.Logf("the center did not end %s after signal %v", step.wait, step.sig)
+				}
 			}
 		}
 	}
@@ -183,12 +196,13 @@ func readStrace(t *testing.T, path, lport, aport string) straceReport {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	// Per line: "PID syscall(FD, ...) = RET". Sockets are followed by
+	// Per line: "PID syscall(FD, ...) = RET", the PID padded to five
+	// columns (a fresh machine's 3-digit PIDs are followed by 3 spaces). Sockets are followed by
 	// descriptor: what each is bound to, so that every addressed send can
 	// be checked to leave through a listener (an answer to a peer).
-	sockRE := regexp.MustCompile(`^\d+ socket\((AF_INET6?), .* = (\d+)$`)
-	bindRE := regexp.MustCompile(`^\d+ bind\((\d+), \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\)`)
-	sendRE := regexp.MustCompile(`^\d+ send(?:msg|to|mmsg)\((\d+), .*sa_family=AF_INET6?, sin6?_port=htons\((\d+)\)`)
+	sockRE := regexp.MustCompile(`^\d+\s+socket\((AF_INET6?), .* = (\d+)$`)
+	bindRE := regexp.MustCompile(`^\d+\s+bind\((\d+), \{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\)`)
+	sendRE := regexp.MustCompile(`^\d+\s+send(?:msg|to|mmsg)\((\d+), .*sa_family=AF_INET6?, sin6?_port=htons\((\d+)\)`)
 	inet := regexp.MustCompile(`sa_family=AF_INET6?\b`)
 	bound := map[string]string{} // fd -> port, of the network sockets open now
 	rep := straceReport{listeners: map[string]bool{}}
@@ -199,6 +213,7 @@ func readStrace(t *testing.T, path, lport, aport string) straceReport {
 		l := sc.Text()
 		// strace -f splits a call another thread interrupts: "PID call(args
 		// <unfinished ...>" then "PID <... call resumed>rest) = RET".
+		// strace pads the thread id to five columns: "123   bind(...".
 		tid, _, _ := strings.Cut(l, " ")
 		if head, ok := strings.CutSuffix(l, " <unfinished ...>"); ok {
 			pending[tid] = head
