@@ -17,6 +17,8 @@ import (
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/privacy"
 	"github.com/evilbitlabs/daemoneye/roles/agent"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 // unitCaps reads the capability lines of a rendered unit, the way systemd
@@ -198,15 +200,15 @@ func (a *runningAgent) lineageExe(t *testing.T, pid uint32) (exe string, uid uin
 // which one is missing; without CAP_SYS_PTRACE it no longer sees another
 // user's executable, which is why the unit keeps it.
 func TestAgentWithUnitCapabilities(t *testing.T) {
-	needRoot(t)
-	setpriv := needTool(t, "setpriv")
+	testenv.NeedRoot(t)
+	setpriv := testenv.NeedTool(t, "setpriv")
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("CI is set but the kernel has no BTF")
 		}
 		t.Skip("needs kernel BTF for the eBPF sensor")
 	}
-	bin := binary(t)
+	bin := testenv.Binary(t)
 
 	unitOf := func(capture string) (bounding, ambient []string, nnp bool) {
 		c := config.Default()

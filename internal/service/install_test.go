@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 // stagingRoot makes a root to install into: the host's account files (so
@@ -133,11 +135,11 @@ func statOwner(t *testing.T, p string) (fs.FileMode, int, int) {
 // edited configuration survives), follows a configuration change, hands a
 // hand-made data directory over, and uninstalls with and without --purge.
 func TestInstallIntoRoot(t *testing.T) {
-	needRoot(t)
-	sa := needTool(t, "systemd-analyze")
-	needTool(t, "systemctl")
-	needTool(t, "useradd")
-	bin := binary(t)
+	testenv.NeedRoot(t)
+	sa := testenv.NeedTool(t, "systemd-analyze")
+	testenv.NeedTool(t, "systemctl")
+	testenv.NeedTool(t, "useradd")
+	bin := testenv.Binary(t)
 	root := stagingRoot(t)
 	hostPasswd, _ := os.ReadFile("/etc/passwd")
 	ctx := context.Background()
@@ -308,7 +310,7 @@ func TestInstallIntoRoot(t *testing.T) {
 // TestInstallRefusals: what cannot be installed is refused before anything
 // changes, with a message that says why.
 func TestInstallRefusals(t *testing.T) {
-	bin := binary(t)
+	bin := testenv.Binary(t)
 	empty := t.TempDir()
 	cases := []struct {
 		name string
@@ -352,9 +354,9 @@ func TestInstallRefusals(t *testing.T) {
 // cannot read, or a certificate directory it cannot write, are pointed out
 // with the command that fixes them, and the notes go once fixed.
 func TestInstallNotes(t *testing.T) {
-	needRoot(t)
-	needTool(t, "useradd")
-	bin := binary(t)
+	testenv.NeedRoot(t)
+	testenv.NeedTool(t, "useradd")
+	bin := testenv.Binary(t)
 	root := stagingRoot(t)
 	tlsDir := filepath.Join(root, "etc/daemoneye/tls")
 	if err := os.MkdirAll(tlsDir, 0o700); err != nil { // and /etc/daemoneye 0700

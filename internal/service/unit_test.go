@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/evilbitlabs/daemoneye/config"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 func TestForRole(t *testing.T) {
@@ -169,8 +171,8 @@ func unitVariants(t *testing.T, bin string) map[string]Spec {
 // systemd knows, and the exposure score of systemd-analyze security must
 // stay low.
 func TestUnitsVerify(t *testing.T) {
-	sa := needTool(t, "systemd-analyze")
-	bin := binary(t)
+	sa := testenv.NeedTool(t, "systemd-analyze")
+	bin := testenv.Binary(t)
 	dir := t.TempDir()
 	// The most exposed a unit may be, in tenths of systemd-analyze
 	// security's 0 to 10 scale: the agent keeps kernel-facing

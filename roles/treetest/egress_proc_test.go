@@ -18,6 +18,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
 
@@ -28,16 +29,8 @@ import (
 // logged by the kernel's syscall tracing (strace -f): the center connects
 // nowhere, and its only sockets are its listeners and what they accept.
 func TestCenterProcessNoEgress(t *testing.T) {
-	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
-		t.Skip("strace of a child needs ptrace; run as root")
-	}
-	straceBin, err := exec.LookPath("strace")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("strace is missing (make test installs it with deps-test)")
-		}
-		t.Skip("strace is not installed")
-	}
+	testenv.NeedRoot(t) // strace of a child
+	straceBin := testenv.NeedTool(t, "strace")
 	tr := New(t)
 	dir := filepath.Join(tr.Dir, "center")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -72,7 +65,7 @@ func TestCenterProcessNoEgress(t *testing.T) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(straceBin, "-f", "-qq", "-e", "trace=socket,connect,bind,sendto,sendmsg,sendmmsg", "-e", "signal=none",
-		"-o", traceLog, binary(t), "center", "-c", cfg)
+		"-o", traceLog, testenv.Binary(t), "center", "-c", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -166,7 +159,7 @@ func TestCenterProcessNoEgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	exec.Command(straceBin, "-f", "-qq", "-e", "trace=socket,connect,bind,sendto,sendmsg,sendmmsg", "-e", "signal=none", "-o", cliLog,
-		binary(t), "trace", "list", "--api", "https://"+api, "--ca", tc.CA, "--cert", filepath.Join(dir, "ana.crt"), "--key", filepath.Join(dir, "ana.key")).Run()
+		testenv.Binary(t), "trace", "list", "--api", "https://"+api, "--ca", tc.CA, "--cert", filepath.Join(dir, "ana.crt"), "--key", filepath.Join(dir, "ana.key")).Run()
 	if v := readStrace(t, cliLog, lport, aport).violations; len(v) == 0 || !strings.Contains(strings.Join(v, "\n"), "connected out") {
 		t.Errorf("a client dialling the API was not caught: %q", v)
 	}
