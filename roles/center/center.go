@@ -7,7 +7,6 @@ package center
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -45,6 +44,7 @@ type Center struct {
 	SQL      *sqlstore.Store
 	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
 	API      *API           // nil when center.api.listen is empty
+	apiCert  *apiCert       // what the API presents (api_tls.go)
 	Rules    *rules.Engine
 	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
 	rec      *rules.SQLRecorder // alerts table; nil until Run starts the rules
@@ -124,7 +124,10 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
 		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
-		c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
+		c.apiCert, err = newAPICert(cfg, id.Name, id.Holder, id.Verifier, log)
+		if err == nil {
+			c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
+		}
 		if err != nil {
 			lg.Close()
 			sq.Close()
@@ -217,8 +220,8 @@ func (c *Center) Run(ctx context.Context) error {
 	g.Go(func() error { return eng.Run(gctx) })
 	g.Go(func() error { return c.Ledger.Run(gctx) })
 	if apiLn != nil {
-		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}
-		g.Go(func() error { return c.API.Serve(gctx, apiLn, tlsConf) })
+		g.Go(func() error { return c.API.Serve(gctx, apiLn, c.apiCert.tlsConfig()) })
+		g.Go(func() error { return c.apiCert.maintain(gctx, time.Minute) })
 	}
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
