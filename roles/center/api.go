@@ -27,10 +27,10 @@ package center
 // ledger entry each, written before the action's data leaves or its change
 // commits; reads are batched per operator into api.view entries.
 //
-// CSRF. State-changing routes are POSTs that must carry Content-Type
-// application/json, which a browser sends cross-site only after a CORS
-// preflight that this API never answers, and the session cookie is
-// SameSite=Strict.
+// CSRF. State-changing routes are POSTs (and DELETEs) that must carry
+// Content-Type application/json, which a browser sends cross-site only
+// after a CORS preflight that this API never answers, and the session
+// cookie is SameSite=Strict.
 
 import (
 	"context"
@@ -66,6 +66,9 @@ type CenterOps interface {
 	// Follow fans a trace out along a link (a traced connect to another
 	// enrolled host) to the process that accepted it.
 	Follow(ctx context.Context, linkID int64, by string) error
+	// WatchesChanged says the watch rules were added to or deleted (the
+	// API has committed the change); the center loads them again.
+	WatchesChanged()
 }
 
 // TraceFlags say what a focused trace collects (traces.flags).
@@ -115,6 +118,7 @@ type APIDeps struct {
 	Center   CenterOps
 	Log      *slog.Logger
 	Now      func() time.Time // nil: time.Now
+	Ledger   LedgerDeps       // the ledger view (api_ledger.go); zero: none
 }
 
 // API is the operators' HTTPS API. It serves once: Serve closes it.
@@ -136,6 +140,14 @@ type API struct {
 	queries  chan struct{} // bounds concurrent sandbox queries
 	closed   sync.Once
 	closeErr error
+
+	ledger    LedgerDeps
+	verifyJob verifyJob
+	// bg is the context of work the API starts in the background (a
+	// ledger verification); Close cancels it and waits.
+	bg       context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
 
 	viewEvery  time.Duration // view batch flush interval
 	drainEvery time.Duration // outbox drain interval
@@ -168,7 +180,9 @@ func NewAPI(d APIDeps) (*API, error) {
 	ops.now = d.Now
 	a := &API{sql: d.SQL, ops: ops, audit: d.Audit, verifier: d.Verifier, cfg: d.Cfg, center: d.Center,
 		log: d.Log.With("component", "api"), now: d.Now, sessions: newSessions(d.Now), limiter: newLoginLimiter(d.Now),
-		views: newViewLog(), viewEvery: 30 * time.Second, drainEvery: 10 * time.Second, queries: make(chan struct{}, maxQueries)}
+		views: newViewLog(), viewEvery: 30 * time.Second, drainEvery: 10 * time.Second, queries: make(chan struct{}, maxQueries),
+		ledger: d.Ledger}
+	a.bg, a.bgCancel = context.WithCancel(context.Background())
 	if err := d.SQL.ReadOnly().QueryRow(`SELECT count(*) > 0 FROM pragma_table_info('process_events') WHERE name = 'env'`).Scan(&a.hasEnv); err != nil {
 		ops.Close()
 		return nil, fmt.Errorf("api: %w", err)
@@ -194,6 +208,8 @@ func (a *API) Operators() *Operators { return a.ops }
 // recorded first.
 func (a *API) Close() error {
 	a.closed.Do(func() {
+		a.bgCancel()
+		a.bgWG.Wait()
 		a.flushViews(context.Background())
 		a.closeErr = a.ops.Close()
 	})
@@ -251,6 +267,12 @@ func (a *API) routeTable() []route {
 		{"POST", "/api/v1/operators/{id}", RoleAdmin, true, a.updateOperator},
 		{"GET", "/api/v1/sinks", RoleAdmin, false, a.listSinks},
 		{"POST", "/api/v1/sinks/{name}/enable", RoleAdmin, true, a.enableSink},
+		{"GET", "/api/v1/ledger", RoleViewer, false, a.ledgerView},
+		{"GET", "/api/v1/ledger/verify", RoleViewer, false, a.ledgerVerifyStatus},
+		{"POST", "/api/v1/ledger/verify", RoleViewer, true, a.ledgerVerify},
+		{"GET", "/api/v1/watches", RoleViewer, false, a.watches},
+		{"POST", "/api/v1/watches", WatchRole, true, a.addWatch},
+		{"DELETE", "/api/v1/watches/{id}", WatchRole, true, a.deleteWatch},
 	}
 }
 
@@ -343,7 +365,7 @@ func (a *API) wrap(rt route) http.Handler {
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		}
-		if r.Method == http.MethodPost {
+		if r.Method == http.MethodPost || r.Method == http.MethodDelete {
 			if ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || ct != "application/json" {
 				a.writeError(w, http.StatusUnsupportedMediaType, "request body must be JSON (Content-Type: application/json)")
 				return

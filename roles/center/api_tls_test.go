@@ -12,12 +12,22 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
+
+// testLog sends a center's warnings and errors to the test's log.
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
 
 // tlsCenter is a whole center on loopback for the API certificate tests.
 type tlsCenter struct {
@@ -62,7 +72,7 @@ func startTLSCenter(t *testing.T, ca *pki.CA, cfg config.Center) *tlsCenter {
 	}
 	cfg.API.Listen = ln.Addr().String()
 	ln.Close()
-	c, err := New(cfg, slog.New(slog.DiscardHandler))
+	c, err := New(cfg, slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatalf("center.New: %v", err)
 	}

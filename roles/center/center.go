@@ -58,6 +58,8 @@ type Center struct {
 
 	sinks *SinkGate // export sinks behind the egress gate (sink.go)
 
+	watchChanged chan struct{} // the watch rules changed (watch.go)
+
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
 
@@ -99,14 +101,15 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
 	}
-	signer, _, err := ledger.LoadOrCreateSigner(filepath.Join(cfg.DataDir, "ledger.key"), ledger.Origin(id.Name))
+	signer, vkey, err := ledger.LoadOrCreateSigner(filepath.Join(cfg.DataDir, "ledger.key"), ledger.Origin(id.Name))
 	if err != nil {
 		sq.Close()
 		outbox.Close()
 		db.Close()
 		return nil, fmt.Errorf("center: ledger key: %w", err)
 	}
-	lg, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), signer, log, ledger.Options{})
+	ledgerDir := filepath.Join(cfg.DataDir, "ledger")
+	lg, err := ledger.Open(ledgerDir, signer, log, ledger.Options{})
 	if err != nil {
 		sq.Close()
 		outbox.Close()
@@ -122,11 +125,12 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: %w", err)
 	}
 	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
-		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
+		stopping: make(chan struct{}), watchChanged: make(chan struct{}, 1), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
 		c.apiCert, err = newAPICert(cfg, id.Name, id.Holder, id.Verifier, log)
 		if err == nil {
-			c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
+			c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log,
+				Ledger: LedgerDeps{L: lg, Dir: ledgerDir, VerifierKey: vkey}})
 		}
 		if err != nil {
 			lg.Close()
@@ -218,6 +222,7 @@ func (c *Center) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.ingestSQL(gctx) })
 	g.Go(func() error { return eng.Run(gctx) })
+	g.Go(func() error { return c.runWatches(gctx) })
 	g.Go(func() error { return c.Ledger.Run(gctx) })
 	if apiLn != nil {
 		g.Go(func() error { return c.API.Serve(gctx, apiLn, c.apiCert.tlsConfig()) })
