@@ -59,6 +59,9 @@ type ledgerEntryJSON struct {
 	PayloadLen  int64           `json:"payload_len"`
 	Payload     json.RawMessage `json:"payload"` // null once purged; a JSON string when not JSON
 	Purged      bool            `json:"purged"`
+	// Tampered says why the record does not match its own leaf (the
+	// other fields are then empty): shown, not an error of the page.
+	Tampered string `json:"tampered,omitempty"`
 }
 
 func (a *API) ledgerView(w http.ResponseWriter, r *http.Request, _ *principal) error {
@@ -95,6 +98,10 @@ func (a *API) ledgerView(w http.ResponseWriter, r *http.Request, _ *principal) e
 	entries := []ledgerEntryJSON{}
 	for i := before - 1; i >= 0 && int64(len(entries)) < limit; i-- {
 		rec, err := l.Entry(i)
+		if errors.Is(err, ledger.ErrTampered) {
+			entries = append(entries, ledgerEntryJSON{Index: i, Payload: json.RawMessage("null"), Tampered: err.Error()})
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("ledger entry %d: %w", i, err)
 		}
