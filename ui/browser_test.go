@@ -577,7 +577,7 @@ func TestBrowserScenario(t *testing.T) {
 	a.shot("trace")
 
 	// The timeline plays to the end, the graph following the current event.
-	a.run("play the timeline", chromedp.SetValue("#timeline-speed", "50", chromedp.ByQuery),
+	a.run("play the timeline", chromedp.SetValue("#timeline-speed", "10", chromedp.ByQuery),
 		chromedp.Click("#timeline-play", chromedp.ByQuery),
 		chromedp.Poll(`(() => { const [a, b] = document.getElementById('timeline-pos').textContent.split(' / ').map(Number);
 			return b > 0 && a === b && document.getElementById('timeline-play').textContent.includes('Play'); })()`, nil,

@@ -4,10 +4,12 @@ package center
 // alerts, processes and traces, to query the store read-only, to start and
 // approve traces, to reveal masked command lines and to manage operators.
 //
-// Authentication. TLS 1.3 only. The server requests (does not require) a
-// client certificate: one that is presented must come from the customer CA,
-// be unrevoked and carry the role operator, or the handshake fails. Its
-// name is the operator id. Without a certificate, a local account logs in
+// Authentication. TLS 1.3 only, with the API's own certificate (api_tls.go:
+// ECDSA from the customer's web CA, which browsers accept). The server
+// requests (does not require) a client certificate: one that is presented
+// must come from the customer CA (Ed25519, as the CLI's) or its web CA
+// (ECDSA, a browser's), be unrevoked and carry the role operator, or the
+// handshake fails. Its name is the operator id. Without a certificate, a local account logs in
 // with POST /api/v1/login {name, password} and gets a session token, as an
 // HttpOnly, Secure, SameSite=Strict cookie and in the answer (for scripts:
 // "Authorization: Bearer TOKEN"). Login and cookie rather than HTTP Basic

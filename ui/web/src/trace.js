@@ -180,7 +180,7 @@ async function allEvents(id, afterSeq) {
   return { ...first, events };
 }
 
-const speeds = [['0.5×', 2000], ['1×', 1000], ['2×', 500], ['5×', 200], ['20×', 50]];
+const speeds = [['0.5×', 2000], ['1×', 1000], ['2×', 500], ['5×', 200], ['20×', 50], ['100×', 10]];
 
 // A trace that may still grow (waiting for approval, approved, running)
 // is polled: new events join the timeline and new processes and hops the
