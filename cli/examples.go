@@ -54,6 +54,13 @@ var examples = map[string][]string{
 		"daemoneye pki issue --dir /etc/daemoneye/ca --role center --dns center.enclave --ip 10.0.0.2 center-1",
 		"# An operator certificate for eight hours",
 		"daemoneye pki issue --dir /etc/daemoneye/ca --role operator --ttl 8h alice",
+		"# The API's certificate for browsers, and an operator's browser certificate (alice.p12)",
+		"daemoneye pki issue --dir /etc/daemoneye/ca --role api --dns center.enclave center-api",
+		"daemoneye pki issue --dir /etc/daemoneye/ca --role operator --browser alice",
+	},
+	"pki web-ca": {
+		"# Add the ECDSA web CA (what browsers install) to a CA directory made before it existed",
+		"daemoneye pki web-ca --dir /etc/daemoneye/ca",
 	},
 	"pki revoke": {
 		"# Revoke a lost laptop's operator certificate (key compromise)",

@@ -97,7 +97,7 @@ func (c *OperatorAddCmd) Run(ctx context.Context, g *Globals, p *OperatorCmd) er
 	if err != nil {
 		return err
 	}
-	auth := "certificate (daemoneye pki issue --role operator " + op.ID + ")"
+	auth := "certificate (daemoneye pki issue --role operator " + op.ID + "; add --browser for the web UI)"
 	if op.HasPassword {
 		auth += " or password"
 	}

@@ -284,6 +284,22 @@ type API struct {
 	// QueryMaxRows and QueryTimeoutMS bound the read-only SQL sandbox.
 	QueryMaxRows   int `yaml:"query_max_rows"`
 	QueryTimeoutMS int `yaml:"query_timeout_ms"`
+	// TLS is the certificate the API (and the web UI) presents.
+	TLS APITLS `yaml:"tls"`
+}
+
+// APITLS is the API's server certificate. Browsers refuse Ed25519, so it is
+// an ECDSA chain from the customer's web CA (`daemoneye pki issue --role
+// api`). With Cert and Key empty, a center holding the CA (ca_dir) with a
+// web CA issues itself one (DATA_DIR/api.crt, renewed before it expires)
+// for the listen address, the host name and Names; without a web CA it
+// presents its node certificate, which scripts accept and browsers do not.
+type APITLS struct {
+	Cert string `yaml:"cert"` // PEM: the certificate, then its chain (the web CA's cross certificate)
+	Key  string `yaml:"key"`
+	// Names are extra DNS names and IP addresses browsers reach the API by,
+	// for the certificate the center issues itself.
+	Names []string `yaml:"names"`
 }
 
 // Log configures the process's structured log.
@@ -372,6 +388,9 @@ func (c *Config) Validate() error {
 	case "auto", "approval", "off":
 	default:
 		errs = append(errs, fmt.Sprintf("center.rules.trace_policy: want auto, approval or off, got %q", c.Center.Rules.TracePolicy))
+	}
+	if t := c.Center.API.TLS; (t.Cert == "") != (t.Key == "") {
+		errs = append(errs, "center.api.tls: set both cert and key, or neither (the center then issues its own from the web CA)")
 	}
 	errs = append(errs, checkSinks(c.Center.Sinks)...)
 	if _, err := privacy.NewPolicy(c.Privacy.Rules()); err != nil {

@@ -4,10 +4,12 @@ package center
 // alerts, processes and traces, to query the store read-only, to start and
 // approve traces, to reveal masked command lines and to manage operators.
 //
-// Authentication. TLS 1.3 only. The server requests (does not require) a
-// client certificate: one that is presented must come from the customer CA,
-// be unrevoked and carry the role operator, or the handshake fails. Its
-// name is the operator id. Without a certificate, a local account logs in
+// Authentication. TLS 1.3 only, with the API's own certificate (api_tls.go:
+// ECDSA from the customer's web CA, which browsers accept). The server
+// requests (does not require) a client certificate: one that is presented
+// must come from the customer CA (Ed25519, as the CLI's) or its web CA
+// (ECDSA, a browser's), be unrevoked and carry the role operator, or the
+// handshake fails. Its name is the operator id. Without a certificate, a local account logs in
 // with POST /api/v1/login {name, password} and gets a session token, as an
 // HttpOnly, Secure, SameSite=Strict cookie and in the answer (for scripts:
 // "Authorization: Bearer TOKEN"). Login and cookie rather than HTTP Basic
@@ -27,10 +29,10 @@ package center
 // ledger entry each, written before the action's data leaves or its change
 // commits; reads are batched per operator into api.view entries.
 //
-// CSRF. State-changing routes are POSTs that must carry Content-Type
-// application/json, which a browser sends cross-site only after a CORS
-// preflight that this API never answers, and the session cookie is
-// SameSite=Strict.
+// CSRF. State-changing routes are POSTs (and DELETEs) that must carry
+// Content-Type application/json, which a browser sends cross-site only
+// after a CORS preflight that this API never answers, and the session
+// cookie is SameSite=Strict.
 
 import (
 	"context"
@@ -66,6 +68,9 @@ type CenterOps interface {
 	// Follow fans a trace out along a link (a traced connect to another
 	// enrolled host) to the process that accepted it.
 	Follow(ctx context.Context, linkID int64, by string) error
+	// WatchesChanged says the watch rules were added to or deleted (the
+	// API has committed the change); the center loads them again.
+	WatchesChanged()
 }
 
 // TraceFlags say what a focused trace collects (traces.flags).
@@ -115,6 +120,7 @@ type APIDeps struct {
 	Center   CenterOps
 	Log      *slog.Logger
 	Now      func() time.Time // nil: time.Now
+	Ledger   LedgerDeps       // the ledger view (api_ledger.go); zero: none
 }
 
 // API is the operators' HTTPS API. It serves once: Serve closes it.
@@ -136,6 +142,14 @@ type API struct {
 	queries  chan struct{} // bounds concurrent sandbox queries
 	closed   sync.Once
 	closeErr error
+
+	ledger    LedgerDeps
+	verifyJob verifyJob
+	// bg is the context of work the API starts in the background (a
+	// ledger verification); Close cancels it and waits.
+	bg       context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
 
 	viewEvery  time.Duration // view batch flush interval
 	drainEvery time.Duration // outbox drain interval
@@ -168,7 +182,9 @@ func NewAPI(d APIDeps) (*API, error) {
 	ops.now = d.Now
 	a := &API{sql: d.SQL, ops: ops, audit: d.Audit, verifier: d.Verifier, cfg: d.Cfg, center: d.Center,
 		log: d.Log.With("component", "api"), now: d.Now, sessions: newSessions(d.Now), limiter: newLoginLimiter(d.Now),
-		views: newViewLog(), viewEvery: 30 * time.Second, drainEvery: 10 * time.Second, queries: make(chan struct{}, maxQueries)}
+		views: newViewLog(), viewEvery: 30 * time.Second, drainEvery: 10 * time.Second, queries: make(chan struct{}, maxQueries),
+		ledger: d.Ledger}
+	a.bg, a.bgCancel = context.WithCancel(context.Background())
 	if err := d.SQL.ReadOnly().QueryRow(`SELECT count(*) > 0 FROM pragma_table_info('process_events') WHERE name = 'env'`).Scan(&a.hasEnv); err != nil {
 		ops.Close()
 		return nil, fmt.Errorf("api: %w", err)
@@ -194,6 +210,8 @@ func (a *API) Operators() *Operators { return a.ops }
 // recorded first.
 func (a *API) Close() error {
 	a.closed.Do(func() {
+		a.bgCancel()
+		a.bgWG.Wait()
 		a.flushViews(context.Background())
 		a.closeErr = a.ops.Close()
 	})
@@ -251,6 +269,12 @@ func (a *API) routeTable() []route {
 		{"POST", "/api/v1/operators/{id}", RoleAdmin, true, a.updateOperator},
 		{"GET", "/api/v1/sinks", RoleAdmin, false, a.listSinks},
 		{"POST", "/api/v1/sinks/{name}/enable", RoleAdmin, true, a.enableSink},
+		{"GET", "/api/v1/ledger", RoleViewer, false, a.ledgerView},
+		{"GET", "/api/v1/ledger/verify", RoleViewer, false, a.ledgerVerifyStatus},
+		{"POST", "/api/v1/ledger/verify", RoleViewer, true, a.ledgerVerify},
+		{"GET", "/api/v1/watches", RoleViewer, false, a.watches},
+		{"POST", "/api/v1/watches", WatchRole, true, a.addWatch},
+		{"DELETE", "/api/v1/watches/{id}", WatchRole, true, a.deleteWatch},
 	}
 }
 
@@ -343,7 +367,7 @@ func (a *API) wrap(rt route) http.Handler {
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		}
-		if r.Method == http.MethodPost {
+		if r.Method == http.MethodPost || r.Method == http.MethodDelete {
 			if ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || ct != "application/json" {
 				a.writeError(w, http.StatusUnsupportedMediaType, "request body must be JSON (Content-Type: application/json)")
 				return

@@ -705,6 +705,9 @@ func (a *API) trace(w http.ResponseWriter, r *http.Request, _ *principal) error 
 	if err != nil {
 		return err
 	}
+	if events == nil {
+		events = []traceEvent{} // JSON [], not null: a trace before its first event
+	}
 	links, err := a.sql.Links(r.Context(), id)
 	if err != nil {
 		return err

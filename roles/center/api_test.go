@@ -95,6 +95,8 @@ func (c *fakeCenter) RequestTrace(_ context.Context, req TraceRequest) error {
 	return nil
 }
 
+func (c *fakeCenter) WatchesChanged() {}
+
 func (c *fakeCenter) Follow(_ context.Context, id int64, _ string) error {
 	return fmt.Errorf("%w: link %d unknown to the fake center", errNotFollowable, id)
 }
@@ -364,7 +366,7 @@ func (e *apiEnv) do(c *http.Client, method, path string, body any, hdr ...string
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if method == http.MethodPost {
+	if method == http.MethodPost || method == http.MethodDelete {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
@@ -444,6 +446,12 @@ func TestAPIRoleMatrix(t *testing.T) {
 		"POST /api/v1/operators/{id}":                        {"/api/v1/operators/no-such-op", map[string]string{"role": "viewer"}},
 		"GET /api/v1/sinks":                                  {"/api/v1/sinks", nil},
 		"POST /api/v1/sinks/{name}/enable":                   {"/api/v1/sinks/no-such-sink/enable", map[string]string{"reason": "matrix: enable nothing"}},
+		"GET /api/v1/ledger":                                 {"/api/v1/ledger", nil},
+		"GET /api/v1/ledger/verify":                          {"/api/v1/ledger/verify", nil},
+		"POST /api/v1/ledger/verify":                         {"/api/v1/ledger/verify", map[string]any{}},
+		"GET /api/v1/watches":                                {"/api/v1/watches", nil},
+		"POST /api/v1/watches":                               {"/api/v1/watches", map[string]any{"host": "web-1", "pid": 100, "start": 1000, "reason": "matrix: watch apache"}},
+		"DELETE /api/v1/watches/{id}":                        {"/api/v1/watches/999999", map[string]string{"reason": "matrix: delete nothing"}},
 	}
 	routes := e.api.Routes()
 	for pattern := range routes {

@@ -7,7 +7,6 @@ package center
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -45,6 +44,7 @@ type Center struct {
 	SQL      *sqlstore.Store
 	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
 	API      *API           // nil when center.api.listen is empty
+	apiCert  *apiCert       // what the API presents (api_tls.go)
 	Rules    *rules.Engine
 	packsMu  sync.RWMutex       // packs: replaced when the pack files change (rulepush.go)
 	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
@@ -60,7 +60,8 @@ type Center struct {
 
 	sinks *SinkGate // export sinks behind the egress gate (sink.go)
 
-	retention retention // the purge job's state (retention.go)
+	retention    retention     // the purge job's state (retention.go)
+	watchChanged chan struct{} // the watch rules changed (watch.go)
 
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
@@ -103,14 +104,15 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
 	}
-	signer, _, err := ledger.LoadOrCreateSigner(filepath.Join(cfg.DataDir, "ledger.key"), ledger.Origin(id.Name))
+	signer, vkey, err := ledger.LoadOrCreateSigner(filepath.Join(cfg.DataDir, "ledger.key"), ledger.Origin(id.Name))
 	if err != nil {
 		sq.Close()
 		outbox.Close()
 		db.Close()
 		return nil, fmt.Errorf("center: ledger key: %w", err)
 	}
-	lg, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), signer, log, ledger.Options{})
+	ledgerDir := filepath.Join(cfg.DataDir, "ledger")
+	lg, err := ledger.Open(ledgerDir, signer, log, ledger.Options{})
 	if err != nil {
 		sq.Close()
 		outbox.Close()
@@ -126,9 +128,13 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: %w", err)
 	}
 	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
-		stopping: make(chan struct{}), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
+		stopping: make(chan struct{}), watchChanged: make(chan struct{}, 1), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
-		c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log})
+		c.apiCert, err = newAPICert(cfg, id.Name, id.Holder, id.Verifier, log)
+		if err == nil {
+			c.API, err = NewAPI(APIDeps{SQL: sq, Audit: LedgerAuditor{L: lg}, Verifier: id.Verifier, Cfg: cfg.API, Center: c, Log: log,
+				Ledger: LedgerDeps{L: lg, Dir: ledgerDir, VerifierKey: vkey}})
+		}
 		if err != nil {
 			lg.Close()
 			sq.Close()
@@ -233,10 +239,11 @@ func (c *Center) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.ingestSQL(gctx) })
 	g.Go(func() error { return eng.Run(gctx) })
+	g.Go(func() error { return c.runWatches(gctx) })
 	g.Go(func() error { return c.Ledger.Run(gctx) })
 	if apiLn != nil {
-		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}
-		g.Go(func() error { return c.API.Serve(gctx, apiLn, tlsConf) })
+		g.Go(func() error { return c.API.Serve(gctx, apiLn, c.apiCert.tlsConfig()) })
+		g.Go(func() error { return c.apiCert.maintain(gctx, time.Minute) })
 	}
 	serving = true
 	g.Go(func() error { return c.srv.Run(gctx) })

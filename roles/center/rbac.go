@@ -144,6 +144,27 @@ CREATE TABLE acct.audit_outbox (
 ) STRICT;
 `
 
+// watchesSchema is version 2 of accounts.db: the watch rules (watch.go).
+// They are the center's own detection state, kept where the SQL sandbox
+// cannot read or change them, like the rest of this file.
+const watchesSchema = `
+CREATE TABLE acct.watches (
+	id           INTEGER PRIMARY KEY AUTOINCREMENT,
+	match        TEXT NOT NULL CHECK (match IN ('exe', 'cmdline')),
+	exe          TEXT NOT NULL,     -- the image path every match has
+	argv         TEXT,              -- match cmdline: the exact argv, JSON array as process_events.argv
+	trace        INTEGER NOT NULL,  -- 1: a match also requests a focused trace (center.rules.trace_policy)
+	severity     TEXT NOT NULL,
+	since_id     INTEGER NOT NULL,  -- process_events.id when created: only later execs match
+	created      INTEGER NOT NULL,  -- Unix ns
+	created_by   TEXT NOT NULL,
+	reason       TEXT NOT NULL,
+	origin_host  TEXT NOT NULL,     -- the process it was made from
+	origin_pid   INTEGER NOT NULL,
+	origin_start INTEGER NOT NULL
+) STRICT;
+`
+
 // OpenOperators opens the operators of the center whose SQL store is the
 // file centerDB (sqlstore.Store.Path; the store must have been opened once
 // so that its schema exists), creating accounts.db beside it if needed.
@@ -218,13 +239,18 @@ func (o *Operators) migrate(ctx context.Context) error {
 		if _, err := tx.ExecContext(ctx, accountsSchema); err != nil {
 			return fmt.Errorf("operators: migrate accounts.db: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, `PRAGMA acct.user_version = 1`); err != nil {
+		fallthrough
+	case 1:
+		if _, err := tx.ExecContext(ctx, watchesSchema); err != nil {
+			return fmt.Errorf("operators: migrate accounts.db to version 2: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `PRAGMA acct.user_version = 2`); err != nil {
 			return fmt.Errorf("operators: migrate accounts.db: %w", err)
 		}
-	case 1:
+	case 2:
 		return nil
 	default:
-		return fmt.Errorf("operators: accounts.db schema version %d is newer than this binary's 1", v)
+		return fmt.Errorf("operators: accounts.db schema version %d is newer than this binary's 2", v)
 	}
 	return tx.Commit()
 }

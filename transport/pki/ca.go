@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
@@ -74,6 +75,7 @@ type CA struct {
 	cert    *x509.Certificate
 	certPEM []byte
 	key     ed25519.PrivateKey
+	web     *WebCA // nil: the directory has no web CA (web.go)
 
 	mu     sync.Mutex // guards crl, crlPEM and the crl.pem file
 	crl    *x509.RevocationList
@@ -89,10 +91,11 @@ func (ca *CA) now() time.Time {
 
 // Init creates a new root CA in dir: an Ed25519 key (dir/ca.key, PKCS#8,
 // mode 0600), a self-signed certificate valid for validity (dir/ca.crt; 0
-// means DefaultCAValidity) that may sign only end-entity certificates and
-// CRLs, and an empty CRL number 1 (dir/crl.pem). It refuses to touch a
-// directory that already holds any of these files: replacing a root
-// silently would cut every node off.
+// means DefaultCAValidity) that may sign end-entity certificates, CRLs and
+// one intermediate, the web CA, and an empty CRL number 1 (dir/crl.pem);
+// then the web CA (InitWeb). It refuses to touch a directory that already
+// holds any of these files: replacing a root silently would cut every node
+// off.
 func Init(dir, org string, validity time.Duration) (*CA, error) {
 	if err := validateOrg(org); err != nil {
 		return nil, fmt.Errorf("init ca: %w", err)
@@ -132,8 +135,9 @@ func Init(dir, org string, validity time.Duration) (*CA, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true, // no intermediates: the center signs leaves directly
+		// One intermediate: the web CA (web.go), whose ECDSA certificates
+		// browsers accept. Everything else the root signs directly.
+		MaxPathLen: 1,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
 	if err != nil {
@@ -164,6 +168,9 @@ func Init(dir, org string, validity time.Duration) (*CA, error) {
 		return nil, fmt.Errorf("init ca: %w", err)
 	}
 	ca.crl, ca.crlPEM = crl, crlPEM
+	if _, err := ca.InitWeb(); err != nil {
+		return nil, err
+	}
 	return ca, nil
 }
 
@@ -225,7 +232,11 @@ func LoadCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load ca: %s: %w", crlPath, err)
 	}
-	return &CA{dir: dir, cert: cert, certPEM: certPEM, key: key, crl: crl, crlPEM: crlPEM}, nil
+	web, err := loadWeb(dir, cert)
+	if err != nil {
+		return nil, fmt.Errorf("load ca: %w", err)
+	}
+	return &CA{dir: dir, cert: cert, certPEM: certPEM, key: key, web: web, crl: crl, crlPEM: crlPEM}, nil
 }
 
 // Certificate returns the root certificate.
@@ -247,23 +258,35 @@ type IssueOptions struct {
 	DNSNames    []string
 	IPAddresses []net.IP
 	// Loopback adds localhost, 127.0.0.1 and ::1 (demo and tests on one
-	// host). Nodes only.
+	// host). Nodes and api only.
 	Loopback bool
+	// Web issues from the web CA with an ECDSA P-256 key: an operator's
+	// certificate for a browser. Role api is always from the web CA.
+	Web bool
 }
 
-// Issue makes a certificate and a new Ed25519 key for name in role, signed
-// by the CA. Both are returned in PEM (the key as PKCS#8); WriteKeyPair
-// stores them.
+// Issue makes a certificate and a new key for name in role, signed by the
+// CA: Ed25519 from the root, or ECDSA P-256 from the web CA for role api
+// and for opts.Web (web.go; the certificate PEM is then followed by the
+// web CA's cross certificate). Both are returned in PEM (the key as
+// PKCS#8); WriteKeyPair stores them.
 func (ca *CA) Issue(role Role, name string, opts IssueOptions) (certPEM, keyPEM []byte, err error) {
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("issue %s/%s: %w", role, name, err)
-	}
 	dns := slices.Clone(opts.DNSNames)
 	ips := slices.Clone(opts.IPAddresses)
 	if opts.Loopback {
 		dns = append(dns, "localhost")
 		ips = append(ips, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
+	}
+	if role == RoleAPI || opts.Web {
+		ttl := opts.TTL
+		if ttl == 0 && role == RoleAPI {
+			ttl = DefaultAPITTL
+		}
+		return ca.issueWeb(role, name, ttl, dns, ips)
+	}
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue %s/%s: %w", role, name, err)
 	}
 	certPEM, err = ca.sign(role, name, pub, opts.TTL, dns, ips)
 	if err != nil {
@@ -276,8 +299,17 @@ func (ca *CA) Issue(role Role, name string, opts IssueOptions) (certPEM, keyPEM 
 	return certPEM, keyPEM, nil
 }
 
-// sign is the one place that makes end-entity certificates.
+// sign makes an end-entity certificate signed by the root.
 func (ca *CA) sign(role Role, name string, pub ed25519.PublicKey, ttl time.Duration, dns []string, ips []net.IP) ([]byte, error) {
+	if role == RoleAPI {
+		return nil, fmt.Errorf("issue %s/%s: api certificates come from the web ca", role, name)
+	}
+	return ca.signWith(ca.cert, ca.key, role, name, pub, ttl, dns, ips)
+}
+
+// signWith is the one place that makes end-entity certificates: issuer
+// and key are the root's or the web CA's.
+func (ca *CA) signWith(issuer *x509.Certificate, issuerKey crypto.Signer, role Role, name string, pub crypto.PublicKey, ttl time.Duration, dns []string, ips []net.IP) ([]byte, error) {
 	if !role.Valid() {
 		return nil, fmt.Errorf("issue: unknown role %q", role)
 	}
@@ -293,6 +325,9 @@ func (ca *CA) sign(role Role, name string, pub ed25519.PublicKey, ttl time.Durat
 	if role == RoleOperator && (len(dns) > 0 || len(ips) > 0) {
 		return nil, fmt.Errorf("issue %s/%s: operator certificates are client-only and carry no host names or addresses", role, name)
 	}
+	if role == RoleAPI && len(dns) == 0 && len(ips) == 0 {
+		return nil, fmt.Errorf("issue %s/%s: an api certificate needs the names or addresses browsers reach it by (--dns, --ip)", role, name)
+	}
 	for _, d := range dns {
 		if err := validateDNSName(d); err != nil {
 			return nil, fmt.Errorf("issue %s/%s: %w", role, name, err)
@@ -304,20 +339,23 @@ func (ca *CA) sign(role Role, name string, pub ed25519.PublicKey, ttl time.Durat
 		}
 	}
 	now := ca.now()
-	if !now.Before(ca.cert.NotAfter) {
-		return nil, fmt.Errorf("issue %s/%s: ca certificate expired at %s", role, name, ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	if !now.Before(issuer.NotAfter) {
+		return nil, fmt.Errorf("issue %s/%s: ca certificate expired at %s", role, name, issuer.NotAfter.UTC().Format(time.RFC3339))
 	}
 	notAfter := now.Add(ttl)
-	if notAfter.After(ca.cert.NotAfter) {
-		notAfter = ca.cert.NotAfter
+	if notAfter.After(issuer.NotAfter) {
+		notAfter = issuer.NotAfter
 	}
 	serial, err := randomSerial()
 	if err != nil {
 		return nil, fmt.Errorf("issue %s/%s: %w", role, name, err)
 	}
 	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	if role.IsNode() {
+	switch {
+	case role.IsNode():
 		usage = append(usage, x509.ExtKeyUsageServerAuth)
+	case role == RoleAPI:
+		usage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -331,7 +369,7 @@ func (ca *CA) sign(role Role, name string, pub ed25519.PublicKey, ttl time.Durat
 		DNSNames:              dns,
 		IPAddresses:           ips,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, issuerKey)
 	if err != nil {
 		return nil, fmt.Errorf("issue %s/%s: %w", role, name, err)
 	}
@@ -410,6 +448,11 @@ func (ca *CA) Verifier() (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
+	if ca.web != nil {
+		if err := v.SetWebCA(ca.web.cross); err != nil {
+			return nil, err
+		}
+	}
 	v.Now = ca.Now
 	return v, nil
 }
@@ -446,11 +489,14 @@ func (ca *CA) Revoke(serial *big.Int, reason int) error {
 }
 
 // RevokeCert revokes a certificate given in PEM; it must have been issued by
-// this CA.
+// this CA or its web CA.
 func (ca *CA) RevokeCert(certPEM []byte, reason int) error {
 	cert, err := parseCertPEM(certPEM)
 	if err != nil {
 		return fmt.Errorf("revoke: %w", err)
+	}
+	if ca.web != nil && cert.CheckSignatureFrom(ca.web.cert) == nil {
+		return ca.Revoke(cert.SerialNumber, reason)
 	}
 	if err := cert.CheckSignatureFrom(ca.cert); err != nil {
 		return fmt.Errorf("revoke: certificate from another CA: issuer %s: %w", cert.Issuer, ErrUnknownCA)

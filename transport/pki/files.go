@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -66,7 +67,7 @@ func WriteKeyPair(dir, name string, certPEM, keyPEM []byte) error {
 	if _, err := parseCertPEM(certPEM); err != nil {
 		return fmt.Errorf("write %s.crt: %w", name, err)
 	}
-	if _, err := parseKeyPEM(keyPEM); err != nil {
+	if _, err := parseAnyKeyPEM(keyPEM); err != nil {
 		return fmt.Errorf("write %s.key: %w", name, err)
 	}
 	if err := os.MkdirAll(dir, dirMode); err != nil {
@@ -151,6 +152,20 @@ func parseCertPEM(b []byte) (*x509.Certificate, error) {
 }
 
 func parseKeyPEM(b []byte) (ed25519.PrivateKey, error) {
+	k, err := parseAnyKeyPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("key is %s, want ed25519", keyTypeName(k))
+	}
+	return ek, nil
+}
+
+// parseAnyKeyPEM parses a PKCS#8 key: Ed25519 (the root, nodes) or ECDSA
+// (the web CA and what it issues).
+func parseAnyKeyPEM(b []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(b)
 	if block == nil {
 		return nil, errors.New("no pem data in key")
@@ -162,11 +177,13 @@ func parseKeyPEM(b []byte) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse key: %w", err)
 	}
-	ek, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("key is %s, want ed25519", keyTypeName(k))
+	switch k := k.(type) {
+	case ed25519.PrivateKey:
+		return k, nil
+	case *ecdsa.PrivateKey:
+		return k, nil
 	}
-	return ek, nil
+	return nil, fmt.Errorf("key is %s, want ed25519 or ecdsa", keyTypeName(k))
 }
 
 func keyTypeName(k any) string {
@@ -186,7 +203,9 @@ func encodeCert(der []byte) []byte {
 }
 
 // EncodeKey returns key as PKCS#8 PEM.
-func EncodeKey(key ed25519.PrivateKey) ([]byte, error) {
+func EncodeKey(key ed25519.PrivateKey) ([]byte, error) { return encodeAnyKey(key) }
+
+func encodeAnyKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("marshal key: %w", err)

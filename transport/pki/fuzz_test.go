@@ -225,3 +225,37 @@ func TestFuzzSeedsValid(t *testing.T) {
 		}
 	}
 }
+
+// FuzzServerKeyPair: the API's certificate chain and key files
+// (center.api.tls). Accepted input is a parsable leaf and a key that
+// matches it; WebCAOf reads any accepted chain.
+func FuzzServerKeyPair(f *testing.F) {
+	ca, err := Init(f.TempDir(), "Fuzz", 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	apiCert, apiKey, err := ca.Issue(RoleAPI, "center-1", IssueOptions{Loopback: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	nodeCert, nodeKey, err := ca.Issue(RoleAgent, "web-1", IssueOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(apiCert, apiKey)
+	f.Add(nodeCert, nodeKey)
+	f.Add(apiCert, nodeKey)
+	f.Add(ca.CertPEM(), []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"))
+	f.Fuzz(func(t *testing.T, certPEM, keyPEM []byte) {
+		c, err := ServerKeyPair(certPEM, keyPEM)
+		if err != nil {
+			return
+		}
+		if c.Leaf == nil || len(c.Certificate) == 0 || !publicKeyOf(c.PrivateKey).Equal(c.Leaf.PublicKey) {
+			t.Fatalf("ServerKeyPair accepted a pair whose key does not match its leaf")
+		}
+		if w := WebCAOf(c, ca.Certificate()); w != nil && checkWebCA(ca.Certificate(), w) != nil {
+			t.Fatalf("WebCAOf returned a certificate the root did not certify")
+		}
+	})
+}

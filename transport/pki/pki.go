@@ -38,10 +38,12 @@
 //     ErrNoCertificate, ErrBadCertificate, and ErrWrongIdentity for a
 //     renewal naming someone else); Describe turns any error from a
 //     handshake into the one-line reason for a log line.
+//   - The web CA (web.go): an ECDSA P-256 CA beside the root, certified by
+//     it, for what browsers must accept: the API's server certificate (role
+//     api) and operators' browser certificates (PKCS#12).
 //
-// Only the standard library's crypto/x509, crypto/ed25519 and crypto/tls are
-// used. All keys are Ed25519; a node's certificate key is also the key that
-// signs its batches.
+// The root and every node key are Ed25519; a node's certificate key is also
+// the key that signs its batches. Only the web CA's certificates are ECDSA.
 package pki
 
 import (
@@ -59,15 +61,18 @@ const (
 	RoleProxy    Role = "proxy"
 	RoleCenter   Role = "center"
 	RoleOperator Role = "operator"
+	// RoleAPI is the center's HTTPS API as browsers see it: a server
+	// certificate from the web CA (web.go).
+	RoleAPI Role = "api"
 )
 
 // Roles lists every role, in tree order.
-var Roles = []Role{RoleAgent, RoleProxy, RoleCenter, RoleOperator}
+var Roles = []Role{RoleAgent, RoleProxy, RoleCenter, RoleOperator, RoleAPI}
 
 // Valid reports whether r is one of the known roles.
 func (r Role) Valid() bool {
 	switch r {
-	case RoleAgent, RoleProxy, RoleCenter, RoleOperator:
+	case RoleAgent, RoleProxy, RoleCenter, RoleOperator, RoleAPI:
 		return true
 	}
 	return false
@@ -81,7 +86,7 @@ func (r Role) IsNode() bool { return r == RoleAgent || r == RoleProxy || r == Ro
 func ParseRole(s string) (Role, error) {
 	r := Role(s)
 	if !r.Valid() {
-		return "", fmt.Errorf("unknown role %q (want agent, proxy, center or operator)", s)
+		return "", fmt.Errorf("unknown role %q (want agent, proxy, center, operator or api)", s)
 	}
 	return r, nil
 }

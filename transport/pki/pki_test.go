@@ -82,7 +82,8 @@ func TestInitLoadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Init: %v", err)
 	}
-	for file, want := range map[string]fs.FileMode{CAKeyFile: 0o600, CACertFile: 0o644, CRLFile: 0o644} {
+	for file, want := range map[string]fs.FileMode{CAKeyFile: 0o600, CACertFile: 0o644, CRLFile: 0o644,
+		WebCAKeyFile: 0o600, WebCACertFile: 0o644, WebCACrossFile: 0o644} {
 		if got := fileMode(t, filepath.Join(dir, file)); got != want {
 			t.Errorf("%s mode = %04o, want %04o", file, got, want)
 		}
@@ -91,8 +92,8 @@ func TestInitLoadRoundTrip(t *testing.T) {
 		t.Errorf("ca dir mode = %04o, want 0700", got)
 	}
 	c := ca.Certificate()
-	if !c.IsCA || c.MaxPathLen != 0 || !c.MaxPathLenZero || c.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign {
-		t.Errorf("ca cert: IsCA=%v MaxPathLen=%d zero=%v KeyUsage=%v, want a path-length-0 CA that signs certs and CRLs",
+	if !c.IsCA || c.MaxPathLen != 1 || c.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign {
+		t.Errorf("ca cert: IsCA=%v MaxPathLen=%d zero=%v KeyUsage=%v, want a path-length-1 CA (the web CA) that signs certs and CRLs",
 			c.IsCA, c.MaxPathLen, c.MaxPathLenZero, c.KeyUsage)
 	}
 	if _, ok := c.PublicKey.(ed25519.PublicKey); !ok {

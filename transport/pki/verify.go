@@ -144,7 +144,25 @@ type Verifier struct {
 
 	mu  sync.Mutex // serializes SetCRL's compare-and-swap
 	crl atomic.Pointer[x509.RevocationList]
+	web atomic.Pointer[x509.Certificate] // the web CA's cross certificate, or nil
 }
+
+// SetWebCA makes the verifier accept certificates of the web CA (web.go)
+// as well: cross must be the web CA certified by the verifier's root. Only
+// operator and api certificates are accepted through it.
+func (v *Verifier) SetWebCA(cross *x509.Certificate) error {
+	if cross == nil {
+		return errors.New("set web ca: no certificate")
+	}
+	if err := checkWebCA(v.ca, cross); err != nil {
+		return fmt.Errorf("set web ca: %w", err)
+	}
+	v.web.Store(cross)
+	return nil
+}
+
+// WebCA returns the web CA's cross certificate the verifier accepts, or nil.
+func (v *Verifier) WebCA() *x509.Certificate { return v.web.Load() }
 
 // NewVerifier makes a Verifier for certificates issued by ca. crl may be nil
 // for a node that has not received one yet (then nothing is revoked and any
@@ -232,7 +250,31 @@ func (v *Verifier) VerifyCertificate(leaf *x509.Certificate, allowed ...Role) er
 }
 
 func (v *Verifier) verifyLeaf(leaf *x509.Certificate, usage x509.ExtKeyUsage, allowed []Role) error {
+	if web := v.web.Load(); web != nil && leaf.CheckSignatureFrom(v.ca) != nil && leaf.CheckSignatureFrom(web) == nil {
+		return checkWebLeaf(leaf, web, v.ca, v.crl.Load(), v.now(), usage, allowed)
+	}
 	return checkLeaf(leaf, v.ca, v.crl.Load(), v.now(), usage, allowed)
+}
+
+// checkWebLeaf is checkLeaf for a certificate of the web CA: the web CA
+// must be valid and unrevoked, and the leaf an operator's or the API's,
+// then the leaf passes the same checks with the whole path validated
+// (leaf -> web CA -> root).
+func checkWebLeaf(leaf, web, ca *x509.Certificate, crl *x509.RevocationList, now time.Time, usage x509.ExtKeyUsage, allowed []Role) error {
+	if e, ok := findRevoked(crl, web.SerialNumber); ok {
+		return certErr(ErrRevoked, "web ca %s (serial %s) revoked at %s", web.Subject, FormatSerial(web.SerialNumber), ts(e.RevocationTime))
+	}
+	if now.After(web.NotAfter) {
+		return certErr(ErrExpired, "web ca %s expired at %s (now %s)", web.Subject, ts(web.NotAfter), ts(now))
+	}
+	role, name, err := Identity(leaf)
+	if err != nil {
+		return certErr(ErrBadCertificate, "%v", err)
+	}
+	if role != RoleOperator && role != RoleAPI {
+		return certErr(ErrWrongRole, "%s certificate from the web ca: it issues operator and api certificates only", ident(role, name))
+	}
+	return checkLeafFrom(leaf, web, ca, crl, now, usage, allowed)
 }
 
 // checkLeaf is the whole trust decision, shared by the Verifier and by the
@@ -240,7 +282,13 @@ func (v *Verifier) verifyLeaf(leaf *x509.Certificate, usage x509.ExtKeyUsage, al
 // when several apply: a stranger is a stranger before anything else, and a
 // revoked certificate is reported as revoked even when it also expired.
 func checkLeaf(leaf *x509.Certificate, ca *x509.Certificate, crl *x509.RevocationList, now time.Time, usage x509.ExtKeyUsage, allowed []Role) error {
-	if err := leaf.CheckSignatureFrom(ca); err != nil {
+	return checkLeafFrom(leaf, ca, ca, crl, now, usage, allowed)
+}
+
+// checkLeafFrom checks a leaf signed by issuer, which is the root ca or
+// an intermediate it certified.
+func checkLeafFrom(leaf, issuer, ca *x509.Certificate, crl *x509.RevocationList, now time.Time, usage x509.ExtKeyUsage, allowed []Role) error {
+	if err := leaf.CheckSignatureFrom(issuer); err != nil {
 		return certErr(ErrUnknownCA, "certificate from another CA: issuer %s (we trust %s)", leaf.Issuer, ca.Subject)
 	}
 	role, name, err := Identity(leaf)
@@ -268,7 +316,12 @@ func checkLeaf(leaf *x509.Certificate, ca *x509.Certificate, crl *x509.Revocatio
 	// critical extensions, name constraints) as a second opinion.
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+	opts := x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}
+	if issuer != ca {
+		opts.Intermediates = x509.NewCertPool()
+		opts.Intermediates.AddCert(issuer)
+	}
+	if _, err := leaf.Verify(opts); err != nil {
 		return certErr(ErrBadCertificate, "certificate of %s: %v", who, err)
 	}
 	return nil

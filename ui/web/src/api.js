@@ -21,6 +21,7 @@ export async function api(method, path, body) {
 
 export const get = (path) => api('GET', path);
 export const post = (path, body) => api('POST', path, body === undefined ? {} : body);
+export const del = (path, body) => api('DELETE', path, body === undefined ? {} : body);
 
 export function procPath(host, pid, start) {
   return `/processes/${encodeURIComponent(host)}/${pid}/${start}`;

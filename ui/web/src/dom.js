@@ -49,3 +49,27 @@ export function askReason(title, hint, okLabel) {
     ta.focus();
   });
 }
+
+// askWatch asks how to watch a process: by its image or its exact command
+// line, whether a match also requests a trace, and why. Resolves to
+// {match, trace, reason}, or null when cancelled.
+export function askWatch(title, hint) {
+  const box = document.getElementById('modal');
+  return new Promise((resolve) => {
+    const exe = h('input', { type: 'radio', name: 'watch-match', id: 'watch-match-exe', value: 'exe', checked: true });
+    const cmd = h('input', { type: 'radio', name: 'watch-match', id: 'watch-match-cmdline', value: 'cmdline' });
+    const trace = h('input', { type: 'checkbox', id: 'watch-trace' });
+    const ta = h('textarea', { id: 'reason', rows: 3, placeholder: 'at least 10 characters; recorded in the audit ledger' });
+    const done = (v) => { box.hidden = true; box.replaceChildren(); resolve(v); };
+    box.replaceChildren(h('div', { class: 'card', role: 'dialog', 'aria-label': title },
+      h('h2', {}, title), h('p', { class: 'muted' }, hint),
+      h('p', {}, h('label', {}, exe, ' the same image (any arguments)'), h('br', {}),
+        h('label', {}, cmd, ' the same command line (image and exact arguments, masked here)')),
+      h('p', {}, h('label', {}, trace, ' also request a focused trace on each match (center policy decides: approval or auto)')),
+      h('label', { for: 'reason' }, 'Justification'), ta,
+      h('p', {}, h('button', { id: 'reason-ok', class: 'primary', onclick: () => done({ match: cmd.checked ? 'cmdline' : 'exe', trace: trace.checked, reason: ta.value }) }, 'Create watch rule'), ' ',
+        h('button', { id: 'reason-cancel', onclick: () => done(null) }, 'Cancel'))));
+    box.hidden = false;
+    ta.focus();
+  });
+}

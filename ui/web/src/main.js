@@ -1,13 +1,14 @@
 // DaemonEye analyst UI: a hash router over views that read the center's
 // API. The API enforces roles; the UI only hides what the role cannot do.
-import { get, post, APIError } from './api.js';
+import { get, post, del, APIError } from './api.js';
 import { h, fmtTime, errorBox, table, askReason } from './dom.js';
 import { traceView, lineageView } from './trace.js';
 import { session, can } from './session.js';
 
 
 const main = () => document.getElementById('main');
-function show(...kids) { main().replaceChildren(...kids); }
+// show replaces the page; like h(), it skips null and flattens arrays.
+function show(...kids) { main().replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false)); }
 
 async function whoami() {
   try {
@@ -21,8 +22,11 @@ async function whoami() {
   nav.hidden = !session.me;
   who.replaceChildren();
   if (session.me) {
-    who.append(`${session.me.id} · ${session.me.role} · ${session.me.auth}`,
-      h('button', { id: 'logout', onclick: logout }, 'Log out'));
+    // A certificate login lasts as long as the browser presents the
+    // certificate: there is no session to end.
+    who.append(`${session.me.id} · ${session.me.role} · `, h('span', { id: 'who-auth' }, session.me.auth === 'certificate' ? 'client certificate' : 'password'));
+    if (session.me.auth === 'password') who.append(h('button', { id: 'logout', onclick: logout }, 'Log out'));
+    for (const a of nav.querySelectorAll('a[data-min-role]')) a.hidden = !can(a.dataset.minRole);
   }
 }
 
@@ -49,7 +53,7 @@ function loginView(err) {
   };
   show(h('div', { class: 'card login' },
     h('h1', {}, 'Operator login'),
-    h('p', { class: 'muted' }, 'A local account, or present your operator client certificate (issued by the customer CA): the browser sends it and this page logs you in by it.'),
+    h('p', { class: 'muted' }, 'A local account; or an operator certificate from the customer\'s web CA (daemoneye pki issue --role operator NAME --browser, imported in this browser): the browser presents it and you are logged in without a password.'),
     h('form', { id: 'login-form', onsubmit: submit },
       h('label', { for: 'login-name' }, 'Operator'), name,
       h('label', { for: 'login-password' }, 'Password'), pass,
@@ -84,7 +88,7 @@ async function fleetView() {
 
 async function alertsView() {
   const { alerts } = await get('/alerts?limit=200');
-  show(h('h1', {}, `Alerts (${alerts.length})`),
+  show(h('h1', {}, `Alerts (${alerts.length}) `, h('button', { id: 'alerts-refresh', onclick: () => alertsView().catch((e) => show(errorBox(e))) }, 'Refresh')),
     alerts.length ? table([
       ['#', (a) => a.id], ['Time', (a) => fmtTime(a.time)],
       ['Severity', (a) => h('span', { class: `badge sev-${a.severity}` }, a.severity)],
@@ -213,12 +217,106 @@ async function approvalsView() {
     all.filter((a) => a.decision !== 'pending')));
 }
 
+// ---- Ledger
+
+const seenKey = 'daemoneye.seenCheckpoint';
+
+function verifyResult(v) {
+  if (!v) return h('p', { class: 'muted', id: 'verify-result' }, 'Not verified since the center started.');
+  const when = `${v.by} at ${fmtTime(v.started)}`;
+  switch (v.state) {
+    case 'running':
+      return h('p', { id: 'verify-result', class: 'muted', dataset: { state: v.state } },
+        h('progress', { max: Math.max(v.total, 1), value: v.done }), ` verifying: ${v.done} of ${v.total} entries (started by ${when})`);
+    case 'ok':
+      return h('div', { id: 'verify-result', class: 'ok', dataset: { state: v.state } },
+        h('b', {}, `Verified: OK`), ` — ${v.entries} entries, every record, hash and checkpoint checked${v.seen ? `, and the log still extends the checkpoint this browser saw before` : ''}; root ${v.root_hex}; ${v.checkpoints} stored checkpoints; ${v.purged} purged payloads. (${when}, ${v.elapsed_ms} ms)`);
+    default:
+      return h('div', { id: 'verify-result', class: 'error', role: 'alert', dataset: { state: v.state, badEntry: v.bad_entry ?? '' } },
+        h('b', {}, v.state === 'failed' ? 'Verification FAILED' : 'Verification could not run'),
+        v.bad_entry !== undefined && v.bad_entry !== null ? [': first bad entry ', h('a', { href: `#/ledger/${v.bad_entry + 1}`, id: 'bad-entry' }, `#${v.bad_entry}`)] : '',
+        v.bad_seen ? ` (the checkpoint this browser saw before is not extended by the log)` : '', ` — ${v.reason} (${when})`);
+  }
+}
+
+async function ledgerView(before) {
+  const l = await get(`/ledger?limit=50${before ? `&before=${encodeURIComponent(before)}` : ''}`);
+  const cp = l.checkpoint;
+  const result = h('div', {}, verifyResult(l.verify));
+  const btn = h('button', { class: 'primary', id: 'ledger-verify' }, 'Verify the ledger');
+  const poll = async () => {
+    for (let i = 0; i < 3600; i++) {
+      if (!document.body.contains(result)) return;
+      const { verify: v } = await get('/ledger/verify');
+      result.replaceChildren(verifyResult(v));
+      if (!v || v.state !== 'running') {
+        btn.disabled = false;
+        // A verified checkpoint is remembered: the next verification
+        // checks that the log still extends it.
+        if (v && v.state === 'ok' && v.latest) localStorage.setItem(seenKey, v.latest.note);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  };
+  btn.addEventListener('click', async () => {
+    btn.disabled = true;
+    const seen = localStorage.getItem(seenKey);
+    try {
+      const r = await post('/ledger/verify', { seen: seen ? [seen] : [] });
+      result.replaceChildren(verifyResult(r.verify));
+      await poll();
+    } catch (e) { btn.disabled = false; result.replaceChildren(errorBox(e)); }
+  });
+  const payload = (e) => e.tampered ? h('b', { class: 'error' }, e.tampered)
+    : e.payload === null ? h('span', { class: 'muted' }, 'purged') : h('code', {}, JSON.stringify(e.payload).slice(0, 300));
+  show(h('h1', {}, 'Audit ledger'),
+    h('div', { class: 'card', id: 'checkpoint' },
+      h('h2', {}, 'Current checkpoint'),
+      h('table', {}, h('tbody', {},
+        h('tr', {}, h('th', {}, 'Origin'), h('td', {}, cp.origin)),
+        h('tr', {}, h('th', {}, 'Tree size'), h('td', { id: 'cp-size' }, cp.size)),
+        h('tr', {}, h('th', {}, 'Root hash'), h('td', {}, h('code', { id: 'cp-root' }, cp.root_hex))),
+        h('tr', {}, h('th', {}, 'Signed note'), h('td', {}, h('pre', { id: 'cp-note' }, cp.note))),
+        h('tr', {}, h('th', {}, 'Verifier key'), h('td', {}, h('code', {}, l.verifier_key))))),
+      h('p', {}, btn, ' runs the center\'s full ledger check (daemoneye ledger verify): every record, hash, index and stored checkpoint, and that the log extends the checkpoint this browser last verified.'),
+      result),
+    h('h2', {}, `Entries${before ? ` before #${before}` : ' (newest first)'}`),
+    h('div', { id: 'ledger-entries' }, table([['#', (e) => e.index], ['Time', (e) => e.tampered ? '' : fmtTime(e.time)], ['Kind', (e) => e.kind],
+      ['Actor', (e) => e.actor], ['Payload', payload], ['SHA-256', (e) => e.tampered ? '' : h('code', {}, e.payload_sha256.slice(0, 16) + '…')]], l.entries)),
+    l.next_before ? h('p', {}, h('a', { href: `#/ledger/${l.next_before}`, id: 'ledger-older' }, 'Older entries')) : null);
+  if (l.verify && l.verify.state === 'running') { btn.disabled = true; poll(); }
+}
+
+// ---- Watches
+
+async function watchesView() {
+  const { watches } = await get('/watches');
+  const msg = h('div', { id: 'watches-msg' });
+  const remove = async (w) => {
+    const reason = await askReason(`Delete watch rule #${w.id}`, `${w.match} ${w.exe}${w.cmdline ? ` (${w.cmdline})` : ''}, made by ${w.created_by}.`, 'Delete');
+    if (reason === null) return;
+    try { await del(`/watches/${w.id}`, { reason }); await watchesView(); } catch (e) { msg.replaceChildren(errorBox(e)); }
+  };
+  show(h('h1', {}, `Watch rules (${watches.length})`),
+    h('p', { class: 'muted' }, 'Made with Mark & Watch on a process: each alerts on later execs of the same image or command line (rule id watch-N), and may request a focused trace.'),
+    msg,
+    watches.length ? table([
+      ['#', (w) => w.id], ['Rule', (w) => w.rule_id], ['Match', (w) => w.match],
+      ['Image / command line', (w) => [h('code', {}, w.exe), w.cmdline ? [h('br', {}), h('code', {}, w.cmdline)] : null]],
+      ['Trace', (w) => w.trace ? 'yes' : 'no'], ['Severity', (w) => h('span', { class: `badge sev-${w.severity}` }, w.severity)],
+      ['By', (w) => w.created_by], ['Reason', (w) => w.reason], ['Alerts', (w) => `${w.alerts}${w.last_alert ? ` (last ${fmtTime(w.last_alert)})` : ''}`],
+      ['', (w) => can('analyst') ? h('button', { class: 'danger delete-watch', onclick: () => remove(w) }, 'Delete…') : null],
+    ], watches) : h('p', { class: 'muted', id: 'no-watches' }, 'No watch rules.'));
+}
+
 // ---- router
 
 const routes = [
   [/^#\/fleet$/, fleetView], [/^#\/alerts$/, alertsView], [/^#\/alert\/(\d+)$/, alertView],
   [/^#\/traces$/, tracesView], [/^#\/trace\/([^/]+)$/, (id) => traceView(main(), decodeURIComponent(id))],
   [/^#\/sql$/, sqlView], [/^#\/approvals$/, approvalsView],
+  [/^#\/ledger$/, () => ledgerView()], [/^#\/ledger\/(\d+)$/, ledgerView], [/^#\/watches$/, watchesView],
 ];
 
 let routing = 0;
@@ -236,8 +334,7 @@ async function route() {
     if (!m) continue;
     try {
       main().dataset.view = '';
-      delete main().dataset.ready;
-      delete main().dataset.current;
+      for (const k of ['ready', 'current', 'live', 'updates']) delete main().dataset[k];
       await view(...m.slice(1));
       if (n === routing) main().dataset.view = hash.split('/')[1];
     } catch (e) {

@@ -3,7 +3,7 @@
 import cytoscape from 'cytoscape';
 import dagre from 'cytoscape-dagre';
 import { get, post, procPath } from './api.js';
-import { h, fmtTime, errorBox, askReason } from './dom.js';
+import { h, fmtTime, errorBox, askReason, askWatch } from './dom.js';
 import { can } from './session.js';
 
 cytoscape.use(dagre);
@@ -113,6 +113,16 @@ async function snapshot(panel, node, events) {
         : `Trace ${r.trace.trace_id} is ${r.trace.state}.`, ' ', h('a', { href: `#/trace/${encodeURIComponent(r.trace.trace_id)}` }, 'Open')));
     } catch (e) { msg.replaceChildren(errorBox(e)); }
   };
+  const watchRule = async () => {
+    const r = await askWatch('Mark & Watch: a watch rule',
+      `Alert on later execs like ${p.exe} (pid ${p.pid} on ${p.host}), on every host. The rule and your justification are recorded in the audit ledger.`);
+    if (r === null) return;
+    try {
+      const { watch: w } = await post('/watches', { host: p.host, pid: p.pid, start: p.start, ...r });
+      msg.replaceChildren(h('p', { class: 'ok', id: 'watch-rule-result' }, `Watch rule #${w.id} (${w.rule_id}) watches ${w.match === 'exe' ? `execs of ${w.exe}` : `the command line ${w.cmdline}`}${w.trace ? ', with a trace request on each match' : ''}. `,
+        h('a', { href: '#/watches' }, 'Watch rules')));
+    } catch (e) { msg.replaceChildren(errorBox(e)); }
+  };
   const own = events.filter((e) => e.host === p.host && e.pid === p.pid && e.start === p.start && e.table !== 'process_events');
   panel.replaceChildren(
     h('h2', { id: 'snap-title' }, `${p.comm} · pid ${p.pid} · ${p.host}`),
@@ -121,10 +131,12 @@ async function snapshot(panel, node, events) {
       ['parent', p.ppid !== null ? `${p.ppid}@${p.pstart}` : ''], ['namespaces', `pid ${p.pid_ns} · net ${p.net_ns} · mnt ${p.mnt_ns}`]]),
     h('p', {},
       p.masked && can('analyst') ? h('button', { id: 'reveal', onclick: reveal }, 'Reveal arguments…') : null, ' ',
-      can('analyst') && !p.exit_time ? h('button', { id: 'watch', onclick: watch }, 'Mark & Watch (trace)…') : null),
+      can('analyst') && !p.exit_time ? h('button', { id: 'watch', onclick: watch }, 'Mark & Watch: trace…') : null, ' ',
+      can('analyst') && p.exe ? h('button', { id: 'watch-rule', onclick: watchRule }, 'Mark & Watch: rule…') : null),
     msg, revealed,
-    own.length ? [h('h2', {}, `Files, sockets and hashes in this trace (${own.length})`),
-      h('ul', {}, own.slice(0, 200).map((e) => h('li', {}, h('code', {}, `${e.kind} ${describe(e)}`))))] : null);
+    // (replaceChildren takes nodes only: the list is one div, or none.)
+    h('div', { id: 'snap-events' }, own.length ? [h('h2', {}, `Files, sockets and hashes in this trace (${own.length})`),
+      h('ul', {}, own.slice(0, 200).map((e) => h('li', {}, h('code', {}, `${e.kind} ${describe(e)}`))))] : null));
 }
 
 // ---- alert lineage
@@ -154,14 +166,14 @@ function describe(e) {
   }
 }
 
-async function allEvents(id) {
+async function allEvents(id, afterSeq) {
   let first = null;
   const events = [];
-  let q = '';
+  let q = afterSeq ? `&after_seq=${afterSeq}` : '';
   for (let page = 0; page < 40; page++) {
     const r = await get(`/traces/${encodeURIComponent(id)}?limit=5000${q}`);
     if (!first) first = r;
-    events.push(...r.events);
+    events.push(...(r.events || []));
     if (!r.next_after) break;
     q = `&after_seq=${r.next_after.after_seq}&after_host=${encodeURIComponent(r.next_after.after_host)}`;
   }
@@ -170,11 +182,18 @@ async function allEvents(id) {
 
 const speeds = [['0.5×', 2000], ['1×', 1000], ['2×', 500], ['5×', 200], ['20×', 50], ['100×', 10]];
 
-export async function traceView(el, id) {
-  const t = await allEvents(id);
-  const tr = t.trace;
+// A trace that may still grow (waiting for approval, approved, running)
+// is polled: new events join the timeline and new processes and hops the
+// graph, where the user's view stays as it was (pan, zoom, the current
+// event, the filter and the selection; new nodes are placed beside their
+// parent rather than laying the graph out again).
+const liveStates = ['pending', 'approved', 'active'];
+const pollMS = 2000;
+const evKey = (e) => `${e.table}/${e.host}/${e.seq}`;
+const bySeq = (a, b) => a.seq - b.seq || (a.host < b.host ? -1 : a.host > b.host ? 1 : 0);
+
+function lineageOf(t, lineages) {
   const lin = new Lineage();
-  const lineages = await Promise.all(t.targets.slice(0, 10).map((g) => get(procPath(g.host, g.pid, g.start) + '/lineage').catch(() => null)));
   for (const l of lineages) if (l) lin.addLineage(l);
   for (const e of t.events) {
     const d = e.detail || {};
@@ -182,10 +201,48 @@ export async function traceView(el, id) {
       ppid: e.table === 'process_events' ? d.ppid : undefined, pstart: e.table === 'process_events' ? d.pstart : undefined });
   }
   lin.hops = t.links;
+  return lin;
+}
+
+// addNew adds the elements cy lacks, each new node beside a node it is
+// connected to.
+function addNew(cy, lin) {
+  const els = lin.elements();
+  const nodes = els.filter((x) => x.group === 'nodes' && cy.getElementById(x.data.id).empty());
+  const bb = cy.nodes().length ? cy.nodes().boundingBox() : { x1: 0, x2: 0, y1: 0, y2: 0 };
+  let spare = 0;
+  for (const n of nodes) {
+    const link = els.find((x) => x.group === 'edges' && x.data.target === n.data.id && !cy.getElementById(x.data.source).empty());
+    let pos;
+    if (link) {
+      const src = cy.getElementById(link.data.source);
+      const kids = src.outgoers('node').length;
+      pos = { x: src.position('x') + 60 * kids, y: src.position('y') + 80 };
+    } else {
+      pos = { x: bb.x2 + 80 + 60 * spare++, y: bb.y1 };
+    }
+    cy.add({ ...n, position: pos });
+  }
+  const edges = els.filter((x) => x.group === 'edges' && cy.getElementById(x.data.id).empty() &&
+    !cy.getElementById(x.data.source).empty() && !cy.getElementById(x.data.target).empty());
+  cy.add(edges);
+  return nodes.length + edges.length;
+}
+
+export async function traceView(el, id) {
+  const t = await allEvents(id);
+  let tr = t.trace;
+  const lineages = await Promise.all(t.targets.slice(0, 10).map((g) => get(procPath(g.host, g.pid, g.start) + '/lineage').catch(() => null)));
 
   const panel = h('div', { id: 'snapshot', class: 'card' }, h('p', { class: 'muted' }, 'Click a process for its snapshot.'));
   const graph = h('div', { id: 'graph' });
   const msg = h('div', {});
+  const stateBadge = h('span', { class: 'badge', id: 'trace-state' }, tr.state);
+  const summary = h('p', { class: 'muted', id: 'trace-summary' });
+  const live = h('span', { id: 'live', class: 'muted' });
+  const setSummary = () => summary.replaceChildren(`${t.events.length} events on ${[...new Set(t.events.map((e) => e.host))].join(', ') || 'no host yet'} · targets: `,
+    t.targets.map((g) => `${g.host} pid ${g.pid} (${g.state})`).join(', '), ` · ${t.links.length} network hop${t.links.length === 1 ? '' : 's'}`);
+  setSummary();
   const actions = h('p', {},
     can('analyst') ? h('button', { id: 'export', onclick: async () => {
       // The package holds the events as the agents signed them, command
@@ -202,7 +259,8 @@ export async function traceView(el, id) {
       const reason = await askReason('Stop the trace', `Trace ${id} on ${tr.host}.`, 'Stop');
       if (reason === null) return;
       try { await post(`/traces/${encodeURIComponent(id)}/stop`, { reason }); await traceView(el, id); } catch (e) { msg.replaceChildren(errorBox(e)); }
-    } }, 'Stop trace…') : null);
+    } }, 'Stop trace…') : null, ' ',
+    h('button', { id: 'relayout', onclick: () => cy && cy.layout({ name: 'dagre', rankDir: 'TB', nodeSep: 30, rankSep: 50 }).run() }, 'Lay out again'), ' ', live);
 
   // timeline player
   let shown = t.events;
@@ -211,30 +269,32 @@ export async function traceView(el, id) {
   const pos = h('span', { id: 'timeline-pos', class: 'mono' });
   const rows = h('tbody', {});
   const search = h('input', { type: 'text', id: 'timeline-filter', placeholder: 'filter: text in host, process, kind, detail', style: 'width:22em' });
-  const kinds = [...new Set(t.events.map((e) => e.kind))].sort();
-  const kindFilter = h('select', { id: 'timeline-kind' }, h('option', { value: '' }, 'all kinds'), kinds.map((k) => h('option', { value: k }, k)));
-  const jump = h('select', { id: 'timeline-jump' }, h('option', { value: '' }, 'jump to next…'), kinds.map((k) => h('option', { value: k }, k)));
+  const kindOpts = (kinds) => kinds.map((k) => h('option', { value: k }, k));
+  let kinds = [...new Set(t.events.map((e) => e.kind))].sort();
+  const kindFilter = h('select', { id: 'timeline-kind' }, h('option', { value: '' }, 'all kinds'), kindOpts(kinds));
+  const jump = h('select', { id: 'timeline-jump' }, h('option', { value: '' }, 'jump to next…'), kindOpts(kinds));
   const speed = h('select', { id: 'timeline-speed' }, speeds.map(([l, ms], i) => h('option', { value: ms, selected: i === 1 }, l)));
   const playBtn = h('button', { id: 'timeline-play' }, '▶ Play');
   let cy = null;
 
-  const render = () => {
-    rows.replaceChildren(...shown.map((e, i) => h('tr', { class: 'click', dataset: { i }, onclick: () => go(i) },
-      h('td', {}, e.seq), h('td', {}, fmtTime(e.time)), h('td', {}, e.host), h('td', {}, `${e.comm} (${e.pid})`),
-      h('td', {}, e.kind), h('td', {}, h('code', {}, describe(e))))));
+  const row = (e, i) => h('tr', { class: 'click', dataset: { i, key: evKey(e) }, onclick: () => go(i) },
+    h('td', {}, e.seq), h('td', {}, fmtTime(e.time)), h('td', {}, e.host), h('td', {}, `${e.comm} (${e.pid})`),
+    h('td', {}, e.kind), h('td', {}, h('code', {}, describe(e))));
+  const render = (scroll = true) => {
+    rows.replaceChildren(...shown.map(row));
     idx = Math.min(idx, shown.length - 1);
-    go(idx);
+    go(idx, scroll);
   };
-  const go = (i) => {
+  const go = (i, scroll = true) => {
     idx = Math.max(-1, Math.min(i, shown.length - 1));
     pos.textContent = `${idx + 1} / ${shown.length}`;
     for (const r of rows.querySelectorAll('tr.current')) r.classList.remove('current');
     if (cy) cy.nodes('.current').removeClass('current');
     if (idx < 0) return;
     const e = shown[idx];
-    const row = rows.children[idx];
-    row.classList.add('current');
-    row.scrollIntoView({ block: 'nearest' });
+    const r = rows.children[idx];
+    r.classList.add('current');
+    if (scroll) r.scrollIntoView({ block: 'nearest' });
     if (cy) cy.getElementById(nodeID(e.host, e.pid, e.start)).addClass('current');
     el.dataset.current = `${e.host}/${e.pid}/${e.start}`;
   };
@@ -251,11 +311,13 @@ export async function traceView(el, id) {
   };
   playBtn.addEventListener('click', play);
   speed.addEventListener('change', () => { if (timer) { pause(); play(); } });
-  const applyFilter = () => {
+  const matches = (e) => {
     const q = search.value.trim().toLowerCase();
     const k = kindFilter.value;
-    shown = t.events.filter((e) => (!k || e.kind === k) &&
-      (!q || `${e.host} ${e.comm} ${e.pid} ${e.kind} ${describe(e)}`.toLowerCase().includes(q)));
+    return (!k || e.kind === k) && (!q || `${e.host} ${e.comm} ${e.pid} ${e.kind} ${describe(e)}`.toLowerCase().includes(q));
+  };
+  const applyFilter = () => {
+    shown = t.events.filter(matches);
     idx = -1;
     render();
   };
@@ -273,12 +335,10 @@ export async function traceView(el, id) {
   el.replaceChildren(
     h('div', { class: 'card', id: 'trace-head' },
       h('h1', {}, `Trace ${id}`),
-      h('p', {}, h('span', { class: 'badge', id: 'trace-state' }, tr.state), ` rooted at ${tr.host} pid ${tr.pid} · by ${tr.initiated_by} · ${tr.reason}`,
+      h('p', {}, stateBadge, ` rooted at ${tr.host} pid ${tr.pid} · by ${tr.initiated_by} · ${tr.reason}`,
         tr.alert_id ? [' · ', h('a', { href: `#/alert/${tr.alert_id}` }, `alert #${tr.alert_id}`)] : null,
         tr.stop_reason ? ` · stopped: ${tr.stop_reason}` : ''),
-      h('p', { class: 'muted' }, `${t.events.length} events on ${[...new Set(t.events.map((e) => e.host))].join(', ') || 'no host yet'} · targets: `,
-        t.targets.map((g) => `${g.host} pid ${g.pid} (${g.state})`).join(', '), ` · ${t.links.length} network hop${t.links.length === 1 ? '' : 's'}`),
-      actions, msg),
+      summary, actions, msg),
     h('div', { class: 'row' }, h('div', { class: 'grow' }, graph), panel),
     h('div', { class: 'card' },
       h('h2', {}, 'Timeline'),
@@ -291,8 +351,58 @@ export async function traceView(el, id) {
         'speed ', speed, jump, kindFilter, search, pos),
       h('div', { class: 'events' }, h('table', { id: 'timeline' },
         h('thead', {}, h('tr', {}, ['seq', 'time', 'host', 'process', 'kind', 'detail'].map((c) => h('th', {}, c)))), rows))));
-  cy = drawGraph(graph, lin, (n) => snapshot(panel, n, t.events));
+  cy = drawGraph(graph, lineageOf(t, lineages), (n) => snapshot(panel, n, t.events));
   cy.getElementById(nodeID(tr.host, tr.pid, tr.start)).addClass('root');
   render();
   el.dataset.ready = 'true';
+
+  // ---- live updates
+  const seen = new Set(t.events.map(evKey));
+  let updates = 0;
+  const poll = async () => {
+    if (!document.body.contains(graph)) return; // the user left the page
+    if (!liveStates.includes(tr.state)) { delete el.dataset.live; live.textContent = ''; return; }
+    el.dataset.live = 'true';
+    try {
+      // Seqs are per host: from the lowest newest seq of the known hosts
+      // (0 when a target host has no events yet), deduplicated by key.
+      const newest = {};
+      for (const e of t.events) newest[e.host] = Math.max(newest[e.host] || 0, e.seq);
+      const from = t.targets.some((g) => !(g.host in newest)) ? 0 : Math.min(...Object.values(newest), Infinity);
+      const more = await allEvents(`${id}`, Number.isFinite(from) ? from : 0);
+      tr = more.trace;
+      stateBadge.textContent = tr.state;
+      const fresh = more.events.filter((e) => !seen.has(evKey(e)));
+      const grew = fresh.length || more.targets.length !== t.targets.length || more.links.length !== t.links.length;
+      t.targets = more.targets;
+      t.links = more.links;
+      if (grew) {
+        for (const e of fresh) seen.add(evKey(e));
+        t.events.push(...fresh);
+        t.events.sort(bySeq);
+        const current = idx >= 0 ? evKey(shown[idx]) : null;
+        shown = t.events.filter(matches);
+        idx = current ? shown.findIndex((e) => evKey(e) === current) : -1;
+        render(false);
+        const newKinds = [...new Set(t.events.map((e) => e.kind))].sort();
+        if (newKinds.join() !== kinds.join()) {
+          kinds = newKinds;
+          const k = kindFilter.value;
+          kindFilter.replaceChildren(h('option', { value: '' }, 'all kinds'), kindOpts(kinds));
+          kindFilter.value = k;
+          jump.replaceChildren(h('option', { value: '' }, 'jump to next…'), kindOpts(kinds));
+        }
+        const targetLineages = await Promise.all(t.targets.slice(0, 10).map((g) => get(procPath(g.host, g.pid, g.start) + '/lineage').catch(() => null)));
+        addNew(cy, lineageOf(t, targetLineages));
+        setSummary();
+        updates++;
+        el.dataset.updates = String(updates);
+      }
+      live.textContent = `● live: checked ${fmtTime(new Date().toISOString())}${updates ? `, ${updates} update${updates === 1 ? '' : 's'}` : ''}`;
+    } catch (e) {
+      live.textContent = `live updates paused: ${e.message}`;
+    }
+    setTimeout(poll, pollMS);
+  };
+  setTimeout(poll, pollMS);
 }
