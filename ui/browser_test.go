@@ -714,6 +714,15 @@ func TestBrowserScenario(t *testing.T) {
 		t.Errorf("saved queries %q, want the one just saved", got)
 	}
 	a.shot("sql-rows")
+	// Command lines read as NULL in the sandbox, and the page says so.
+	a.run("sql argv", chromedp.SetValue("#sql-editor", "SELECT comm, argv FROM process_events WHERE kind = 'exec' AND trace_id IS NOT NULL LIMIT 5", chromedp.ByQuery),
+		chromedp.Click("#sql-run", chromedp.ByQuery), chromedp.WaitVisible("#sql-masked", chromedp.ByQuery))
+	if got := a.text("#sql-masked"); !strings.Contains(got, "process_events.argv") {
+		t.Errorf("sandbox note %q, want process_events.argv named as masked", got)
+	}
+	if got := a.text("#sql-table"); strings.Contains(got, "ssh") && strings.Contains(got, "@") {
+		t.Errorf("the sandbox shows command lines: %q", got)
+	}
 	a.run("a write", chromedp.SetValue("#sql-editor", "DELETE FROM alerts", chromedp.ByQuery),
 		chromedp.Click("#sql-run", chromedp.ByQuery), chromedp.WaitVisible("#sql-result .error", chromedp.ByQuery))
 	if got := a.text("#sql-result .error"); !strings.Contains(got, "read-only") {

@@ -160,6 +160,8 @@ function sqlView() {
       const r = await post('/query', { sql: ed.value, max_rows: Number(maxRows.value) || 0 });
       out.replaceChildren(
         h('p', { id: 'sql-status', class: 'ok' }, `${r.rows.length} row${r.rows.length === 1 ? '' : 's'}${r.truncated ? ' (truncated at the row limit)' : ''} in ${r.elapsed_ms} ms · limits: ${r.row_limit} rows, ${r.time_limit_ms} ms`),
+        (r.masked_columns || []).length ? h('p', { id: 'sql-masked', class: 'muted' },
+          `Masked (read as NULL): ${r.masked_columns.join(', ')}. Command lines are seen through a reveal, with a reason.`) : null,
         h('table', { id: 'sql-table' }, h('thead', {}, h('tr', {}, r.columns.map((c) => h('th', {}, c)))),
           h('tbody', {}, r.rows.map((row) => h('tr', {}, row.map((v) => h('td', {}, cell(v))))))));
     } catch (e) { out.replaceChildren(errorBox(e)); }
