@@ -14,6 +14,7 @@ import (
 // BenchCmd groups the benchmarks that are commands rather than go tests.
 type BenchCmd struct {
 	Scale   BenchScaleCmd   `cmd:"" help:"Scale: a center and two levels of proxies (this binary, as child processes) and N simulated agents (real stores, certificates, QUIC, signed trace commands) under process churn; checks zero loss and duplicates at the center and reports latency, CPU, RSS and disk by role."`
+	Report  BenchReportCmd  `cmd:"" help:"Write the benchmark report (markdown): every figure beside its target and its same-run reference, from raw go test -bench output (make bench does this)."`
 	Profile BenchProfileCmd `cmd:"" hidden:"" help:"Run a command (a role) under a CPU profile: bench profile --out FILE center -c FILE."`
 }
 
@@ -74,6 +75,7 @@ func (c *BenchScaleCmd) Run(ctx context.Context, g *Globals) error {
 	})
 	if res != nil {
 		res.Report(g.stdout)
+		fmt.Fprintln(g.stdout, res.BenchLine())
 	}
 	if c.Keep {
 		fmt.Fprintf(g.stdout, "  working directory             %s (logs in logs/)\n", dir)
@@ -118,3 +120,47 @@ type exitError int
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 func (e exitError) ExitCode() int { return int(e) }
+
+// BenchReportCmd writes the report of a `make bench` run.
+type BenchReportCmd struct {
+	Out    string   `short:"o" type:"path" help:"Write the report here (default: stdout)." placeholder:"FILE"`
+	Header string   `help:"A line about the run (machine, commit, load) for the top of the report." placeholder:"TEXT"`
+	Raw    []string `arg:"" type:"existingfile" help:"Raw benchmark output (go test -bench, bench scale)." placeholder:"FILE"`
+}
+
+// Run reads the raw output and writes the report.
+func (c *BenchReportCmd) Run(g *Globals) error {
+	var runs []loadgen.BenchRun
+	for _, p := range c.Raw {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		r, err := loadgen.ParseBench(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("bench report: %s: %w", p, err)
+		}
+		runs = append(runs, r...)
+	}
+	if len(runs) == 0 {
+		return fmt.Errorf("bench report: no benchmark results in %v", c.Raw)
+	}
+	w := g.stdout
+	var f *os.File
+	if c.Out != "" {
+		var err error
+		if f, err = os.Create(c.Out); err != nil {
+			return err
+		}
+		w = f
+	}
+	loadgen.WriteBenchReport(w, runs, c.Header, time.Now())
+	if f != nil {
+		if err := f.Close(); err != nil {
+			return err
+		}
+		fmt.Fprintf(g.stdout, "report: %s (%d benchmark results)\n", c.Out, len(runs))
+	}
+	return nil
+}

@@ -69,6 +69,15 @@ func (r *run) check(ctx context.Context) error {
 		}
 		if !ok {
 			problems = append(problems, fmt.Sprintf("%s: queued batches 1..%d, the batch store has %d (first %v)", a.name, n, len(seqs), seqs[:min(len(seqs), 3)]))
+			have := map[uint64]bool{}
+			for _, q := range seqs {
+				have[q] = true
+			}
+			for q := uint64(1); q <= n; q++ {
+				if !have[q] {
+					res.LostBatches++
+				}
+			}
 		}
 	}
 	if res.StoreEvents != res.Events {

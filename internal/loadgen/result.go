@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ type Result struct {
 
 	// Accounting (the check), read after every node stopped.
 	Emitted, Events, Batches, ShedBatches uint64 // agents: stored, sealed, queued, shed
+	LostBatches                           uint64 // (agent, seq) queued but not in the center's batch store
 	PendingAtStop                         uint64 // batches still in the agents' WALs when they stopped
 	StoreBatches, StoreEvents             uint64 // the center's batch store
 	SQLBatches, SQLEvents, SQLRows        uint64 // its SQL store: batches, their events, event rows
@@ -204,4 +206,63 @@ func (r *Result) Report(w io.Writer) {
 	if r.StopErrors != "" {
 		fmt.Fprintf(w, "  stop                          %s\n", r.StopErrors)
 	}
+}
+
+// BenchLine is the run's figures as a go test benchmark result line, so
+// that the `make bench` report reads them as it reads every benchmark's.
+func (r *Result) BenchLine() string {
+	o := r.Options
+	batchMS := o.BatchMS
+	if batchMS == 0 {
+		batchMS = 250
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "BenchmarkScale/agents=%d/rate=%g/batch-ms=%d/duration=%s \t1\t%d ns/op", o.Agents, o.Rate, batchMS, o.Duration, (r.Load + r.DrainTime).Nanoseconds())
+	add := func(v float64, unit string) { fmt.Fprintf(&b, "\t%s %s", strconv.FormatFloat(v, 'g', 6, 64), unit) }
+	ok := 0.0
+	if r.Check == "" {
+		ok = 1
+	}
+	add(float64(o.Agents), "agents")
+	add(float64(r.Batches), "batches")
+	add(float64(r.Events), "events")
+	add(ok, "check-ok")
+	add(float64(r.LostBatches), "lost-batches")
+	add(float64(max(int64(r.SQLRows)-int64(r.Events), 0)), "dup-events")
+	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	for _, l := range []struct {
+		name string
+		l    Latency
+	}{{"alert", r.Alert}, {"trace", r.Trace}, {"cmd", r.TraceCommand}} {
+		if l.l.Seen > 0 {
+			add(msOf(l.l.P50), l.name+"-p50-ms")
+			add(msOf(l.l.P99), l.name+"-p99-ms")
+		}
+	}
+	per1k := 1000 / float64(o.Agents)
+	load := r.Load.Seconds()
+	add(r.LoadUse.Center.CPU.Seconds()/load, "center-cores")
+	add(r.LoadUse.Proxies().CPU.Seconds()/load, "proxy-cores")
+	add(r.LoadUse.Agents.CPU.Seconds()/load, "agent-cores")
+	add(r.LoadUse.Center.CPU.Seconds()/load*per1k, "center-cores/1k-agents")
+	add(r.LoadUse.Proxies().CPU.Seconds()/load*per1k, "proxy-cores/1k-agents")
+	add(float64(r.Final.Center.HWM)/(1<<20), "center-MiB-peak")
+	add(float64(r.Final.Proxies().HWM)/(1<<20), "proxies-MiB-peak")
+	add(float64(r.Final.Agents.HWM)/(1<<20), "agents-MiB-peak")
+	add(float64(r.Disk.AfterStop)/(1<<20)*per1k/r.Load.Minutes(), "center-disk-MiB/1k-agent-min")
+	add(r.DrainTime.Seconds(), "drain-s")
+	for k, l := range r.Lineage {
+		if l.Seen == 0 {
+			continue
+		}
+		which := "anc"
+		if strings.Contains(k, "descendants") {
+			which = "desc"
+		}
+		if strings.HasPrefix(k, "under load") {
+			which += "-load"
+		}
+		add(msOf(l.P99), "lineage-"+which+"-p99-ms")
+	}
+	return b.String()
 }

@@ -36,14 +36,20 @@ func TestAccounting(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a center, 3 proxies and 12 agents")
 	}
-	bin, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
+	// The center and proxies: the built binary when make test names it,
+	// else this test binary acting as it (TestMain).
+	bin, env := os.Getenv("DAEMONEYE_BIN"), []string(nil)
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin, env = exe, []string{childEnv + "=1"}
 	}
 	var out bytes.Buffer
 	dir := t.TempDir()
 	res, err := loadgen.Run(context.Background(), loadgen.Options{
-		Bin: bin, BinEnv: []string{childEnv + "=1"},
+		Bin: bin, BinEnv: env,
 		Dir: dir, Agents: 12, Top: 1, Fanout: 2, Rate: 50, Duration: 6 * time.Second, Drain: 2 * time.Minute,
 		AlertEvery: 500 * time.Millisecond, CmdEvery: 300 * time.Millisecond, TraceEvery: 50 * time.Millisecond,
 		BigHost: 500, LineageEvery: 2 * time.Second, Seed: 7, Out: &out,
