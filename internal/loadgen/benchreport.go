@@ -67,16 +67,16 @@ func ParseBench(r io.Reader) ([]BenchRun, error) {
 
 // benchFigure is one row of the report.
 type benchFigure struct {
-	issue, what  string
-	pkg, bench   string // pkg suffix ("" any) and exact benchmark name
-	unit         string
-	target       string
-	met          func(v float64) bool // nil: no numeric target
-	refWhat      string               // the same-run reference, if any
-	refPkg       string
-	refBench     string
-	refUnit      string
-	ratioUnit    string // a metric of the benchmark that is the ratio to the reference (else value / reference)
+	issue, what string
+	pkg, bench  string // pkg suffix ("" any) and exact benchmark name
+	unit        string
+	target      string
+	met         func(v float64) bool // nil: no numeric target
+	refWhat     string               // the same-run reference, if any
+	refPkg      string
+	refBench    string
+	refUnit     string
+	ratioUnit   string // a metric of the benchmark that is the ratio to the reference (else value / reference)
 }
 
 func below(x float64) func(float64) bool { return func(v float64) bool { return v < x } }
