@@ -53,7 +53,8 @@ header="$(uname -r), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/
   # The kernel-facing ones: the sensor alone (paired on/off), traced vs
   # untraced storms, the /proc scan, then the whole agent on vs off and its
   # start with 10,000 live processes.
-  step capture $GO test -run '^$' -bench . -benchtime 1x -timeout 20m ./capture/
+  step capture-storms $GO test -run '^$' -bench 'ExecStorm' -benchtime 10x -timeout 20m ./capture/
+  step capture-decode $GO test -run '^$' -bench 'Decode|ReadProcess|Seed10k' -timeout 10m ./capture/
   step agent $GO test -run '^$' -bench . -benchtime 1x -timeout 20m ./roles/agent/
   # The tree: pipeline throughput beside NATS JetStream on the same sealed
   # batches, trace latency under a saturated bulk lane with priority on and
