@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -128,7 +129,19 @@ func (o *operator) startTrace(ctx context.Context, id, host string, root capture
 	if err != nil {
 		return err
 	}
-	return o.do(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
+	err = o.do(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
+	var ue *url.Error
+	if errors.As(err, &ue) && errors.Is(err, io.EOF) && ctx.Err() == nil {
+		// The server closed an idle keep-alive connection as the request
+		// went out on it (net/http does not retry a POST). Once more: if
+		// the first one did arrive, the trace id is taken, and the trace
+		// is under way.
+		err = o.do(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
+		if err != nil && strings.Contains(err.Error(), "HTTP 409") && strings.Contains(err.Error(), "is taken") {
+			err = nil
+		}
+	}
+	return err
 }
 
 // measures collects the latencies measured under the load.
