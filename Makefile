@@ -42,10 +42,10 @@ fuzz-smoke: ## Run each fuzz target for FUZZTIME.
 	  done; \
 	done
 
-deps-test: ## Install the peers the sink tests talk to (Debian's kcat and rsyslog), once.
-	@if [ "$$(id -u)" = 0 ] && ! { command -v kcat >/dev/null && command -v rsyslogd >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ]; }; then \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat rsyslog rsyslog-gnutls; } >/tmp/daemoneye-apt.log 2>&1 \
-	    || { echo "deps-test: apt-get install kcat rsyslog rsyslog-gnutls failed:"; tail -20 /tmp/daemoneye-apt.log; exit 1; }; \
+deps-test: ## Install the peers the sink tests talk to (Debian's kcat and rsyslog) and strace (the egress test), once.
+	@if [ "$$(id -u)" = 0 ] && ! { command -v kcat >/dev/null && command -v rsyslogd >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] && command -v strace >/dev/null; }; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat rsyslog rsyslog-gnutls strace; } >/tmp/daemoneye-apt.log 2>&1 \
+	    || { echo "deps-test: apt-get install kcat rsyslog rsyslog-gnutls strace failed:"; tail -20 /tmp/daemoneye-apt.log; exit 1; }; \
 	fi
 
 deps-generate:

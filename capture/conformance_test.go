@@ -19,6 +19,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 	"io"
 	"net"
 	"net/netip"
@@ -47,7 +48,7 @@ const nobody = 65534
 // runConformance runs the suite against Sources made by open. Each subtest
 // opens its own Source, so one failing case cannot starve the next.
 func runConformance(t *testing.T, open func(t *testing.T) Source) {
-	requireRoot(t)
+	testenv.NeedRoot(t)
 	t.Run("ExecExit", func(t *testing.T) { testConfExecExit(t, open) })
 	t.Run("KillSignal", func(t *testing.T) { testConfKillSignal(t, open) })
 	t.Run("ForkWithoutExec", func(t *testing.T) { testConfForkWithoutExec(t, open) })
@@ -60,16 +61,6 @@ func runConformance(t *testing.T, open func(t *testing.T) Source) {
 
 // requireRoot skips a test that needs root, unless CI is set: there a
 // missing privilege is a broken runner and must fail loudly.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("this test needs root and CI is set")
-	}
-	t.Skip("this test needs root")
-}
 
 // TestConformanceHelperProcess is not a test: it is the body of the helper
 // processes the suite starts. Without helperEnv it does nothing.

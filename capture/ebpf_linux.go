@@ -173,7 +173,7 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 			log.Warn("ebpf verifier refused the sensor", "log", verifierTail(ve, 60))
 		}
 		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
-			return nil, fmt.Errorf("load ebpf sensor (needs root or CAP_BPF+CAP_PERFMON): %w: %w", err, ErrUnsupported)
+			return nil, fmt.Errorf("load ebpf sensor: %s: %w: %w", privilegeHint(), err, ErrUnsupported)
 		}
 		return nil, fmt.Errorf("load ebpf sensor: %w: %w", err, ErrUnsupported)
 	}
@@ -197,6 +197,31 @@ func NewEBPF(opts Options, log *slog.Logger) (*EBPFSource, error) {
 	s.rd = rd
 	log.Info("ebpf sensor attached", "ring_bytes", ring, "argv_max", argvMax, "exit_program", exitProg)
 	return s, nil
+}
+
+// privilegeHint says why the kernel refused to load the sensor: the
+// capabilities it needs that this process lacks (a service unit that drops
+// one, say), or, when it has them all, what else refuses eBPF.
+func privilegeHint() string {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData // version 3 fills two
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return "it needs root or CAP_BPF and CAP_PERFMON"
+	}
+	has := func(c int) bool { return data[c/32].Effective&(1<<(uint(c)%32)) != 0 }
+	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
+		return "refused although this process has CAP_BPF and CAP_PERFMON: kernel lockdown, a seccomp filter or a security module?"
+	}
+	var missing []string
+	for _, c := range []struct {
+		n    int
+		name string
+	}{{unix.CAP_BPF, "CAP_BPF"}, {unix.CAP_PERFMON, "CAP_PERFMON"}} {
+		if !has(c.n) {
+			missing = append(missing, c.name)
+		}
+	}
+	return "missing " + strings.Join(missing, " and ") + " (the sensor needs CAP_BPF and CAP_PERFMON, or root)"
 }
 
 // verifierTail returns the last n lines of a verifier log: where it gave up

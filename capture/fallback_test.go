@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 func openProc(t *testing.T) Source {
@@ -193,7 +195,7 @@ func FuzzInetDiagMsg(f *testing.F) {
 // TestProcExecStorm checks that a burst of short-lived processes is fully
 // reported: a fork and an exit for every child, with matching keys.
 func TestProcExecStorm(t *testing.T) {
-	requireRoot(t)
+	testenv.NeedRoot(t)
 	c := startCollector(t, openProc)
 	const n = 2000
 	ch := startChild(t, exec.Command("/bin/sh", "-c",
@@ -236,7 +238,7 @@ func TestProcExecStorm(t *testing.T) {
 // TestProcOverrun overflows the connector socket on purpose: the source
 // must count the loss (ENOBUFS and the sequence gap) and keep going.
 func TestProcOverrun(t *testing.T) {
-	requireRoot(t)
+	testenv.NeedRoot(t)
 	src := openProc(t).(*ProcSource)
 	// The smallest buffer the kernel allows holds a handful of messages.
 	_ = src.cnRaw.Control(func(fd uintptr) {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 // statLine builds a stat record with the given comm and the fields that
@@ -190,7 +192,7 @@ func TestTTYName(t *testing.T) {
 
 // TestReadProcessLive reads a child whose properties the test chose.
 func TestReadProcessLive(t *testing.T) {
-	requireRoot(t)
+	testenv.NeedRoot(t)
 	dir, err := os.MkdirTemp("", "daemoneye-procfs-")
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +286,7 @@ func waitExeced(t *testing.T, pid int, path string) {
 }
 
 func TestReadProcessKernelThread(t *testing.T) {
-	requireRoot(t)
+	testenv.NeedRoot(t)
 	// pid 2 is kthreadd on every Linux since 2.6.
 	p, err := ReadProcess("/proc", 2)
 	if err != nil {
@@ -296,7 +298,7 @@ func TestReadProcessKernelThread(t *testing.T) {
 }
 
 func TestScanProcesses(t *testing.T) {
-	requireRoot(t)
+	testenv.NeedRoot(t)
 	ch := startChild(t, exec.Command("/bin/sh", "-c", "read x"), false)
 	waitExeced(t, int(ch.pid), "/bin/sh")
 	self := selfKey(t)

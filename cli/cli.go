@@ -17,6 +17,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/privacy"
 	"github.com/evilbitlabs/daemoneye/roles/center"
 	"github.com/evilbitlabs/daemoneye/roles/proxy"
 )
@@ -60,8 +61,12 @@ type CLI struct {
 	Trace    TraceCmd    `cmd:"" help:"Focused traces: start (signed with your operator key), stop, list, show."`
 	Export   ExportCmd   `cmd:"" help:"Download a trace's signed forensic package (recorded in the center's ledger)."`
 	Verify   VerifyCmd   `cmd:"" help:"Check a forensic package offline with the CA certificate; print what it proves."`
+	Bundle   BundleCmd   `cmd:"" help:"Air-gap update bundles: create, verify offline, apply all-or-nothing; keygen."`
 	Demo     DemoCmd     `cmd:"" help:"Run the web-1 -> db-1 attack scenario end to end on this machine (root): alert, cross-host trace, signed package."`
 	Bench    BenchCmd    `cmd:"" help:"Benchmarks run as commands: scale (simulated agents through a proxy tree)."`
+
+	Install   InstallCmd   `cmd:"" help:"Install a role as a hardened systemd service (unit, user, directories, configuration)."`
+	Uninstall UninstallCmd `cmd:"" help:"Remove a role's systemd service; --purge also deletes its data."`
 }
 
 // DefaultConfigPath is read when no --config is given and it exists.
@@ -92,6 +97,7 @@ func Main(ctx context.Context, args []string, build Build, stdout, stderr io.Wri
 		kong.Exit(func(c int) { panic(exitCode(c)) }),
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Help(helpWithExamples),
 		kong.BindTo(ctx, (*context.Context)(nil)),
 	)
 	if err != nil {
@@ -187,7 +193,18 @@ func (g *Globals) load() (*config.Loaded, error) {
 		flags = append(flags, config.Flag{Key: "log.level", Value: g.LogLevel, Name: "--log-level"})
 	}
 	flags = append(flags, g.flags...)
-	return config.Load(config.Sources{File: file, Environ: g.env, Flags: flags})
+	l, err := config.Load(config.Sources{File: file, Environ: g.env, Flags: flags})
+	if err != nil {
+		return nil, err
+	}
+	// One masking policy for everything this process shows (checked by
+	// Validate already).
+	pol, err := privacy.NewPolicy(l.Config.Privacy.Rules())
+	if err != nil {
+		return nil, err
+	}
+	privacy.SetDefault(pol)
+	return l, nil
 }
 
 func (g *Globals) flag(key, value, name string) {
@@ -212,7 +229,7 @@ type ConfigCmd struct {
 
 // ConfigShowCmd prints the effective configuration.
 type ConfigShowCmd struct {
-	Section string `arg:"" optional:"" enum:"agent,proxy,center,log," default:"" help:"Only this section (agent, proxy, center, log)."`
+	Section string `arg:"" optional:"" enum:"agent,proxy,center,privacy,log," default:"" help:"Only this section (agent, proxy, center, privacy, log)."`
 }
 
 // Run prints each key, its value and its layer.

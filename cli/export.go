@@ -24,6 +24,7 @@ type ExportCmd struct {
 	Trace  string `required:"" help:"Trace id." placeholder:"ID"`
 	Output string `short:"o" required:"" type:"path" help:"File to write the package to (refused if it exists, unless --force)." placeholder:"FILE"`
 	Force  bool   `help:"Replace an existing output file."`
+	Reason string `required:"" help:"Why (at least 10 characters; recorded with the export: the package holds the trace's command lines and environments as recorded)."`
 }
 
 // maxDownload bounds what the CLI accepts as a package.
@@ -43,7 +44,8 @@ func (c *ExportCmd) Run(ctx context.Context, g *Globals) error {
 		return err
 	}
 	defer cl.close()
-	pkg, err := cl.download(ctx, "/api/v1/traces/"+url.PathEscape(c.Trace)+"/export", maxDownload)
+	fmt.Fprintf(g.stderr, "export: the center is building the package of trace %s...\n", c.Trace)
+	pkg, err := cl.download(ctx, "/api/v1/traces/"+url.PathEscape(c.Trace)+"/export?"+url.Values{"reason": {c.Reason}}.Encode(), maxDownload, g.stderr)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -68,8 +70,9 @@ func (c *ExportCmd) Run(ctx context.Context, g *Globals) error {
 }
 
 // download GETs path and returns the body of a 2xx answer (at most limit
-// bytes); an error answer becomes an error with the API's message.
-func (c *apiClient) download(ctx context.Context, path string, limit int64) ([]byte, error) {
+// bytes), reporting progress on stderr for a long one; an error answer
+// becomes an error with the API's message.
+func (c *apiClient) download(ctx context.Context, path string, limit int64, stderr io.Writer) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return nil, err
@@ -84,7 +87,8 @@ func (c *apiClient) download(ctx context.Context, path string, limit int64) ([]b
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		return nil, apiStatusError("GET", path, resp.StatusCode, data)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	pr := newProgress(stderr, "export: downloaded", resp.ContentLength, true)
+	data, err := io.ReadAll(io.LimitReader(pr.reader(resp.Body), limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("api: GET %s: %w", path, err)
 	}

@@ -123,8 +123,18 @@ func TestExportVerifyEndToEnd(t *testing.T) {
 	}
 
 	pkg := filepath.Join(dir, id+".dpkg")
+	const why = "IR-42: evidence for legal"
+	t.Run("a reason is needed", func(t *testing.T) {
+		code, _, errs := run(append([]string{"export", "--trace", id, "-o", pkg, "--reason", "short"}, ana...)...)
+		if code == 0 || !strings.Contains(errs, "needs a reason of at least") {
+			t.Errorf("export with a short reason: exit %d, %q; want refused", code, errs)
+		}
+		if _, err := os.Stat(pkg); err == nil {
+			t.Error("a refused export wrote a file")
+		}
+	})
 	t.Run("viewer may not export", func(t *testing.T) {
-		code, _, errs := run(append([]string{"export", "--trace", id, "-o", pkg}, vic...)...)
+		code, _, errs := run(append([]string{"export", "--trace", id, "-o", pkg, "--reason", why}, vic...)...)
 		if code == 0 || !strings.Contains(errs, "needs the analyst role") {
 			t.Errorf("export as a viewer: exit %d, %q; want refused for the analyst role", code, errs)
 		}
@@ -132,14 +142,14 @@ func TestExportVerifyEndToEnd(t *testing.T) {
 			t.Error("a refused export wrote a file")
 		}
 	})
-	code, out, errs := run(append([]string{"export", "--trace", id, "-o", pkg}, ana...)...)
+	code, out, errs := run(append([]string{"export", "--trace", id, "-o", pkg, "--reason", why}, ana...)...)
 	if code != 0 {
 		t.Fatalf("export: exit %d: %s %s", code, out, errs)
 	}
 	if !strings.Contains(out, "3 events from 1 hosts") {
 		t.Errorf("export said %q, want 3 events from 1 host", out)
 	}
-	if code, _, errs := run(append([]string{"export", "--trace", id, "-o", pkg}, ana...)...); code == 0 || !strings.Contains(errs, "exists") {
+	if code, _, errs := run(append([]string{"export", "--trace", id, "-o", pkg, "--reason", why}, ana...)...); code == 0 || !strings.Contains(errs, "exists") {
 		t.Errorf("export over an existing file: exit %d %q, want refused", code, errs)
 	}
 
@@ -162,6 +172,7 @@ func TestExportVerifyEndToEnd(t *testing.T) {
 		"trace.command_sent 1",
 		"api.trace_request by ana",
 		"exported by  ana",
+		`reason "IR-42: evidence for legal"`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("verify output lacks %q:\n%s", want, out)

@@ -40,15 +40,8 @@ func (c *LedgerVerifyCmd) Run(ctx context.Context, g *Globals) error {
 		seen = append(seen, b)
 	}
 	start := time.Now()
-	last := start
-	progress := func(done, total int64) {
-		if now := time.Now(); now.Sub(last) >= time.Second && done < total {
-			last = now
-			fmt.Fprintf(g.stderr, "ledger verify: %d of %d entries (%d%%), %s\n",
-				done, total, done*100/max(total, 1), now.Sub(start).Round(time.Second))
-		}
-	}
-	rep, err := ledger.Verify(ctx, c.Dir, v, ledger.VerifyOptions{Seen: seen, Progress: progress})
+	pr := newProgress(g.stderr, "ledger verify: entries", 0, false)
+	rep, err := ledger.Verify(ctx, c.Dir, v, ledger.VerifyOptions{Seen: seen, Progress: pr.set})
 	if err != nil {
 		var ve *ledger.VerifyError
 		if errors.As(err, &ve) && ve.Seen > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -157,10 +158,14 @@ type TraceStopCmd struct {
 	APIFlags
 	ID     string `arg:"" help:"Trace id."`
 	Reason string `required:"" help:"Why (at least 10 characters; recorded in the ledger)."`
+	Yes    bool   `help:"Do not ask for confirmation."`
 }
 
 // Run asks the center to stop the trace.
 func (c *TraceStopCmd) Run(ctx context.Context, g *Globals) error {
+	if !c.Yes && !confirm(g, fmt.Sprintf("stop trace %s on every host it runs on? What it would record from now on is lost [y/N] ", c.ID)) {
+		return errors.New("trace not stopped (answer y, or pass --yes)")
+	}
 	cl, err := c.client()
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/ledger"
+	"github.com/evilbitlabs/daemoneye/privacy"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
 
@@ -54,6 +55,21 @@ func printPackageReport(w io.Writer, name, caName string, rep ledger.PackageRepo
 		Reason      string `json:"reason"`
 		Host        string `json:"host"`
 		PID         uint32 `json:"pid"`
+		// What retention removed (roles/center/export.go).
+		Retention struct {
+			Purged []struct {
+				Host     string `json:"host"`
+				Events   int    `json:"events"`
+				TraceSeq string `json:"trace_seq"`
+				Pending  bool   `json:"pending"`
+			} `json:"purged"`
+			Purges []struct {
+				Entry  int64     `json:"entry"`
+				Site   string    `json:"site"`
+				Window string    `json:"window"`
+				Cutoff time.Time `json:"cutoff"`
+			} `json:"purges"`
+		} `json:"retention"`
 	}
 	json.Unmarshal(rep.Metadata, &meta)
 	fmt.Fprintf(w, "  trace        %s: root %s pid %d, initiated by %s, state %s", rep.TraceID, meta.Host, meta.PID, meta.InitiatedBy, meta.State)
@@ -76,9 +92,27 @@ func printPackageReport(w io.Writer, name, caName string, rep ledger.PackageRepo
 			for _, r := range h.Missing {
 				rs = append(rs, r.String())
 			}
-			fmt.Fprintf(w, "; NOT PROVEN: trace_seq %s (the center declares it never received them)", strings.Join(rs, ", "))
+			why := "the center declares it never received them"
+			if len(meta.Retention.Purged) > 0 {
+				why += ", or retention removed them: see purged"
+			}
+			fmt.Fprintf(w, "; NOT PROVEN: trace_seq %s (%s)", strings.Join(rs, ", "), why)
 		}
 		fmt.Fprintln(w)
+	}
+	for k, p := range meta.Retention.Purged {
+		label := "purged"
+		if k > 0 {
+			label = ""
+		}
+		fmt.Fprintf(w, "  %-12s %s: %d events (trace_seq %s) removed by retention after their window, as the center states in trace.json", label, p.Host, p.Events, p.TraceSeq)
+		if p.Pending {
+			fmt.Fprint(w, " (a removal in progress)")
+		}
+		fmt.Fprintln(w)
+	}
+	for _, p := range meta.Retention.Purges {
+		fmt.Fprintf(w, "  %-12s ledger entry #%d: site %q, window %s, cutoff %s\n", "", p.Entry, p.Site, p.Window, ts(p.Cutoff))
 	}
 	for k, a := range rep.Artifacts {
 		label := "artifacts"
@@ -140,6 +174,13 @@ func printPackageReport(w io.Writer, name, caName string, rep ledger.PackageRepo
 		}
 		fmt.Fprintf(w, "  %-12s #%d %s %s by %s: %s\n", "", a.Index, ts(a.Time), a.Kind, a.Actor, what)
 	}
-	fmt.Fprintf(w, "  exported by  %s at %s (ledger entry %d)\n", rep.Export.Actor, ts(rep.Export.Time), rep.Export.Index)
+	fmt.Fprintf(w, "  exported by  %s at %s (ledger entry %d)", rep.Export.Actor, ts(rep.Export.Time), rep.Export.Index)
+	var why struct {
+		Reason string `json:"reason"`
+	}
+	if json.Unmarshal(rep.Export.Payload, &why) == nil && why.Reason != "" {
+		fmt.Fprintf(w, ", reason %s", privacy.Safe(why.Reason))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "  not checked  revocation (no CRL is read); that the center exported every batch it held beyond what its ledger entries name")
 }

@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/evilbitlabs/daemoneye/privacy"
 )
 
 // Config is the whole configuration. One file may hold the sections of several
@@ -20,7 +22,32 @@ type Config struct {
 	Agent  Agent  `yaml:"agent"`
 	Proxy  Proxy  `yaml:"proxy"`
 	Center Center `yaml:"center"`
-	Log    Log    `yaml:"log"`
+	// Privacy is how command lines are masked wherever an operator sees
+	// them, in every role: the agent's local views, the center's API and
+	// UI, the SQL sandbox, sinks.
+	Privacy Privacy `yaml:"privacy"`
+	Log     Log     `yaml:"log"`
+}
+
+// Privacy configures masking (privacy.Rules). Revealing always takes a
+// permitted role and a justification, whatever the mode.
+type Privacy struct {
+	// Mode "count" shows argv[0] and how many arguments are masked;
+	// "secrets" shows arguments but masks secret values (the values of
+	// SecretFlags and what SecretPatterns match, besides built-in ones).
+	Mode      string `yaml:"mode"`
+	KeepArgv0 bool   `yaml:"keep_argv0"`
+	// SecretFlags are flags whose value is masked (--flag VALUE or
+	// --flag=VALUE), added to the built-in list (--password, --token, ...).
+	SecretFlags []string `yaml:"secret_flags"`
+	// SecretPatterns are regular expressions masked inside any argument:
+	// the capture group if there is one, else the whole match.
+	SecretPatterns []string `yaml:"secret_patterns"`
+}
+
+// Rules converts the section for privacy.NewPolicy.
+func (p Privacy) Rules() privacy.Rules {
+	return privacy.Rules{Mode: p.Mode, KeepArgv0: p.KeepArgv0, SecretFlags: p.SecretFlags, SecretPatterns: p.SecretPatterns}
 }
 
 // TLS names the node's certificate, key and the customer CA.
@@ -181,6 +208,8 @@ type Center struct {
 	// opens no outbound connection). A configured sink stays off until an
 	// admin's request to enable it is approved by a second operator.
 	Sinks []Sink `yaml:"sinks"`
+	// Retention is how long events are kept, per site (retention.go).
+	Retention Retention `yaml:"retention"`
 }
 
 // Sink is one export destination for what the center records (alerts,
@@ -304,8 +333,11 @@ func Default() Config {
 			Rules:   Rules{Default: true, TracePolicy: "approval"},
 			Traces:  Traces{AutoFollow: true, FollowDepth: 6},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
+
+			Retention: Retention{Window: Period(90 * 24 * time.Hour), Every: Period(time.Hour), KeepOpenTraces: true},
 		},
-		Log: Log{Level: "info", Format: "text"},
+		Privacy: Privacy{Mode: privacy.ModeCount, KeepArgv0: true},
+		Log:     Log{Level: "info", Format: "text"},
 	}
 }
 
@@ -342,6 +374,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Sprintf("center.rules.trace_policy: want auto, approval or off, got %q", c.Center.Rules.TracePolicy))
 	}
 	errs = append(errs, checkSinks(c.Center.Sinks)...)
+	if _, err := privacy.NewPolicy(c.Privacy.Rules()); err != nil {
+		errs = append(errs, err.Error())
+	}
+	errs = append(errs, checkRetention(c.Center.Retention)...)
 	if err := checkScope(c.Agent.Scope); err != nil {
 		errs = append(errs, "agent.scope: "+err.Error())
 	}

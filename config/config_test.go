@@ -93,6 +93,8 @@ func TestBadValues(t *testing.T) {
 		{"syntax", "agent:\n  site_tag: [\n", "daemoneye.yaml"},
 		{"lane", "proxy:\n  flow:\n    priorities: [trace, urgent]\n", `unknown lane "urgent"`},
 		{"scope", "agent:\n  scope: web-1\n", `agent.scope: "web-1" is not one of netns:PATH`},
+		{"privacy-mode", "privacy:\n  mode: off\n", `privacy.mode: "off" is not one of count, secrets`},
+		{"privacy-pattern", "privacy:\n  mode: secrets\n  secret_patterns: ['(a)(b)']\n", "privacy.secret_patterns[0]: \"(a)(b)\" has 2 capture groups"},
 		{"scope-relative", "agent:\n  scope: netns:web-1\n", `agent.scope: "netns:web-1": the path after "netns:" must be absolute`},
 	}
 	for _, c := range cases {

@@ -98,6 +98,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/internal/dsse"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
@@ -183,24 +184,14 @@ type pkgMember struct {
 	Data []byte `cbor:"2,keyasint"`
 }
 
-// dsseEnvelope is the DSSE envelope in its JSON form; encoding/json writes
-// []byte as standard base64, as DSSE specifies.
-type dsseEnvelope struct {
-	PayloadType string          `json:"payloadType"`
-	Payload     []byte          `json:"payload"`
-	Signatures  []dsseSignature `json:"signatures"`
-}
-
-type dsseSignature struct {
-	KeyID string `json:"keyid"`
-	Sig   []byte `json:"sig"`
-}
+// The DSSE envelope in its JSON form (internal/dsse).
+type (
+	dsseEnvelope  = dsse.Envelope
+	dsseSignature = dsse.Signature
+)
 
 // pae is DSSE's pre-authentication encoding, what is signed.
-func pae(payloadType string, payload []byte) []byte {
-	b := fmt.Appendf(nil, "DSSEv1 %d %s %d ", len(payloadType), payloadType, len(payload))
-	return append(b, payload...)
-}
+func pae(payloadType string, payload []byte) []byte { return dsse.PAE(payloadType, payload) }
 
 // statement is an in-toto Statement v1.
 type statement struct {
@@ -702,17 +693,7 @@ func parsePackage(b []byte) (*parsedPackage, error) {
 	return p, nil
 }
 
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("data after the JSON value")
-	}
-	return nil
-}
+func strictJSON(b []byte, v any) error { return dsse.UnmarshalStrict(b, v) }
 
 // verifierAt is a CA verifier whose clock stands at t: certificates are
 // judged at the time they were used.

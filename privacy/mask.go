@@ -7,7 +7,6 @@ package privacy
 
 import (
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"unicode"
@@ -31,26 +30,10 @@ func (r Reveal) Check() error {
 	return nil
 }
 
-// Argv renders a command line for display: argv[0] and, unless revealed, a
-// count of the masked arguments in their place.
-func Argv(argv []string, reveal bool) string {
-	if len(argv) == 0 {
-		return ""
-	}
-	var b strings.Builder
-	b.WriteString(Safe(argv[0]))
-	if !reveal {
-		if n := len(argv) - 1; n > 0 {
-			fmt.Fprintf(&b, " [%d arg%s masked]", n, plural(n))
-		}
-		return b.String()
-	}
-	for _, a := range argv[1:] {
-		b.WriteByte(' ')
-		b.WriteString(Safe(a))
-	}
-	return b.String()
-}
+// Argv renders a command line for display with the process's policy
+// (Default): unless revealed, what the configured masking shows (by
+// default argv[0] and a count of the masked arguments in their place).
+func Argv(argv []string, reveal bool) string { return Default().Argv(argv, reveal) }
 
 func plural(n int) string {
 	if n == 1 {

@@ -134,9 +134,22 @@ func NewEngine(ctx context.Context, o EngineOptions, packs ...*Pack) (*Engine, e
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{o: o, cfg: o.Config.withDefaults(), log: o.Log.With("component", "rules"), poke: make(chan struct{}, 1)}
+	rs, err := e.build(ctx, packs)
+	if err != nil {
+		return nil, err
+	}
+	e.rules = rs
+	return e, nil
+}
+
+// build compiles the rules of packs that run on the engine's target. Rule
+// ids must be unique across the packs; a rule whose SQL is refused starts
+// disabled, with the reason in its status.
+func (e *Engine) build(ctx context.Context, packs []*Pack) ([]*ruleState, error) {
+	var out []*ruleState
 	seen := map[string]string{}
 	for _, p := range packs {
-		for _, r := range p.RulesFor(o.Target) {
+		for _, r := range p.RulesFor(e.o.Target) {
 			if other, dup := seen[r.ID]; dup {
 				return nil, fmt.Errorf("rules: engine: rule %q is in packs %q and %q", r.ID, other, p.Name)
 			}
@@ -155,10 +168,10 @@ func NewEngine(ctx context.Context, o EngineOptions, packs ...*Pack) (*Engine, e
 			} else {
 				rs.c = c
 			}
-			e.rules = append(e.rules, rs)
+			out = append(out, rs)
 		}
 	}
-	return e, nil
+	return out, nil
 }
 
 // prepare compiles the rule's statement on the engine's database, which

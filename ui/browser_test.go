@@ -400,11 +400,15 @@ func TestBrowserScenario(t *testing.T) {
 	shot("trace")
 
 	// The timeline plays to the end, the graph following the current event.
-	run("play the timeline", chromedp.SetValue("#timeline-speed", "50", chromedp.ByQuery),
+	// The trace's length depends on the host (the root shell on db-1 reads
+	// the machine's own profile), so the wait is one of steps, not seconds.
+	var steps int
+	run("count the events", chromedp.Evaluate(`Number(document.getElementById('timeline-pos').textContent.split(' / ')[1])`, &steps))
+	run("play the timeline", chromedp.SetValue("#timeline-speed", "10", chromedp.ByQuery),
 		chromedp.Click("#timeline-play", chromedp.ByQuery),
 		chromedp.Poll(`(() => { const [a, b] = document.getElementById('timeline-pos').textContent.split(' / ').map(Number);
 			return b > 0 && a === b && document.getElementById('timeline-play').textContent.includes('Play'); })()`, nil,
-			chromedp.WithPollingTimeout(40*time.Second)))
+			chromedp.WithPollingTimeout(30*time.Second+time.Duration(steps)*50*time.Millisecond)))
 	var current []string
 	run("current event", chromedp.Evaluate(`[document.querySelector('main').dataset.current,
 		window.daemoneye.cy.nodes('.current').map(n => n.id()).join(',')]`, &current))
@@ -445,9 +449,13 @@ func TestBrowserScenario(t *testing.T) {
 	}
 	shot("revealed")
 
-	// Export downloads the signed package, which verifies offline.
+	// Export asks a reason (the package holds the command lines), then
+	// downloads the signed package, which verifies offline.
 	run("allow downloads", browser.SetDownloadBehavior(browser.SetDownloadBehaviorBehaviorAllowAndName).
-		WithDownloadPath(downloads).WithEventsEnabled(true), chromedp.Click("#export button", chromedp.ByQuery))
+		WithDownloadPath(downloads).WithEventsEnabled(true), chromedp.Click("#export", chromedp.ByQuery),
+		chromedp.WaitVisible("#reason", chromedp.ByQuery),
+		chromedp.SendKeys("#reason", "incident 42: evidence for the legal team", chromedp.ByQuery),
+		chromedp.Click("#reason-ok", chromedp.ByQuery))
 	var guid string
 	select {
 	case guid = <-downloaded:

@@ -5,6 +5,7 @@ package atomicfile
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,12 +15,22 @@ import (
 // directory, renamed into place, then syncs the directory so the rename is
 // durable too. The file has mode perm from its first byte (a key is never
 // readable by others, not even briefly).
-func Write(path string, data []byte, perm fs.FileMode) error { return write(path, data, perm, false) }
+func Write(path string, data []byte, perm fs.FileMode) error {
+	return write(path, perm, false, func(w io.Writer) error { _, err := w.Write(data); return err })
+}
 
 // WriteNew is Write that fails if path exists (link(2) does not replace).
-func WriteNew(path string, data []byte, perm fs.FileMode) error { return write(path, data, perm, true) }
+func WriteNew(path string, data []byte, perm fs.FileMode) error {
+	return write(path, perm, true, func(w io.Writer) error { _, err := w.Write(data); return err })
+}
 
-func write(path string, data []byte, perm fs.FileMode, noClobber bool) (err error) {
+// WriteFrom is Write for content too large to hold in memory (an update
+// bundle): fill writes it. If fill fails, path is left as it was.
+func WriteFrom(path string, perm fs.FileMode, fill func(io.Writer) error) error {
+	return write(path, perm, false, fill)
+}
+
+func write(path string, perm fs.FileMode, noClobber bool, fill func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -35,7 +46,7 @@ func write(path string, data []byte, perm fs.FileMode, noClobber bool) (err erro
 	if err = f.Chmod(perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if _, err = f.Write(data); err != nil {
+	if err = fill(f); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = f.Sync(); err != nil {

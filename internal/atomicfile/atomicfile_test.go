@@ -2,6 +2,7 @@ package atomicfile
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -36,5 +37,26 @@ func TestWrite(t *testing.T) {
 	}
 	if err := Write(filepath.Join(dir, "missing", "x"), nil, 0o600); err == nil {
 		t.Error("write into a missing directory succeeded")
+	}
+}
+
+// WriteFrom streams the content; a failing fill leaves the old file and no
+// temporary file behind.
+func TestWriteFrom(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bundle")
+	if err := WriteFrom(p, 0o644, func(w io.Writer) error { _, err := io.WriteString(w, "old"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("source went away")
+	err := WriteFrom(p, 0o644, func(w io.Writer) error { io.WriteString(w, "half"); return boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("WriteFrom with a failing fill: %v, want the fill's error", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "old" {
+		t.Errorf("content %q after a failed WriteFrom, want the old content", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("%d entries in the directory, want only the file (no temporary left)", len(ents))
 	}
 }

@@ -92,6 +92,6 @@ func (c *apiClient) stopTrace(ctx context.Context, id, reason string) error {
 
 // export downloads a trace's forensic package; the center records the
 // export in its ledger before it answers.
-func (c *apiClient) export(ctx context.Context, id string) ([]byte, error) {
-	return c.do(ctx, http.MethodGet, "/api/v1/traces/"+url.PathEscape(id)+"/export", nil, ledger.MaxPackageSize)
+func (c *apiClient) export(ctx context.Context, id, reason string) ([]byte, error) {
+	return c.do(ctx, http.MethodGet, "/api/v1/traces/"+url.PathEscape(id)+"/export?"+url.Values{"reason": {reason}}.Encode(), nil, ledger.MaxPackageSize)
 }

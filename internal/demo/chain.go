@@ -475,7 +475,7 @@ func (d *run) hostEvents(ctx context.Context, traceID, host string) int {
 func (d *run) exportAndVerify(ctx context.Context) error {
 	id := d.res.TraceID
 	t := time.Now()
-	pkg, err := d.api.export(ctx, id)
+	pkg, err := d.api.export(ctx, id, "demo: evidence of the web-1 -> db-1 intrusion")
 	if err != nil {
 		return fmt.Errorf("demo: export trace %s: %w", id, err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/internal/scenario"
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
@@ -25,19 +26,11 @@ import (
 // missing (a failed install fails under CI and skips otherwise).
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the demo's end-to-end test needs root and CI is set")
-		}
-		t.Skip("the demo's end-to-end test needs root (network namespaces, eBPF)")
-	}
+	testenv.NeedRoot(t) // network namespaces, eBPF
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	if err := scenario.Install(ctx, nil); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("install the scenario software: %v", err)
-		}
-		t.Skipf("scenario software missing and not installable here: %v", err)
+		testenv.Skip(t, "scenario software missing and not installable here: %v", err)
 	}
 }
 

@@ -14,19 +14,10 @@ import (
 
 	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/config"
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 	"github.com/evilbitlabs/daemoneye/internal/testnet"
 	"github.com/evilbitlabs/daemoneye/privacy"
 )
-
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the test is not root: the agent tests need root")
-		}
-		t.Skip("needs root")
-	}
-}
 
 func testConfig(t *testing.T, mode string) config.Agent {
 	c := config.Default().Agent
@@ -77,7 +68,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 func TestAgentRecordsLineage(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	for _, mode := range []string{"ebpf", "proc"} {
 		t.Run(mode, func(t *testing.T) { testAgentRecordsLineage(t, mode) })
 	}
@@ -270,7 +261,7 @@ func checkFDs(t *testing.T, dataDir string) {
 }
 
 func TestAgentRateCapCounts(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	c := testConfig(t, "ebpf")
 	c.Baseline.MaxEventsPerSec = 5
 	a := startAgent(t, c)
@@ -290,7 +281,7 @@ func TestAgentRateCapCounts(t *testing.T) {
 }
 
 func TestLineageOffline(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	c := testConfig(t, "ebpf")
 	func() {
 		a, err := New(c, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))

@@ -44,6 +44,11 @@ func (a *Agent) health() wire.Health {
 		h.Figures["traces_running"] = uint64(len(a.tracer.traces()))
 		h.Figures["trace_commands_refused"] = a.tracer.refused.Load()
 	}
+	if a.rules != nil {
+		h.Figures["rule_packs_pushed"] = a.rules.pushedN.Load()
+		h.Figures["rule_packs_refused"] = a.rules.refused.Load()
+		h.Figures["rule_push_seq"] = a.rules.seq.Load()
+	}
 	for lane, q := range st.Queue.Lanes {
 		h.Figures[fmt.Sprintf("queue_bytes_lane%d", lane)] = uint64(max(q.Bytes, 0))
 	}

@@ -20,8 +20,10 @@ import (
 	"github.com/evilbitlabs/daemoneye/store"
 )
 
-// View is a process as an operator may see it: Argv holds only argv[0] and
-// MaskedArgs counts what was withheld, unless the request revealed it.
+// View is a process as an operator may see it: unless the request
+// revealed it, Argv holds what the masking policy shows (privacy.Policy.
+// Mask: argv[0], or the arguments with secret values replaced) and
+// MaskedArgs counts the arguments withheld after them.
 type View struct {
 	capture.Process
 	MaskedArgs int `cbor:"20,keyasint,omitempty"`
@@ -59,9 +61,8 @@ var (
 
 func mask(p capture.Process, reveal bool) View {
 	v := View{Process: p}
-	if !reveal && len(p.Exec.Argv) > 1 {
-		v.MaskedArgs = len(p.Exec.Argv) - 1
-		v.Exec.Argv = p.Exec.Argv[:1:1]
+	if !reveal && len(p.Exec.Argv) > 0 {
+		v.Exec.Argv, v.MaskedArgs, _ = privacy.Default().Mask(p.Exec.Argv)
 	}
 	return v
 }
@@ -80,11 +81,7 @@ func (v View) Command() string {
 	if len(argv) == 0 {
 		return "[" + privacy.Safe(v.Comm) + "]"
 	}
-	s := privacy.Argv(argv, true)
-	if v.MaskedArgs > 0 {
-		s += fmt.Sprintf(" [%d arg%s masked]", v.MaskedArgs, map[bool]string{true: "", false: "s"}[v.MaskedArgs == 1])
-	}
-	return s
+	return privacy.Render(argv, v.MaskedArgs)
 }
 
 // auditReveal records who revealed arguments and why, in the data directory's

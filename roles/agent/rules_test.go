@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 	"github.com/evilbitlabs/daemoneye/rules"
 )
 
@@ -32,7 +33,7 @@ rules:
 // match is an alert event in the agent's store. Unsigned, the same pack is
 // refused and the agent does not start.
 func TestAgentCustomerPack(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	dir := t.TempDir()
 	keyPath := filepath.Join(dir, "rules.key")
 	if _, err := rules.GenerateKey(keyPath); err != nil {

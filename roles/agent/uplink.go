@@ -34,6 +34,9 @@ type Shipper struct {
 	up      *transport.Uplink
 	renew   *transport.Renewer
 	handler CommandHandler
+	// onRulePacks receives the rule pack sets the center pushes (nil:
+	// ignored, the agent runs no rules).
+	onRulePacks func(*wire.RulePacks)
 
 	kick       chan struct{}
 	shipped    atomic.Uint64 // events sealed into batches
@@ -307,7 +310,7 @@ func (s *Shipper) makeRoom() {
 	}
 }
 
-// fromParent handles commands and CRLs coming down.
+// fromParent handles commands, CRLs and rule packs coming down.
 func (s *Shipper) fromParent(f wire.Frame) {
 	switch m := f.(type) {
 	case *wire.Command:
@@ -315,6 +318,10 @@ func (s *Shipper) fromParent(f wire.Frame) {
 	case *wire.CRL:
 		if _, err := s.id.ApplyCRL(m.DER); err != nil {
 			s.log.Error("CRL from parent refused", "err", err)
+		}
+	case *wire.RulePacks:
+		if s.onRulePacks != nil {
+			s.onRulePacks(m)
 		}
 	case *wire.RenewResponse:
 		if m.NodeID == s.id.Name {

@@ -734,7 +734,8 @@ func (a *API) query(w http.ResponseWriter, r *http.Request, p *principal) error 
 		return errorf(http.StatusServiceUnavailable, "%d queries are running already; try again shortly", maxQueries)
 	}
 	began := time.Now()
-	cols, rows, truncated, qerr := a.sql.Query(r.Context(), req.SQL, args, maxRows, timeout)
+	res, qerr := a.sql.Sandbox(r.Context(), req.SQL, args, maxRows, timeout)
+	cols, rows, truncated := res.Cols, res.Rows, res.Truncated
 	elapsed := time.Since(began)
 	<-a.queries
 	if qerr != nil && r.Context().Err() != nil {
@@ -754,7 +755,7 @@ func (a *API) query(w http.ResponseWriter, r *http.Request, p *principal) error 
 		status = http.StatusBadRequest
 	}
 	payload := map[string]any{"sql": req.SQL, "args": len(args), "outcome": outcome, "rows": len(rows), "truncated": truncated,
-		"elapsed_ms": elapsed.Milliseconds()}
+		"elapsed_ms": elapsed.Milliseconds(), "masked_columns": res.Masked}
 	if msg != "" {
 		payload["error"] = msg
 	}
@@ -777,7 +778,9 @@ func (a *API) query(w http.ResponseWriter, r *http.Request, p *principal) error 
 		rows = [][]any{}
 	}
 	a.reply(w, http.StatusOK, map[string]any{"columns": cols, "rows": rows, "truncated": truncated, "row_limit": maxRows,
-		"time_limit_ms": timeout.Milliseconds(), "elapsed_ms": elapsed.Milliseconds()})
+		"time_limit_ms": timeout.Milliseconds(), "elapsed_ms": elapsed.Milliseconds(),
+		// Read as NULL: command lines are seen through a reveal.
+		"masked_columns": append([]string{}, res.Masked...)})
 	return nil
 }
 

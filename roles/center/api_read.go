@@ -369,7 +369,7 @@ func nsPtr(n int64) *time.Time {
 func procView(p sqlstore.Process, reveal bool) procJSON {
 	x := p.Exec
 	out := procJSON{Host: p.Host, PID: p.Key.PID, Start: p.Key.Start, Comm: p.Comm, Exe: x.Exe,
-		Cmdline: privacy.Argv(x.Argv, reveal), Argc: len(x.Argv), Masked: !reveal && len(x.Argv) > 1,
+		Cmdline: privacy.Argv(x.Argv, reveal), Argc: len(x.Argv), Masked: !reveal && privacy.Default().Masks(x.Argv),
 		ArgvTruncated: x.ArgvTruncated, Cwd: x.Cwd, TTY: x.TTY, UID: x.UID, GID: x.GID, EUID: x.EUID, EGID: x.EGID,
 		CgroupID: x.CgroupID, PidNS: x.PidNS, NetNS: x.NetNS, MntNS: x.MntNS,
 		StartTime: nsPtr(p.StartTime), ExitTime: nsPtr(p.ExitTime), Seeded: p.Seeded, Execed: p.Execed, Depth: p.Depth}
@@ -628,7 +628,7 @@ func (a *API) traceEvents(ctx context.Context, id string, afterSeq int64, afterH
 					argv = nil
 				}
 				delete(e.Detail, "argv")
-				e.Detail["cmdline"], e.Detail["argc"], e.Detail["masked"] = privacy.Argv(argv, false), len(argv), len(argv) > 1
+				e.Detail["cmdline"], e.Detail["argc"], e.Detail["masked"] = privacy.Argv(argv, false), len(argv), privacy.Default().Masks(argv)
 			}
 			out = append(out, e)
 		}

@@ -434,7 +434,7 @@ func TestAPIRoleMatrix(t *testing.T) {
 		"GET /api/v1/traces/{id}":                            {"/api/v1/traces/seedtrace", nil},
 		"POST /api/v1/traces":                                {"/api/v1/traces", trace},
 		"POST /api/v1/traces/{id}/stop":                      {"/api/v1/traces/no-such-trace/stop", map[string]string{"reason": "matrix: stop nothing"}},
-		"GET /api/v1/traces/{id}/export":                     {"/api/v1/traces/no-such-trace/export", nil},
+		"GET /api/v1/traces/{id}/export":                     {"/api/v1/traces/no-such-trace/export?reason=matrix:+export+nothing", nil},
 		"POST /api/v1/links/{id}/follow":                     {"/api/v1/links/999999/follow", map[string]string{"reason": "matrix: follow nothing"}},
 		"GET /api/v1/approvals":                              {"/api/v1/approvals", nil},
 		"POST /api/v1/approvals/{id}":                        {"/api/v1/approvals/999999", map[string]string{"decision": "approve", "reason": "matrix: no such request"}},

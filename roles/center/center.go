@@ -46,7 +46,9 @@ type Center struct {
 	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
 	API      *API           // nil when center.api.listen is empty
 	Rules    *rules.Engine
+	packsMu  sync.RWMutex       // packs: replaced when the pack files change (rulepush.go)
 	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
+	push     *transport.Latest  // the rule pack set every child gets (rulepush.go)
 	rec      *rules.SQLRecorder // alerts table; nil until Run starts the rules
 	ingestQ  chan *wire.Batch
 	stopping chan struct{} // closed when Run's context ends
@@ -57,6 +59,8 @@ type Center struct {
 	auditor Auditor
 
 	sinks *SinkGate // export sinks behind the egress gate (sink.go)
+
+	retention retention // the purge job's state (retention.go)
 
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
@@ -156,6 +160,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		OnChange: func() {
 			go c.disp.Flush(context.Background())
 			go c.registerFleet(context.Background())
+			c.push.CatchUp()
 		},
 		Log: log,
 	})
@@ -167,6 +172,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: %w", err)
 	}
 	c.disp = transport.NewDispatcher(c.srv, outbox, c.recordAck, log)
+	c.push = transport.NewLatest(c.srv, log)
 	return c, nil
 }
 
@@ -178,7 +184,16 @@ func (c *Center) Agents() []string { return c.srv.Agents() }
 
 // Run serves until ctx ends.
 func (c *Center) Run(ctx context.Context) error {
+	serving := false
 	defer func() {
+		if !serving {
+			// The listener New opened closes as the server's Run ends:
+			// a start that stops early (while reconciling) must not keep
+			// the port.
+			done, cancel := context.WithCancel(context.Background())
+			cancel()
+			c.srv.Run(done) //nolint:errcheck // returns nil on a done context
+		}
 		if c.API != nil {
 			c.API.Close()
 		}
@@ -201,6 +216,9 @@ func (c *Center) Run(ctx context.Context) error {
 		if apiLn != nil {
 			apiLn.Close()
 		}
+		if ctx.Err() != nil {
+			return nil // stopped while reconciling; the next start goes on
+		}
 		return err
 	}
 	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
@@ -222,10 +240,13 @@ func (c *Center) Run(ctx context.Context) error {
 		tlsConf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.id.Holder.Load(), nil }}
 		g.Go(func() error { return c.API.Serve(gctx, apiLn, tlsConf) })
 	}
+	serving = true
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })
+	g.Go(func() error { return c.watchRulePacks(gctx) })
 	g.Go(func() error { return c.sinks.Run(gctx) })
+	g.Go(func() error { return c.runRetention(gctx) })
 	return g.Wait()
 }
 

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -26,6 +27,8 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/ledger"
+	"github.com/evilbitlabs/daemoneye/store"
+	"github.com/evilbitlabs/daemoneye/store/sqlstore"
 )
 
 // Export errors callers branch on.
@@ -47,6 +50,8 @@ type TraceExporter interface {
 type exportMeta struct {
 	traceJSON
 	Targets []exportTarget `json:"targets"`
+	// Retention is set when retention removed some of the trace's events.
+	Retention *exportRetentionInfo `json:"retention,omitempty"`
 }
 
 type exportTarget struct {
@@ -66,6 +71,7 @@ type ledgerRef struct {
 	AlertID     *int64 `json:"alert_id"`
 	Host        string `json:"host"`
 	BatchSeq    uint64 `json:"batch_seq"`
+	TraceSeq    uint64 `json:"trace_seq"`
 }
 
 type batchRef struct {
@@ -77,26 +83,28 @@ type batchRef struct {
 // metadata and signed command, every stored batch holding one of its
 // events, and the ledger entries about it (the operator actions, the
 // trace.event leaf of each event, the alert that prompted it, the export
-// itself) with inclusion proofs in a fresh checkpoint. The package is
-// checked against the CA before a byte is written.
+// itself) with inclusion proofs in a fresh checkpoint. Events retention
+// removed are left out and trace.json says which (with the retention.purge
+// entries among the proven ones). The package is checked against the CA
+// before a byte is written.
 func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) error {
 	meta, command, alertID, err := c.exportMeta(ctx, traceID)
 	if err != nil {
 		return err
 	}
-	indexes, refs, exported, err := c.traceEntries(ctx, traceID, alertID)
+	indexes, refs, leaves, exported, err := c.traceEntries(ctx, traceID, alertID)
 	if err != nil {
 		return err
 	}
 	if !exported {
 		return fmt.Errorf("export %s: %w", traceID, ErrExportNotRecorded)
 	}
-	stored, err := c.traceBatchRefs(ctx, traceID)
+	stored, err := c.SQL.TraceBatches(ctx, traceID)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", traceID, err)
 	}
 	for _, r := range stored {
-		if !slices.Contains(refs, r) {
+		if r := (batchRef{r.Host, r.Seq}); !slices.Contains(refs, r) {
 			refs = append(refs, r)
 		}
 	}
@@ -106,8 +114,15 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 		}
 		return cmp.Compare(a.seq, b.seq)
 	})
+	purged, err := c.purgedBatches(ctx, refs)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", traceID, err)
+	}
 	batches := make([][]byte, 0, len(refs))
 	for _, r := range refs {
+		if _, ok := purged[r]; ok {
+			continue
+		}
 		sealed, ok, err := c.Ingest.Batch(r.host, r.seq)
 		if err != nil {
 			return fmt.Errorf("export %s: batch %s/%d: %w", traceID, r.host, r.seq, err)
@@ -115,7 +130,36 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 		if !ok {
 			return fmt.Errorf("export %s: batch %s/%d is recorded in the ledger but not in the batch store", traceID, r.host, r.seq)
 		}
+		if store.Purged(sealed) {
+			purged[r] = -1 // a purge emptied it and has not reached SQL yet (its next pass finishes it)
+			continue
+		}
 		batches = append(batches, sealed)
+	}
+	if len(purged) > 0 {
+		// Events retention removed: their batches cannot be proven, so
+		// their trace.event leaves stay out (the package would claim
+		// events it lacks); trace.json says what went, and the
+		// retention.purge entries that recorded it are proven instead.
+		var kept []int64
+		for _, i := range indexes {
+			l, isEvent := leaves[i]
+			if _, gone := purged[l.ref]; !isEvent || !gone {
+				kept = append(kept, i)
+			}
+		}
+		if meta.Retention, err = c.exportRetention(purged, leaves); err != nil {
+			return fmt.Errorf("export %s: %w", traceID, err)
+		}
+		for _, p := range meta.Retention.Purges {
+			kept = append(kept, p.Entry)
+		}
+		slices.Sort(kept)
+		indexes = slices.Compact(kept)
+	}
+	metaJSON, err := json.Marshal(meta)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", traceID, err)
 	}
 	checkpoint, entries, err := ledger.ProveEntries(c.Ledger, indexes)
 	if err != nil {
@@ -126,7 +170,7 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 		return fmt.Errorf("export %s: %w", traceID, err)
 	}
 	pkg, err := ledger.BuildPackage(ledger.PackageInput{
-		TraceID: traceID, Metadata: meta, Command: command, Batches: batches,
+		TraceID: traceID, Metadata: metaJSON, Command: command, Batches: batches,
 		Checkpoint: checkpoint, VerifierKey: vkey, Entries: entries, ExportedAt: time.Now(),
 	}, ledger.PackageSigner{Key: c.id.Key(), Chain: [][]byte{c.id.CertDER()}})
 	if err != nil {
@@ -138,13 +182,13 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 		return fmt.Errorf("export %s: the package built does not verify: %w", traceID, err)
 	}
 	c.log.Info("trace exported", "trace", traceID, "events", rep.Events, "batches", rep.Batches, "hosts", len(rep.Hosts),
-		"ledger_entries", len(rep.Actions), "checkpoint", rep.Checkpoint.Size, "bytes", len(pkg))
+		"ledger_entries", len(rep.Actions), "checkpoint", rep.Checkpoint.Size, "purged_batches", len(purged), "bytes", len(pkg))
 	_, err = w.Write(pkg)
 	return err
 }
 
 // exportMeta reads the trace's row, targets and signed command.
-func (c *Center) exportMeta(ctx context.Context, traceID string) ([]byte, []byte, int64, error) {
+func (c *Center) exportMeta(ctx context.Context, traceID string) (*exportMeta, []byte, int64, error) {
 	ro := c.SQL.ReadOnly()
 	t, err := scanTrace(ro.QueryRowContext(ctx, `SELECT `+traceCols+` FROM traces WHERE trace_id = ?`, traceID))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -182,10 +226,6 @@ func (c *Center) exportMeta(ctx context.Context, traceID string) ([]byte, []byte
 	if err := rows.Err(); err != nil {
 		return nil, nil, 0, fmt.Errorf("export %s: %w", traceID, err)
 	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return nil, nil, 0, err
-	}
 	var alertID int64
 	if t.AlertID != nil {
 		alertID = *t.AlertID
@@ -193,58 +233,31 @@ func (c *Center) exportMeta(ctx context.Context, traceID string) ([]byte, []byte
 	if len(command) == 0 {
 		command = nil
 	}
-	return b, command, alertID, nil
-}
-
-// traceBatchRefs lists the batches the SQL store holds events of the trace
-// from. The ledger's trace.event leaves name the same batches; this also
-// finds a batch whose leaves the ledger failed to append (the center logs
-// that and goes on), so that its events are exported, not declared missing.
-// TODO: sqlstore.(*Store).TraceBatches, once it lands, replaces this query.
-func (c *Center) traceBatchRefs(ctx context.Context, traceID string) ([]batchRef, error) {
-	rows, err := c.SQL.ReadOnly().QueryContext(ctx, `
-		SELECT host, batch_seq FROM process_events WHERE trace_id = ?1
-		UNION SELECT host, batch_seq FROM network_events WHERE trace_id = ?1
-		UNION SELECT host, batch_seq FROM file_events WHERE trace_id = ?1
-		UNION SELECT host, batch_seq FROM exe_hashes WHERE trace_id = ?1
-		UNION SELECT host, batch_seq FROM mem_snippets WHERE trace_id = ?1`, traceID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []batchRef
-	for rows.Next() {
-		var r batchRef
-		var seq int64
-		if err := rows.Scan(&r.host, &seq); err != nil {
-			return nil, err
-		}
-		r.seq = uint64(seq)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return &m, command, alertID, nil
 }
 
 // traceEntries scans the ledger for the entries about a trace: those whose
 // payload names it (trace_id, or an approval's subject), and the alert that
 // prompted it. The trace.event entries among them name the batches that
-// hold its events. It reads every entry: the ledger has no index by trace.
-func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64) ([]int64, []batchRef, bool, error) {
+// hold its events (leaves: by entry). It reads every entry: the ledger has
+// no index by trace.
+func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64) ([]int64, []batchRef, map[int64]eventLeaf, bool, error) {
 	var (
 		indexes  []int64
 		refs     []batchRef
+		leaves   = map[int64]eventLeaf{}
 		exported bool
 	)
 	n := c.Ledger.Size()
 	for i := int64(0); i < n; i++ {
 		if i&0x3ff == 0 {
 			if err := ctx.Err(); err != nil {
-				return nil, nil, false, err
+				return nil, nil, nil, false, err
 			}
 		}
 		rec, err := c.Ledger.Entry(i)
 		if err != nil {
-			return nil, nil, false, fmt.Errorf("export %s: %w", traceID, err)
+			return nil, nil, nil, false, fmt.Errorf("export %s: %w", traceID, err)
 		}
 		if rec.Purged || len(rec.Payload) == 0 || rec.Payload[0] != '{' {
 			continue
@@ -263,21 +276,144 @@ func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64
 		indexes = append(indexes, i)
 		switch rec.Kind {
 		case ledger.KindTraceEvent:
-			if ref := (batchRef{r.Host, r.BatchSeq}); r.Host != "" && !slices.Contains(refs, ref) {
-				refs = append(refs, ref)
+			if ref := (batchRef{r.Host, r.BatchSeq}); r.Host != "" {
+				leaves[i] = eventLeaf{ref: ref, traceSeq: r.TraceSeq}
+				if !slices.Contains(refs, ref) {
+					refs = append(refs, ref)
+				}
 			}
 		case ledger.KindExport:
 			exported = exported || r.TraceID == traceID
 		}
 	}
-	return indexes, refs, exported, nil
+	return indexes, refs, leaves, exported, nil
 }
 
-// exportTrace is GET /api/v1/traces/{id}/export: it records the export in
-// the ledger, then answers with the package (built in memory, so that a
-// failure is an error status, not a truncated file).
+// eventLeaf is what a trace.event entry says of its event.
+type eventLeaf struct {
+	ref      batchRef
+	traceSeq uint64
+}
+
+// exportRetentionInfo is trace.json's account of the trace's events that
+// retention removed.
+type exportRetentionInfo struct {
+	Note   string               `json:"note"`
+	Purged []exportPurgedEvents `json:"purged"`
+	Purges []exportPurgeEntry   `json:"purges"`
+}
+
+// exportPurgedEvents are one host's removed events of the trace.
+type exportPurgedEvents struct {
+	Host     string `json:"host"`
+	Events   int    `json:"events"`    // as the ledger's trace.event leaves count them
+	TraceSeq string `json:"trace_seq"` // their trace_seq numbers, "1-4,9"
+	Batches  string `json:"batches"`   // the batches they were in
+	Pending  bool   `json:"pending,omitempty"`
+}
+
+// exportPurgeEntry is a retention.purge ledger entry (proven in the
+// package) that removed some of them.
+type exportPurgeEntry struct {
+	Entry  int64     `json:"entry"`
+	Time   time.Time `json:"time"`
+	Site   string    `json:"site"`
+	Window string    `json:"window"`
+	Cutoff time.Time `json:"cutoff"`
+}
+
+// purgedBatches returns which of refs retention removed, with the ledger
+// entry that recorded each.
+func (c *Center) purgedBatches(ctx context.Context, refs []batchRef) (map[batchRef]int64, error) {
+	in := make([]sqlstore.BatchRef, len(refs))
+	for i, r := range refs {
+		in[i] = sqlstore.BatchRef{Host: r.host, Seq: r.seq}
+	}
+	got, err := c.SQL.PurgedBatches(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[batchRef]int64, len(got))
+	for r, mark := range got {
+		out[batchRef{r.Host, r.Seq}] = mark
+	}
+	return out, nil
+}
+
+// exportRetention describes the removed events from the trace's leaves and
+// the retention.purge entries.
+func (c *Center) exportRetention(purged map[batchRef]int64, leaves map[int64]eventLeaf) (*exportRetentionInfo, error) {
+	info := &exportRetentionInfo{Note: "events of this trace that retention removed after their site's window: their batches are not " +
+		"in the package, so their trace_seq numbers show as missing; the ledger keeps their trace.event leaves (hashes), and the " +
+		"retention.purge entries that recorded the removal are proven here"}
+	type hostSet struct {
+		seqs    []uint64
+		batches []uint64
+		pending bool
+	}
+	hosts := map[string]*hostSet{}
+	for _, l := range leaves {
+		if _, gone := purged[l.ref]; !gone {
+			continue
+		}
+		h := hosts[l.ref.host]
+		if h == nil {
+			h = &hostSet{}
+			hosts[l.ref.host] = h
+		}
+		h.seqs = append(h.seqs, l.traceSeq)
+	}
+	marks := map[int64]bool{}
+	for r, mark := range purged {
+		h := hosts[r.host]
+		if h == nil {
+			h = &hostSet{}
+			hosts[r.host] = h
+		}
+		h.batches = append(h.batches, r.seq)
+		if mark < 0 {
+			h.pending = true
+		} else {
+			marks[mark] = true
+		}
+	}
+	for _, host := range slices.Sorted(maps.Keys(hosts)) {
+		h := hosts[host]
+		info.Purged = append(info.Purged, exportPurgedEvents{Host: host, Events: len(h.seqs), TraceSeq: seqRanges(h.seqs),
+			Batches: seqRanges(h.batches), Pending: h.pending})
+	}
+	for _, i := range slices.Sorted(maps.Keys(marks)) {
+		rec, err := c.Ledger.Entry(i)
+		if err != nil {
+			return nil, err
+		}
+		var p retentionPurge
+		if rec.Kind != AuditRetentionPurge || rec.Purged || json.Unmarshal(rec.Payload, &p) != nil {
+			return nil, fmt.Errorf("ledger entry %d is not a %s entry, yet a batch is marked purged by it", i, AuditRetentionPurge)
+		}
+		info.Purges = append(info.Purges, exportPurgeEntry{Entry: i, Time: rec.Time.UTC(), Site: p.Site, Window: p.Window, Cutoff: p.Cutoff})
+	}
+	return info, nil
+}
+
+// exportTrace is GET /api/v1/traces/{id}/export?reason=WHY: it records the
+// export in the ledger, then answers with the package (built in memory, so
+// that a failure is an error status, not a truncated file).
+//
+// An export is a reveal: the package carries the trace's events as the
+// agents signed them, command lines and environments included (masking
+// them would break the agents' signatures, which are the evidence). So it
+// takes a reason, like POST /reveal, recorded with the export.
 func (a *API) exportTrace(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id := r.PathValue("id")
+	q, err := queryParams(r, "reason")
+	if err != nil {
+		return err
+	}
+	reason, err := checkReason("exporting a trace (its package holds command lines and environments as recorded)", q.str("reason"))
+	if err != nil {
+		return err
+	}
 	var n int
 	if err := a.sql.ReadOnly().QueryRowContext(r.Context(), `SELECT count(*) FROM traces WHERE trace_id = ?`, id).Scan(&n); err != nil {
 		return err
@@ -289,7 +425,8 @@ func (a *API) exportTrace(w http.ResponseWriter, r *http.Request, p *principal) 
 	if !ok {
 		return errorf(http.StatusNotImplemented, "this center cannot export packages")
 	}
-	if err := a.record(r.Context(), ledger.KindExport, p, map[string]any{"trace_id": id, "format": ledger.PackageFormat}); err != nil {
+	if err := a.record(r.Context(), ledger.KindExport, p, map[string]any{"trace_id": id, "format": ledger.PackageFormat, "reason": reason,
+		"unmasked": "command lines and environments of the trace's events, as the agents signed them"}); err != nil {
 		return err
 	}
 	var buf bytes.Buffer
@@ -304,8 +441,7 @@ func (a *API) exportTrace(w http.ResponseWriter, r *http.Request, p *principal) 
 	h.Set("Content-Disposition", `attachment; filename="`+id+`.dpkg"`)
 	h.Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(http.StatusOK)
-	_, err := w.Write(buf.Bytes())
-	if err != nil {
+	if _, err := w.Write(buf.Bytes()); err != nil {
 		a.log.Warn("export: client went away", "trace", id, "operator", p.ID, "err", err)
 	}
 	return nil

@@ -106,6 +106,16 @@ func (c *Center) registerFleetOnce(ctx context.Context) {
 	now := time.Now()
 	r := &c.fleetReg
 	present := map[string]bool{}
+	// A host not heard from since the start keeps the site it reported:
+	// retention windows go by site.
+	sites := map[string]string{}
+	if bySite, err := c.SQL.HostsBySite(ctx); err == nil {
+		for site, hosts := range bySite {
+			for _, h := range hosts {
+				sites[h] = site
+			}
+		}
+	}
 	upsert := func(h sqlstore.Host) {
 		present[h.AgentID] = true
 		c.fleetMu.Lock()
@@ -113,6 +123,8 @@ func (c *Center) registerFleetOnce(ctx context.Context) {
 		c.fleetMu.Unlock()
 		if ok {
 			h = hostOf(rep, now)
+		} else {
+			h.SiteTag = sites[h.AgentID]
 		}
 		key := string(h.Kind) + " " + strings.Join(h.ProxyPath, " ")
 		r.mu.Lock()

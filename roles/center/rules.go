@@ -90,6 +90,8 @@ func (c *Center) agentAlerts(ctx context.Context, host string, evs []capture.Eve
 
 // findRule finds a rule by id in the center's packs.
 func (c *Center) findRule(id string) (rules.Rule, string, bool) {
+	c.packsMu.RLock()
+	defer c.packsMu.RUnlock()
 	for _, p := range c.packs {
 		for _, r := range p.Rules {
 			if r.ID == id {

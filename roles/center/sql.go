@@ -9,6 +9,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/store"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -75,6 +76,9 @@ func (c *Center) reconcile(ctx context.Context) error {
 			continue
 		}
 		agent, seq := string(k[:len(k)-9]), binary.BigEndian.Uint64(k[len(k)-8:])
+		if store.Purged(it.Value()) {
+			continue // retention removed its events (retention.go)
+		}
 		has, err := c.SQL.HasBatch(ctx, agent, seq)
 		if err != nil {
 			return fmt.Errorf("center: reconcile: %w", err)

@@ -36,6 +36,10 @@ type Proxy struct {
 	up   *transport.Uplink
 	disp *transport.Dispatcher
 	renw *transport.Renewer
+	// rules is the newest rule pack set from the parent, passed to every
+	// child (rulepush.go).
+	rules   *transport.Latest
+	rulesMu sync.Mutex
 
 	announceMu sync.Mutex
 	announced  []string
@@ -100,6 +104,8 @@ func New(cfg config.Proxy, log *slog.Logger) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	p.disp = transport.NewDispatcher(p.srv, w, func(a wire.CommandAck) { p.up.SendControl(a) }, log)
+	p.rules = transport.NewLatest(p.srv, log)
+	p.loadRulePacks()
 	p.renw = transport.NewRenewer(id, cfg.TLS.Cert, cfg.TLS.Key, time.Duration(cfg.TLS.RenewCheckMS)*time.Millisecond,
 		func(f wire.Frame) error { return p.up.SendControl(f) }, log)
 	return p, nil
@@ -189,13 +195,14 @@ func (p *Proxy) onChange() {
 	}
 	p.announced = now
 	p.announceMu.Unlock()
+	p.rules.CatchUp()
 	if len(added)+len(removed) > 0 {
 		p.up.SendControl(wire.Announce{Added: added, Removed: removed})
 	}
 	go p.disp.Flush(context.Background())
 }
 
-// fromParent handles what comes down: commands, CRLs.
+// fromParent handles what comes down: commands, CRLs, rule packs.
 func (p *Proxy) fromParent(f wire.Frame) {
 	switch m := f.(type) {
 	case *wire.Command:
@@ -213,6 +220,8 @@ func (p *Proxy) fromParent(f wire.Frame) {
 			p.log.Info("CRL applied; pushing it down", "children", len(p.srv.Children()))
 		}
 		p.srv.Broadcast(context.Background(), *m)
+	case *wire.RulePacks:
+		go p.rulePacks(m) // a file write: off the control reader
 	case *wire.RenewResponse:
 		if m.NodeID == p.id.Name {
 			if err := p.renw.Handle(*m); err != nil {

@@ -8,46 +8,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
-
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
-// binary returns the daemoneye binary: DAEMONEYE_BIN (make test sets it) or
-// one built once for this test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("DAEMONEYE_BIN"); b != "" {
-		return b
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "daemoneye-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "daemoneye")
-		cmd := exec.Command("go", "build", "-o", builtBin, "github.com/evilbitlabs/daemoneye")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtBin
-}
 
 // procProxy is a proxy running as its own process, to be killed for real.
 type procProxy struct {
@@ -63,7 +31,7 @@ func (tr *Tree) newProcProxy(t *testing.T, name, parent string) *procProxy {
 	tc := tr.Issue(pki.RoleProxy, name)
 	dir := filepath.Join(tr.Dir, name)
 	os.MkdirAll(dir, 0o700)
-	p := &procProxy{t: t, bin: binary(t), Listen: FreeAddr(t), log: filepath.Join(dir, "proxy.log")}
+	p := &procProxy{t: t, bin: testenv.Binary(t), Listen: FreeAddr(t), log: filepath.Join(dir, "proxy.log")}
 	p.cfg = filepath.Join(dir, "daemoneye.yaml")
 	yaml := fmt.Sprintf(`proxy:
   listen: %s

@@ -522,7 +522,7 @@ read done
 			tr, _ := r["trace"].(map[string]any)
 			return tr["state"] == "active"
 		})
-		if out := run("trace", "stop", "tr-cli-1", "--reason", "the cli stops it again"); !strings.Contains(out, "stopped") {
+		if out := run("trace", "stop", "tr-cli-1", "--reason", "the cli stops it again", "--yes"); !strings.Contains(out, "stopped") {
 			t.Errorf("trace stop: %s", out)
 		}
 		eventually(t, 20*time.Second, "the agent's answer to the stop", func() bool {

@@ -36,15 +36,19 @@ func (s *Store) batchEvents(ctx context.Context, host string, seq int64, root *[
 	}
 	defer tx.Rollback() //nolint:errcheck // read only
 	var (
-		n int
-		r []byte
+		n      int
+		r      []byte
+		purged sql.NullInt64
 	)
-	err = tx.QueryRowContext(ctx, `SELECT events, root FROM batches WHERE host = ? AND seq = ?`, host, seq).Scan(&n, &r)
+	err = tx.QueryRowContext(ctx, `SELECT events, root, purged FROM batches WHERE host = ? AND seq = ?`, host, seq).Scan(&n, &r, &purged)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errors.New("not stored")
 	}
 	if err != nil {
 		return nil, err
+	}
+	if purged.Valid {
+		return nil, fmt.Errorf("%w (ledger entry %d)", ErrPurged, purged.Int64)
 	}
 	if len(r) != len(root) {
 		return nil, fmt.Errorf("root is %d bytes", len(r))

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -107,10 +108,36 @@ func openReadOnly(abs string) (*sql.DB, error) {
 // WAL snapshot for several statements. The Store owns it: do not close it.
 func (s *Store) ReadOnly() *sql.DB { return s.ro }
 
-// denial records what the authorizer refused, for the error message.
+// denial records what the authorizer refused, for the error message, and,
+// for a sandbox query (mask set), the masked columns it read as NULL.
 type denial struct {
-	mu   sync.Mutex
-	what string
+	mu     sync.Mutex
+	what   string
+	mask   bool
+	masked []string
+}
+
+func (d *denial) ignore(table, column string) bool {
+	if d == nil || !d.mask || !SandboxMasked[table][column] {
+		return false
+	}
+	d.mu.Lock()
+	if c := table + "." + column; !slices.Contains(d.masked, c) {
+		d.masked = append(d.masked, c)
+	}
+	d.mu.Unlock()
+	return true
+}
+
+// SandboxMasked are the columns a sandbox query (Query) reads as NULL:
+// command lines, environments, and alert contexts (a rule's context may
+// copy a command line). Operators see them through a reveal, which needs a
+// reason and is in the ledger; the sandbox would otherwise be a way
+// around masking. Conditions on them match nothing in the sandbox.
+var SandboxMasked = map[string]map[string]bool{
+	"processes":      {"argv": true, "cmdline": true},
+	"process_events": {"argv": true, "cmdline": true, "env": true},
+	"alerts":         {"context": true},
 }
 
 func (d *denial) set(what string) {
@@ -165,7 +192,12 @@ var authActionNames = map[sqlite.AuthorizerActionCode]string{
 func readOnlyPolicy(rec *denial) sqlite.AuthorizerFn {
 	return func(action sqlite.AuthorizerActionCode, arg1, arg2, dbName, _ string) sqlite.AuthorizerReturnCode {
 		switch action {
-		case sqlite.AuthSelect, sqlite.AuthRead, sqlite.AuthRecursive:
+		case sqlite.AuthRead:
+			if rec.ignore(arg1, arg2) {
+				return sqlite.AuthorizerIgnore
+			}
+			return sqlite.AuthorizerOK
+		case sqlite.AuthSelect, sqlite.AuthRecursive:
 			return sqlite.AuthorizerOK
 		case sqlite.AuthTransaction:
 			// BEGIN / COMMIT / ROLLBACK: a read transaction, for several
@@ -198,18 +230,47 @@ func readOnlyPolicy(rec *denial) sqlite.AuthorizerFn {
 	}
 }
 
-// Query runs one read-only statement on the read-only pool and returns at
-// most maxRows rows (<= 0: DefaultQueryRows; capped at MaxQueryRows), with
-// truncated set when there were more (or the values passed 64 MiB). The
-// statement is cancelled after timeout (<= 0: DefaultQueryTimeout; capped at
-// MaxQueryTimeout) or when ctx ends; the error then wraps
-// context.DeadlineExceeded or context.Canceled. A statement that is not a
-// single SELECT / WITH / VALUES, or that would write anything, fails with
-// ErrNotReadOnly, naming what was refused. Values are int64, float64,
-// string, []byte or nil.
+// Result is what a sandbox query returns.
+type Result struct {
+	Cols      []string
+	Rows      [][]any
+	Truncated bool
+	// Masked names the SandboxMasked columns the statement read, which it
+	// saw as NULL ("table.column").
+	Masked []string
+}
+
+// Query runs one read-only statement for the SQL sandbox on the read-only
+// pool and returns at most maxRows rows (<= 0: DefaultQueryRows; capped at
+// MaxQueryRows), with truncated set when there were more (or the values
+// passed 64 MiB). The columns of SandboxMasked read as NULL (see Sandbox
+// for which were). The statement is cancelled after timeout (<= 0:
+// DefaultQueryTimeout; capped at MaxQueryTimeout) or when ctx ends; the
+// error then wraps context.DeadlineExceeded or context.Canceled. A
+// statement that is not a single SELECT / WITH / VALUES, or that would
+// write anything, fails with ErrNotReadOnly, naming what was refused.
+// Values are int64, float64, string, []byte or nil.
 func (s *Store) Query(ctx context.Context, query string, args []any, maxRows int, timeout time.Duration) (cols []string, rows [][]any, truncated bool, err error) {
+	res, err := s.Sandbox(ctx, query, args, maxRows, timeout)
+	return res.Cols, res.Rows, res.Truncated, err
+}
+
+// Sandbox is Query, also naming the masked columns the statement read.
+func (s *Store) Sandbox(ctx context.Context, query string, args []any, maxRows int, timeout time.Duration) (Result, error) {
+	var res Result
+	rec := &denial{mask: true}
+	err := s.query(ctx, rec, query, args, maxRows, timeout, &res)
+	res.Masked = rec.masked
+	slices.Sort(res.Masked)
+	if err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+func (s *Store) query(ctx context.Context, rec *denial, query string, args []any, maxRows int, timeout time.Duration, res *Result) error {
 	if err := classify(query); err != nil {
-		return nil, nil, false, fmt.Errorf("sqlstore: query: %w", err)
+		return fmt.Errorf("sqlstore: query: %w", err)
 	}
 	if maxRows <= 0 {
 		maxRows = DefaultQueryRows
@@ -224,45 +285,47 @@ func (s *Store) Query(ctx context.Context, query string, args []any, maxRows int
 
 	conn, err := s.ro.Conn(ctx)
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("sqlstore: query: %w", err)
+		return fmt.Errorf("sqlstore: query: %w", err)
 	}
 	defer conn.Close()
-	rec := &denial{}
 	if err := setPolicy(conn, rec); err != nil {
-		return nil, nil, false, fmt.Errorf("sqlstore: query: %w", err)
+		return fmt.Errorf("sqlstore: query: %w", err)
 	}
 	defer func() {
-		// Back to the pool's plain policy; should that fail, the recording
-		// one stays, which denies the same.
-		_ = setPolicy(conn, nil)
+		// Back to the pool's plain policy. Should that fail, the sandbox's
+		// stays, which denies the same but masks: the connection is
+		// dropped from the pool instead of serving others.
+		if err := setPolicy(conn, nil); err != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
 	}()
 	for _, l := range [][2]int{{sqlite3.SQLITE_LIMIT_ATTACHED, 0}, {sqlite3.SQLITE_LIMIT_LENGTH, maxValueBytes}} {
 		if _, err := sqlite.Limit(conn, l[0], l[1]); err != nil {
-			return nil, nil, false, fmt.Errorf("sqlstore: query: set limit: %w", err)
+			return fmt.Errorf("sqlstore: query: set limit: %w", err)
 		}
 	}
 
 	r, err := conn.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, nil, false, queryErr(ctx, rec, err)
+		return queryErr(ctx, rec, err)
 	}
 	defer r.Close()
-	if cols, err = r.Columns(); err != nil {
-		return nil, nil, false, queryErr(ctx, rec, err)
+	if res.Cols, err = r.Columns(); err != nil {
+		return queryErr(ctx, rec, err)
 	}
 	size := 0
 	for r.Next() {
-		if len(rows) == maxRows || size > maxQueryBytes {
-			truncated = true
+		if len(res.Rows) == maxRows || size > maxQueryBytes {
+			res.Truncated = true
 			break
 		}
-		vals := make([]any, len(cols))
-		ptrs := make([]any, len(cols))
+		vals := make([]any, len(res.Cols))
+		ptrs := make([]any, len(res.Cols))
 		for i := range vals {
 			ptrs[i] = &vals[i]
 		}
 		if err := r.Scan(ptrs...); err != nil { // Scan into *any copies []byte
-			return nil, nil, false, queryErr(ctx, rec, err)
+			return queryErr(ctx, rec, err)
 		}
 		for _, v := range vals {
 			switch v := v.(type) {
@@ -274,12 +337,12 @@ func (s *Store) Query(ctx context.Context, query string, args []any, maxRows int
 				size += 8
 			}
 		}
-		rows = append(rows, vals)
+		res.Rows = append(res.Rows, vals)
 	}
 	if err := r.Err(); err != nil {
-		return nil, nil, false, queryErr(ctx, rec, err)
+		return queryErr(ctx, rec, err)
 	}
-	return cols, rows, truncated, nil
+	return nil
 }
 
 func setPolicy(conn *sql.Conn, rec *denial) error {

@@ -19,6 +19,7 @@ type migration struct {
 var migrations = []migration{
 	{sql: schemaV1},
 	{sql: migrationV2, data: refileRawEvents},
+	{sql: migrationV3},
 }
 
 // schema is the current schema whole: what a new database is created with
@@ -60,9 +61,13 @@ CREATE TABLE batches (
 	events   INTEGER NOT NULL,
 	root     BLOB NOT NULL,     -- RFC 6962 Merkle tree hash over the events' canonical CBOR
 	ingested INTEGER NOT NULL,  -- center clock
+	purged   INTEGER,           -- retention removed its events: the ledger entry that recorded it; NULL while stored
 	PRIMARY KEY (host, seq)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX batches_ingested ON batches (ingested);
+-- Retention: a batch is as old as its newest event, by the agent's clock
+-- but never newer than its arrival (purge.go).
+CREATE INDEX batches_due ON batches (host, min(ts_end, ingested), seq) WHERE purged IS NULL;
 
 -- The process table: one row per process incarnation, as known from its
 -- fork, last exec and exit (same rules as the agent's table in store/).
@@ -105,6 +110,7 @@ CREATE TABLE processes (
 CREATE INDEX processes_parent ON processes (host, ppid, pstart, pid, start);
 CREATE INDEX processes_start_time ON processes (start_time);
 CREATE INDEX processes_live ON processes (host, pid) WHERE exit_time IS NULL;
+CREATE INDEX processes_exited ON processes (host, exit_time) WHERE exit_time IS NOT NULL;
 
 -- Every fork, exec and exit exactly as the agent reported it. Exec fields are
 -- NULL unless the event carried an image (uid IS NOT NULL); exit fields NULL
@@ -450,7 +456,37 @@ CREATE TABLE rule_cursors (
 	last_id INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (rule_id, tbl)
 ) STRICT, WITHOUT ROWID;
+` + retentionRunsDDL
+
+// retentionRunsDDL: one row per retention pass over a site (purge.go), for
+// admins to query: when it ran, up to what, and what it removed.
+const retentionRunsDDL = `
+CREATE TABLE retention_runs (
+	id        INTEGER PRIMARY KEY AUTOINCREMENT,
+	site      TEXT NOT NULL,
+	window_s  INTEGER NOT NULL,
+	cutoff    INTEGER NOT NULL,            -- batches older than this had their events removed
+	started   INTEGER NOT NULL,            -- center clock
+	finished  INTEGER,                     -- NULL while running, or if it was interrupted
+	batches   INTEGER NOT NULL DEFAULT 0,
+	events    INTEGER NOT NULL DEFAULT 0,  -- event rows removed
+	bytes     INTEGER NOT NULL DEFAULT 0,  -- sealed batch bytes removed from the batch store
+	processes INTEGER NOT NULL DEFAULT 0,
+	links     INTEGER NOT NULL DEFAULT 0,
+	held      INTEGER NOT NULL DEFAULT 0,  -- due batches kept for an open or held trace
+	error     TEXT
+) STRICT;
 `
+
+// migrationV3: retention (purge.go). A batch whose events were purged
+// keeps its row (the idempotency guard, with its root and counts), marked
+// with the ledger entry that recorded the purge; indexes find what is due
+// per host; retention_runs records each pass.
+const migrationV3 = `
+ALTER TABLE batches ADD COLUMN purged INTEGER;
+CREATE INDEX batches_due ON batches (host, min(ts_end, ingested), seq) WHERE purged IS NULL;
+CREATE INDEX processes_exited ON processes (host, exit_time) WHERE exit_time IS NOT NULL;
+` + retentionRunsDDL
 
 // migrationV2: file, socket, hash, memory and note events of focused traces
 // get typed rows (trace_notes is new; exe_hashes, mem_snippets and

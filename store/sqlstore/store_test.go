@@ -270,7 +270,7 @@ func TestIngestColumns(t *testing.T) {
 		"version": "", "addresses": "[]", "site_tag": "", "proxy_path": "[]", "first_seen": now, "last_seen": now,
 		"last_event": int64(7000), "health": "{}", "health_time": nil, "lost_events": "{}"})
 	checkRow(t, "batches", rowMap(t, s, "SELECT * FROM batches"), map[string]any{"host": "web-1", "seq": int64(7),
-		"ts_start": int64(1000), "ts_end": int64(7000), "events": int64(8), "root": string(b.Root[:]), "ingested": now})
+		"ts_start": int64(1000), "ts_end": int64(7000), "events": int64(8), "root": string(b.Root[:]), "ingested": now, "purged": nil})
 
 	// The rows rebuild the signed events exactly: each re-encodes to its
 	// Merkle leaf and proves against the root.

@@ -9,7 +9,7 @@
 // center opens the batch (OpenBatch: signature first, then bounded
 // decompression and decoding, then the Merkle root over the events) and
 // dedups by (agent_id, seq) with a SeqWindow. Control frames (Command, CRL,
-// RenewResponse) travel the same codec downward.
+// RenewResponse, RulePacks) travel the same codec downward.
 //
 // Everything read from a link is untrusted: every decoder here enforces
 // explicit Limits (frame size, nesting depth, array and map lengths,

@@ -35,7 +35,7 @@ const (
 )
 
 var typeNames = [...]string{"", "hello", "hello-ack", "batch", "ack", "nack", "command",
-	"command-ack", "crl", "renew-request", "renew-response", "announce", "ping", "pong", "health"}
+	"command-ack", "crl", "renew-request", "renew-response", "announce", "ping", "pong", "health", "rule-packs"}
 
 func (t Type) String() string {
 	if t != 0 && int(t) < len(typeNames) {
@@ -315,6 +315,8 @@ func newFrame(t Type) Frame {
 		return new(Pong)
 	case TypeHealth:
 		return new(Health)
+	case TypeRulePacks:
+		return new(RulePacks)
 	}
 	return nil
 }
@@ -376,6 +378,8 @@ func validate(f Frame) error {
 		if m.NodeID == "" {
 			return malformed("renew-response: empty node id")
 		}
+	case *RulePacks:
+		return m.validate()
 	}
 	return nil
 }

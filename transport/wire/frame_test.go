@@ -31,6 +31,9 @@ func allFrames() []Frame {
 		&Pong{Nonce: 42, Time: 1_760_000_000_123_456_789},
 		&Health{NodeID: "web-1", Role: RoleAgent, Version: "daemoneye 1.0", Addresses: []string{"10.0.0.2"}, Time: 1_760_000_000_123_456_789,
 			Lost: map[string]uint64{"ring_full": 3}, Figures: map[string]uint64{"events_stored": 9}, Path: []string{"px2", "px1"}},
+		&RulePacks{Seq: 1_760_000_000_000_000_001, Packs: []RulePack{
+			{Name: "site", Data: []byte("format: 1\npack: site\nversion: \"2\"\nrules: []\n"), Sig: []byte("c2lnbmF0dXJl\n")},
+			{Name: "unsigned", Data: []byte("format: 1\npack: unsigned\n")}}},
 	}
 }
 
@@ -44,7 +47,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		}
 		seen[f.Type()] = true
 	}
-	for typ := TypeHello; typ <= TypePong; typ++ {
+	for typ := TypeHello; typ <= TypeRulePacks; typ++ {
 		if !seen[typ] {
 			t.Errorf("allFrames has no %s", typ)
 		}

@@ -168,7 +168,7 @@ async function allEvents(id) {
   return { ...first, events };
 }
 
-const speeds = [['0.5×', 2000], ['1×', 1000], ['2×', 500], ['5×', 200], ['20×', 50]];
+const speeds = [['0.5×', 2000], ['1×', 1000], ['2×', 500], ['5×', 200], ['20×', 50], ['100×', 10]];
 
 export async function traceView(el, id) {
   const t = await allEvents(id);
@@ -187,8 +187,17 @@ export async function traceView(el, id) {
   const graph = h('div', { id: 'graph' });
   const msg = h('div', {});
   const actions = h('p', {},
-    can('analyst') ? h('a', { id: 'export', href: `/api/v1/traces/${encodeURIComponent(id)}/export`, download: `${id}.dpkg` },
-      h('button', { tabindex: -1 }, 'Export signed package')) : null, ' ',
+    can('analyst') ? h('button', { id: 'export', onclick: async () => {
+      // The package holds the events as the agents signed them, command
+      // lines included: an export is a reveal and takes a reason.
+      const reason = await askReason('Export the signed package',
+        `Trace ${id}: the package holds its command lines and environments as recorded. The reason is recorded with the export.`, 'Export');
+      if (reason === null) return;
+      const a = h('a', { href: `/api/v1/traces/${encodeURIComponent(id)}/export?reason=${encodeURIComponent(reason)}`, download: `${id}.dpkg` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    } }, 'Export signed package…') : null, ' ',
     can('analyst') && ['approved', 'active'].includes(tr.state) ? h('button', { id: 'stop-trace', onclick: async () => {
       const reason = await askReason('Stop the trace', `Trace ${id} on ${tr.host}.`, 'Stop');
       if (reason === null) return;

@@ -1,0 +1,9 @@
+package treetest
+
+import (
+	"testing"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
