@@ -521,7 +521,7 @@ func (r *run) startAgents(ctx context.Context) error {
 	r.res.Routable = time.Since(t0)
 	// Known: each agent's first batch (its running processes) is in SQL.
 	for {
-		got, _, err := r.sqlHosts(ctx)
+		got, err := r.sqlHosts(ctx)
 		if err == nil && got >= o.Agents {
 			break
 		}
@@ -588,10 +588,10 @@ func (r *run) sqlBatches(ctx context.Context) (batches, events uint64, err error
 }
 
 // sqlHosts counts the hosts with at least one batch in the SQL store.
-func (r *run) sqlHosts(ctx context.Context) (int, int, error) {
+func (r *run) sqlHosts(ctx context.Context) (int, error) {
 	var n int
 	err := r.db.QueryRowContext(ctx, `SELECT count(DISTINCT host) FROM batches`).Scan(&n)
-	return n, 0, err
+	return n, err
 }
 
 // waitRoundTrips waits a little for the last trace requests' answers.
