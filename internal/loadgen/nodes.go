@@ -254,8 +254,11 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 			continue
 		}
 		name := line[:sp]
-		if i := strings.IndexByte(name, '{'); i >= 0 {
+		if i := strings.IndexAny(name, "{ \t"); i >= 0 {
 			name = name[:i]
+		}
+		if name == "" {
+			continue
 		}
 		out[name] += v
 	}
