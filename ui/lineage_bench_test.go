@@ -16,6 +16,8 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -151,6 +153,9 @@ func traceWith1000(b *testing.B) (string, string, *benchAPI) {
 	// Chromium cannot use; the browser reaches the same handler through a
 	// TLS server with a certificate it can (as browser_test.go does).
 	srv := httptest.NewUnstartedServer(c.API.Handler())
+	// Chromium drops spare connections; the server's log of that would
+	// split the benchmark's result line.
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	b.Cleanup(srv.Close)

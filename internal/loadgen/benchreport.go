@@ -25,13 +25,19 @@ type BenchRun struct {
 	Metrics map[string]float64
 }
 
-var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+(.*)$`)
+var (
+	benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+(.*)$`)
+	// A benchmark that logs while it runs splits its result: the name,
+	// then the log, then "N  value unit ..." on a line of its own.
+	benchName = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?(?:\s|$)`)
+	benchRest = regexp.MustCompile(`^(\d+)\s+(\S+ ns/op.*)$`)
+)
 
 // ParseBench reads go test benchmark output (several packages, in any
 // order) and returns every result line.
 func ParseBench(r io.Reader) ([]BenchRun, error) {
 	var out []BenchRun
-	pkg := ""
+	pkg, pending := "", ""
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 4<<20)
 	for sc.Scan() {
@@ -42,8 +48,16 @@ func ParseBench(r io.Reader) ([]BenchRun, error) {
 		}
 		m := benchLine.FindStringSubmatch(line)
 		if m == nil {
-			continue
+			if r := benchRest.FindStringSubmatch(line); r != nil && pending != "" {
+				m = []string{line, pending, r[1], r[2]}
+			} else {
+				if n := benchName.FindStringSubmatch(line); n != nil {
+					pending = n[1]
+				}
+				continue
+			}
 		}
+		pending = ""
 		f := strings.Fields(m[3])
 		if len(f) < 2 || len(f)%2 != 0 {
 			continue // a log line that starts like a result
