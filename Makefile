@@ -55,7 +55,7 @@ generate: deps-generate ## Rebuild the generated eBPF objects (needs clang; inst
 	bash bpf/generate.sh
 	bash ui/build.sh
 
-bench: build ## Run the benchmarks and print their figures (see BENCHMARKS.md).
+bench: build ## As root, ~25 min: run every benchmark and write bench-report.md (each figure beside its target and its same-run reference; raw output in .bench/).
 	bash testdata/bench/run.sh
 
 DEMO_DIR    ?= $(CURDIR)/.demo

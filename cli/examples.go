@@ -176,7 +176,14 @@ var examples = map[string][]string{
 	},
 	"bench scale": {
 		"daemoneye bench scale --agents 100 --duration 2m",
-		"daemoneye bench scale --agents 1000 --top 2 --fanout 2 --rate 2 --batch-ms 10000 --duration 10m",
+		"# Issue 10's run: 1,000 agents through 2 proxy levels for 10 minutes, one host with 10,000 processes",
+		"daemoneye bench scale --agents 1000 --top 2 --fanout 2 --rate 2 --batch-ms 10000 --duration 10m --big-host 10000",
+		"# Keep the stores and logs, and the center's and proxies' CPU profiles",
+		"daemoneye bench scale --agents 100 --duration 1m --keep --dir /var/tmp/scale --profile-dir /var/tmp/scale-prof",
+	},
+	"bench report": {
+		"# What make bench does with its raw output",
+		"daemoneye bench report --out bench-report.md .bench/bench-20261125T023041Z.txt",
 	},
 }
 

@@ -342,26 +342,45 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 		errc <- l.Receive(LaneControl, func(b []byte) error { return u.control(b, lanes, pokeLane) })
 	}()
 	// One sender per lane: a bulk lane blocked on a full link queue (a slow
-	// parent) must not hold trace batches back.
+	// parent) must not hold trace batches back. A sender sleeps until
+	// something can change what it may send: an append (every appender
+	// kicks its lane once the entry is durable), an ack or nack (room in
+	// the window), or the end of a pause. It does not poll the WAL: an
+	// idle node's senders cost nothing, which is what lets one host carry
+	// many of them (the scale benchmark's simulated agents) and keeps a
+	// real agent quiet.
 	for _, ln := range []Lane{LaneTrace, LaneAlert, LaneBulk} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tick := time.NewTicker(50 * time.Millisecond)
-			defer tick.Stop()
+			// A timer, stopped while nothing is pending: the end of a
+			// pause, or the safety net below.
+			timer := time.NewTimer(senderSafetyNet)
+			defer timer.Stop()
 			for {
 				if err := u.fill(sctx, l, ln, lanes[ln]); err != nil {
 					errc <- err
 					return
 				}
+				// The safety net rescans a lane now and then in case an
+				// appender forgot to kick; the kicks are what deliver.
+				wait := senderSafetyNet
+				st := lanes[ln]
+				st.mu.Lock()
+				if d := time.Until(st.paused); d > 0 {
+					wait = d
+				}
+				st.mu.Unlock()
+				timer.Reset(wait)
 				select {
 				case <-sctx.Done():
 					errc <- nil
 					return
 				case <-wake[ln]:
 				case <-u.kick[ln]:
-				case <-tick.C:
+				case <-timer.C:
 				}
+				timer.Stop()
 			}
 		}()
 	}
@@ -394,6 +413,11 @@ func (u *Uplink) session(ctx context.Context, idx int, l *Link) error {
 }
 
 var errSwitchPrimary = errors.New("returning to the primary parent")
+
+// senderSafetyNet is how often an idle lane sender looks at its WAL lane
+// without being woken. Appenders kick (Kick, KickLane); this only bounds
+// the delay should one not.
+const senderSafetyNet = 5 * time.Second
 
 // fill sends WAL entries of one lane until its window is full.
 func (u *Uplink) fill(ctx context.Context, l *Link, ln Lane, st *laneState) error {

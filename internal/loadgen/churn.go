@@ -1,11 +1,9 @@
 package loadgen
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"time"
 
 	"github.com/evilbitlabs/daemoneye/capture"
 )
@@ -35,10 +33,12 @@ var roots = []proc{
 	{capture.ProcKey{PID: 901, Start: 4}, "bash"},
 }
 
-// Benign programs a server runs all day (none of them matches a rule of
-// the default pack, so alerts come only from the probes).
+// Benign programs a server runs all day. None matches a rule of the
+// default pack, so alerts come only from the probes: no shell among them,
+// since a shell that connects out is the default pack's reverse-shell
+// rule (shell-connects-out), and the churn connects from its processes.
 var programs = []struct{ exe, comm string }{
-	{"/usr/bin/bash", "bash"}, {"/usr/bin/ls", "ls"}, {"/usr/bin/cat", "cat"}, {"/usr/bin/grep", "grep"},
+	{"/usr/bin/find", "find"}, {"/usr/bin/ls", "ls"}, {"/usr/bin/cat", "cat"}, {"/usr/bin/grep", "grep"},
 	{"/usr/bin/sed", "sed"}, {"/usr/bin/date", "date"}, {"/usr/bin/sleep", "sleep"}, {"/usr/bin/awk", "awk"},
 	{"/usr/bin/sort", "sort"}, {"/usr/bin/logger", "logger"}, {"/usr/sbin/logrotate", "logrotate"},
 	{"/usr/bin/python3", "python3"}, {"/usr/lib/postgresql/15/bin/postgres", "postgres"},
@@ -99,62 +99,55 @@ func (c *churn) probe(now int64, n int) capture.Event {
 		Exec: &capture.Exec{Exe: fmt.Sprintf("/tmp/.loadgen/payload-%d", n), Argv: []string{"payload"}, Cwd: "/tmp", UID: 33, GID: 33}}
 }
 
-// injected is an event the generator has an agent store out of band (an
-// exec from /tmp, a trace event): the agent's own goroutine builds and
-// stores it, kicks the shipper, then reports it through stored.
-type injected struct {
-	make   func(c *churn, now int64) capture.Event
-	stored func(ev capture.Event)
+// seedEvents are the exec events (source "seed") a starting agent ships
+// for the processes already running (as roles/agent does after its /proc
+// scan): here the host's roots, so that the center knows them, and a
+// trace can be requested on them, from the start.
+func seedEvents(now int64) []capture.Event {
+	evs := make([]capture.Event, 0, len(roots))
+	for _, r := range roots {
+		parent := capture.ProcKey{}
+		if r.key.PID != 1 {
+			parent = roots[0].key
+		}
+		evs = append(evs, capture.Event{Time: now, Kind: capture.KindExec, Proc: r.key, Parent: parent, Comm: r.comm, Source: "seed",
+			Exec: &capture.Exec{Exe: "/usr/sbin/" + r.comm, Argv: []string{r.comm}, Cwd: "/"}})
+	}
+	return evs
 }
 
-// emit stores churn at rate events per second until ctx ends, one store
-// append every 100ms (the real agent appends what its sensor read in
-// batches too), plus whatever the generator injects. The shipper cuts
-// batches on its own timer (agent.stream.batch_max_ms), as in a real
-// agent; injected events that must travel at once kick it.
-func (a *simAgent) emit(ctx context.Context, rate float64, phase time.Duration) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(phase):
+// bigHost is a host with many live processes (the concept's "10k
+// processes"): a random recursive tree under the roots, as a busy build or
+// container host has, shipped as seed events. deep is a process at the
+// tree's greatest depth (for ancestor queries); its depth is counted from
+// systemd.
+type bigHost struct {
+	events []capture.Event
+	deep   capture.ProcKey
+	depth  int
+}
+
+func newBigHost(c *churn, n int, now int64) bigHost {
+	type node struct {
+		p     proc
+		depth int
 	}
-	const period = 100 * time.Millisecond
-	t := time.NewTicker(period)
-	defer t.Stop()
-	var budget float64
-	var buf []capture.Event
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case in := <-a.inject:
-			// Built here: the churn belongs to this goroutine.
-			ev := in.make(a.churn, time.Now().UnixNano())
-			if a.append([]capture.Event{ev}) {
-				in.stored(ev)
-				a.ship.Kick()
-			}
-		case <-t.C:
-			budget += rate * period.Seconds()
-			now := time.Now().UnixNano()
-			buf = buf[:0]
-			for float64(len(buf)) < budget {
-				buf = a.churn.step(now+int64(len(buf)), buf)
-			}
-			budget -= float64(len(buf))
-			a.append(buf)
+	nodes := make([]node, 0, n+len(roots))
+	for i, r := range roots {
+		nodes = append(nodes, node{r, min(i, 1)})
+	}
+	var h bigHost
+	for range n {
+		parent := nodes[c.rng.IntN(len(nodes))]
+		prog := programs[c.rng.IntN(len(programs))]
+		child := c.newProc(prog.comm)
+		nd := node{child, parent.depth + 1}
+		nodes = append(nodes, nd)
+		h.events = append(h.events, capture.Event{Time: now, Kind: capture.KindExec, Proc: child.key, Parent: parent.p.key, Comm: prog.comm, Source: "seed",
+			Exec: &capture.Exec{Exe: prog.exe, Argv: []string{prog.comm, fmt.Sprintf("--worker=%d", len(nodes))}, Cwd: "/srv", UID: 1000, GID: 1000}})
+		if nd.depth > h.depth {
+			h.depth, h.deep = nd.depth, child.key
 		}
 	}
-}
-
-func (a *simAgent) append(evs []capture.Event) bool {
-	if len(evs) == 0 {
-		return false
-	}
-	if _, _, err := a.st.Append(evs); err != nil {
-		a.errs.Add(1)
-		return false
-	}
-	a.emitted.Add(uint64(len(evs)))
-	return true
+	return h
 }

@@ -65,6 +65,8 @@ type Center struct {
 
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
+	// fleetReg coalesces the registry's updates on route changes (fleet.go).
+	fleetReg fleetRegistrar
 
 	ackMu sync.Mutex
 	acks  map[string][]wire.CommandAck // command id -> acks received

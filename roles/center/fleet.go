@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/store/sqlstore"
@@ -60,11 +62,50 @@ func hostOf(h wire.Health, now time.Time) sqlstore.Host {
 		ProxyPath: path, LastSeen: now}
 }
 
+// fleetRegistrar coalesces the fleet registry's updates. Every change of
+// the routes (a child connects, a proxy announces an agent) asks for one;
+// with a thousand agents joining that is a thousand changes, and a pass
+// that upserted every node each time was quadratic (half a million
+// transactions, holding the SQL writer that ingest and alerts wait for).
+// Now one pass runs at a time, a change during it asks for one more, and a
+// pass writes only the nodes whose kind or path it has not written yet.
+type fleetRegistrar struct {
+	mu      sync.Mutex
+	running bool
+	again   bool
+	written map[string]string // node id -> the kind and path last written by a pass
+}
+
 // registerFleet records every node below the center in the fleet registry,
 // with the path of proxies it is reached through. A node that reported its
 // health keeps what it reported (version, addresses, its full path).
 func (c *Center) registerFleet(ctx context.Context) {
+	r := &c.fleetReg
+	r.mu.Lock()
+	if r.running {
+		r.again = true
+		r.mu.Unlock()
+		return
+	}
+	r.running = true
+	r.mu.Unlock()
+	for {
+		c.registerFleetOnce(ctx)
+		r.mu.Lock()
+		if !r.again {
+			r.running = false
+			r.mu.Unlock()
+			return
+		}
+		r.again = false
+		r.mu.Unlock()
+	}
+}
+
+func (c *Center) registerFleetOnce(ctx context.Context) {
 	now := time.Now()
+	r := &c.fleetReg
+	present := map[string]bool{}
 	// A host not heard from since the start keeps the site it reported:
 	// retention windows go by site.
 	sites := map[string]string{}
@@ -76,6 +117,7 @@ func (c *Center) registerFleet(ctx context.Context) {
 		}
 	}
 	upsert := func(h sqlstore.Host) {
+		present[h.AgentID] = true
 		c.fleetMu.Lock()
 		rep, ok := c.fleet[h.AgentID]
 		c.fleetMu.Unlock()
@@ -84,9 +126,23 @@ func (c *Center) registerFleet(ctx context.Context) {
 		} else {
 			h.SiteTag = sites[h.AgentID]
 		}
+		key := string(h.Kind) + " " + strings.Join(h.ProxyPath, " ")
+		r.mu.Lock()
+		done := r.written[h.AgentID] == key
+		r.mu.Unlock()
+		if done {
+			return
+		}
 		if err := c.SQL.UpsertHost(ctx, h); err != nil {
 			c.log.Warn("fleet registry", "node", h.AgentID, "err", err)
+			return
 		}
+		r.mu.Lock()
+		if r.written == nil {
+			r.written = map[string]string{}
+		}
+		r.written[h.AgentID] = key
+		r.mu.Unlock()
 	}
 	for _, ch := range c.srv.Children() {
 		kind := sqlstore.KindAgent
@@ -101,4 +157,13 @@ func (c *Center) registerFleet(ctx context.Context) {
 			upsert(sqlstore.Host{AgentID: a, Kind: sqlstore.KindAgent, ProxyPath: []string{ch.ID}, LastSeen: now})
 		}
 	}
+	// A node that went away is written again when it comes back (its
+	// last_seen moves).
+	r.mu.Lock()
+	for id := range r.written {
+		if !present[id] {
+			delete(r.written, id)
+		}
+	}
+	r.mu.Unlock()
 }
