@@ -14,14 +14,10 @@ package agent
 import (
 	"bytes"
 	"context"
-	"errors"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 	"github.com/evilbitlabs/daemoneye/rules"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
@@ -171,11 +167,7 @@ func (r *agentRules) savePushed(seq uint64, kept []pushedPack) error {
 	for _, pp := range kept {
 		keep.Packs = append(keep.Packs, pp.RulePack)
 	}
-	b, err := wire.AppendFrame(nil, keep)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(filepath.Join(r.dataDir, pushedFile), b, 0o600)
+	return wire.SaveRulePacks(filepath.Join(r.dataDir, pushedFile), keep)
 }
 
 // loadPushed reads the packs kept from the center and verifies them again
@@ -183,20 +175,12 @@ func (r *agentRules) savePushed(seq uint64, kept []pushedPack) error {
 // ignored: the center sends the set again.
 func (r *agentRules) loadPushed() {
 	path := filepath.Join(r.dataDir, pushedFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	set, err := wire.LoadRulePacks(path)
+	if err != nil {
+		r.log.Warn("kept rule packs from the center unreadable: waiting for the center's", "file", path, "err", err)
 		return
 	}
-	if err == nil && len(b) > wire.DefaultMaxFrameSize+4 {
-		err = errors.New("larger than a frame")
-	}
-	var f wire.Frame
-	if err == nil {
-		f, err = wire.NewReader(bytes.NewReader(b), wire.Limits{}).ReadFrame()
-	}
-	set, ok := f.(*wire.RulePacks)
-	if err != nil || !ok {
-		r.log.Warn("kept rule packs from the center unreadable: waiting for the center's", "file", path, "err", err)
+	if set == nil {
 		return
 	}
 	r.current = r.verifyPush(set, nil)

@@ -7,13 +7,8 @@ package proxy
 // their own keys.
 
 import (
-	"bytes"
-	"errors"
-	"io/fs"
-	"os"
 	"path/filepath"
 
-	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -28,20 +23,12 @@ func (p *Proxy) rulePacksPath() string {
 // loadRulePacks reads the kept set at start. A damaged file is logged and
 // ignored: the parent sends the set again.
 func (p *Proxy) loadRulePacks() {
-	b, err := os.ReadFile(p.rulePacksPath())
-	if errors.Is(err, fs.ErrNotExist) {
+	set, err := wire.LoadRulePacks(p.rulePacksPath())
+	if err != nil {
+		p.log.Warn("kept rule packs unreadable: waiting for the parent's", "file", p.rulePacksPath(), "err", err)
 		return
 	}
-	if err == nil && len(b) > wire.DefaultMaxFrameSize+4 {
-		err = errors.New("larger than a frame")
-	}
-	var f wire.Frame
-	if err == nil {
-		f, err = wire.NewReader(bytes.NewReader(b), wire.Limits{}).ReadFrame()
-	}
-	set, ok := f.(*wire.RulePacks)
-	if err != nil || !ok {
-		p.log.Warn("kept rule packs unreadable: waiting for the parent's", "file", p.rulePacksPath(), "err", err)
+	if set == nil {
 		return
 	}
 	p.log.Info("rule packs kept from before", "packs", len(set.Packs), "seq", set.Seq)
@@ -59,11 +46,7 @@ func (p *Proxy) rulePacks(set *wire.RulePacks) {
 		}
 		return
 	}
-	b, err := wire.AppendFrame(nil, set)
-	if err == nil {
-		err = atomicfile.Write(p.rulePacksPath(), b, 0o600)
-	}
-	if err != nil {
+	if err := wire.SaveRulePacks(p.rulePacksPath(), set); err != nil {
 		p.log.Error("keep rule packs (passed down all the same)", "err", err)
 	}
 	p.log.Info("rule packs from the parent; passing them down", "packs", len(set.Packs), "seq", set.Seq, "children", len(p.srv.Children()))

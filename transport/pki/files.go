@@ -83,6 +83,12 @@ func WriteKeyPair(dir, name string, certPEM, keyPEM []byte) error {
 // must not be readable by group or others, and the key must be Ed25519 and
 // match the certificate. The returned certificate has Leaf set.
 func LoadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
+	return loadPair(certFile, keyFile, KeyPair)
+}
+
+// loadPair reads a certificate file and a key file private to its owner
+// and builds the TLS certificate with parse.
+func loadPair(certFile, keyFile string, parse func(certPEM, keyPEM []byte) (*tls.Certificate, error)) (*tls.Certificate, error) {
 	if err := checkKeyMode(keyFile); err != nil {
 		return nil, err
 	}
@@ -94,7 +100,7 @@ func LoadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load key: %w", err)
 	}
-	c, err := KeyPair(certPEM, keyPEM)
+	c, err := parse(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("load %s and %s: %w", certFile, keyFile, err)
 	}

@@ -351,22 +351,7 @@ func (noKey) Equal(crypto.PublicKey) bool { return false }
 // Ed25519 or ECDSA, for the API's TLS. The key file must be private to its
 // owner and match the leaf.
 func LoadServerKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
-	if err := checkKeyMode(keyFile); err != nil {
-		return nil, err
-	}
-	certPEM, err := os.ReadFile(certFile)
-	if err != nil {
-		return nil, fmt.Errorf("load certificate: %w", err)
-	}
-	keyPEM, err := os.ReadFile(keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load key: %w", err)
-	}
-	c, err := ServerKeyPair(certPEM, keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("load %s and %s: %w", certFile, keyFile, err)
-	}
-	return c, nil
+	return loadPair(certFile, keyFile, ServerKeyPair)
 }
 
 // ServerKeyPair is LoadServerKeyPair on PEM bytes.

@@ -7,6 +7,16 @@ package wire
 // marked runs_on agent. Nothing here is trusted for a pack's content: the
 // signature, checked by the agent, is.
 
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
+)
+
 // TypeRulePacks carries a RulePacks frame.
 const TypeRulePacks Type = 15
 
@@ -57,4 +67,38 @@ func (m *RulePacks) validate() error {
 		seen[p.Name] = true
 	}
 	return nil
+}
+
+// SaveRulePacks keeps a set in a file (its frame bytes, replaced
+// atomically), for a node to have it again after a restart.
+func SaveRulePacks(path string, set *RulePacks) error {
+	b, err := AppendFrame(nil, set)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, b, 0o600)
+}
+
+// LoadRulePacks reads a set SaveRulePacks kept: nil and no error when
+// there is none, an error when the file is not one whole RulePacks frame.
+func LoadRulePacks(path string) (*RulePacks, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err == nil && len(b) > DefaultMaxFrameSize+4 {
+		err = errors.New("larger than a frame")
+	}
+	var f Frame
+	if err == nil {
+		f, err = NewReader(bytes.NewReader(b), Limits{}).ReadFrame()
+	}
+	if err != nil {
+		return nil, err
+	}
+	set, ok := f.(*RulePacks)
+	if !ok {
+		return nil, fmt.Errorf("a %T frame, not rule packs", f)
+	}
+	return set, nil
 }

@@ -64,3 +64,26 @@ func TestWriteRulePacksCorpus(t *testing.T) {
 		}
 	}
 }
+
+func TestSaveLoadRulePacks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rulepacks.frame")
+	if set, err := LoadRulePacks(path); set != nil || err != nil {
+		t.Fatalf("no file: %v, %v; want nil, nil", set, err)
+	}
+	want := &RulePacks{Seq: 7, Packs: []RulePack{{Name: "site.yaml", Data: []byte("format: 1\n"), Sig: []byte("sig")}}}
+	if err := SaveRulePacks(path, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadRulePacks(path)
+	if err != nil || got.Seq != 7 || len(got.Packs) != 1 || got.Packs[0].Name != "site.yaml" || string(got.Packs[0].Data) != "format: 1\n" {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for _, bad := range [][]byte{[]byte("garbage"), nil} {
+		if err := os.WriteFile(path, bad, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if set, err := LoadRulePacks(path); err == nil {
+			t.Errorf("%q: %+v, want an error", bad, set)
+		}
+	}
+}
