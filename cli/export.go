@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"net/url"
 	"os"
 
+	"github.com/evilbitlabs/daemoneye/internal/apiclient"
 	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 	"github.com/evilbitlabs/daemoneye/ledger"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
@@ -73,39 +73,11 @@ func (c *ExportCmd) Run(ctx context.Context, g *Globals) error {
 // bytes), reporting progress on stderr for a long one; an error answer
 // becomes an error with the API's message.
 func (c *apiClient) download(ctx context.Context, path string, limit int64, stderr io.Writer) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	resp, err := c.Open(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("api: %w", err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		// The error text is JSON; do decodes it the same way.
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return nil, apiStatusError("GET", path, resp.StatusCode, data)
-	}
 	pr := newProgress(stderr, "export: downloaded", resp.ContentLength, true)
-	data, err := io.ReadAll(io.LimitReader(pr.reader(resp.Body), limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("api: GET %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("api: GET %s: answer larger than %d bytes", path, limit)
-	}
-	return data, nil
-}
-
-// apiStatusError is an error answer as apiClient.do reports it: the API's
-// own message when it sent one.
-func apiStatusError(method, path string, status int, body []byte) error {
-	var e struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return fmt.Errorf("%s %s: %s (HTTP %d)", method, path, e.Error, status)
-	}
-	return fmt.Errorf("%s %s: HTTP %d", method, path, status)
+	return apiclient.ReadAll(pr.reader(resp.Body), limit, http.MethodGet, path)
 }

@@ -105,7 +105,7 @@ func (c *TraceStartCmd) Run(ctx context.Context, g *Globals) error {
 			cmd.CollectMemory = true
 		}
 	}
-	st, err := wire.SignTrace(cmd, cl.key(), cl.cert.Certificate[0])
+	st, err := wire.SignTrace(cmd, cl.key(), cl.Certificate().Certificate[0])
 	if err != nil {
 		return err
 	}

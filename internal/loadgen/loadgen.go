@@ -711,7 +711,7 @@ func (r *run) teardown() {
 		r.center.stop(time.Minute)
 	}
 	if r.op != nil {
-		r.op.http.CloseIdleConnections()
+		r.op.Close()
 	}
 }
 

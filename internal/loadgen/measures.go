@@ -6,18 +6,13 @@ package loadgen
 // center recorded itself).
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
-	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -28,7 +23,7 @@ import (
 	_ "modernc.org/sqlite" // the center's SQL store, read-only
 
 	"github.com/evilbitlabs/daemoneye/capture"
-	"github.com/evilbitlabs/daemoneye/transport/pki"
+	"github.com/evilbitlabs/daemoneye/internal/apiclient"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -55,63 +50,16 @@ func openSQL(path string) (*sql.DB, error) {
 // operator is the generator's analyst at the center's API: mutual TLS with
 // an operator certificate of the run's CA, which also signs trace commands.
 type operator struct {
+	*apiclient.Client
 	name string
-	base string
-	key  ed25519.PrivateKey
-	cert []byte // DER
-	http *http.Client
 }
 
 func newOperator(name, certFile, keyFile, caFile, apiAddr string) (*operator, error) {
-	kp, err := pki.LoadKeyPair(certFile, keyFile)
+	cl, err := apiclient.New("https://"+apiAddr, certFile, keyFile, caFile, 2*time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	ca, err := pki.LoadCACert(caFile)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{*kp}, MinVersion: tls.VersionTLS13},
-		MaxIdleConnsPerHost: 8}
-	return &operator{name: name, base: "https://" + apiAddr, key: kp.PrivateKey.(ed25519.PrivateKey), cert: kp.Certificate[0],
-		http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}, nil
-}
-
-// do sends a JSON request and decodes the answer into out (when not nil).
-func (o *operator) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, o.base+path, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := o.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(data))
-	}
-	if out != nil {
-		return json.Unmarshal(data, out)
-	}
-	return nil
+	return &operator{Client: cl, name: name}, nil
 }
 
 // startTrace signs a TraceCommand with the operator's key (as `daemoneye
@@ -121,7 +69,7 @@ func (o *operator) startTrace(ctx context.Context, id, host string, root capture
 	cmd := wire.TraceCommand{TraceID: id, Action: wire.TraceStart, TargetAgent: host, TargetPID: root.PID, TargetStart: root.Start,
 		Depth: 6, CollectNetwork: true, CollectCmdlines: true, MaxDurationSecs: uint32(max(dur/time.Second, 1)), MaxBytes: 64 << 20,
 		MaxEventsPerSec: 1000, InitiatedBy: o.name, Timestamp: time.Now().UnixNano(), Reason: "loadgen: trace round trip under load"}
-	st, err := wire.SignTrace(cmd, o.key, o.cert)
+	st, err := wire.SignTrace(cmd, o.Key(), o.Certificate().Certificate[0])
 	if err != nil {
 		return err
 	}
@@ -129,14 +77,14 @@ func (o *operator) startTrace(ctx context.Context, id, host string, root capture
 	if err != nil {
 		return err
 	}
-	err = o.do(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
+	err = o.JSON(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
 	var ue *url.Error
 	if errors.As(err, &ue) && errors.Is(err, io.EOF) && ctx.Err() == nil {
 		// The server closed an idle keep-alive connection as the request
 		// went out on it (net/http does not retry a POST). Once more: if
 		// the first one did arrive, the trace id is taken, and the trace
 		// is under way.
-		err = o.do(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
+		err = o.JSON(ctx, "POST", "/api/v1/traces", map[string]any{"command": signed}, nil)
 		if err != nil && strings.Contains(err.Error(), "HTTP 409") && strings.Contains(err.Error(), "is taken") {
 			err = nil
 		}
@@ -371,7 +319,7 @@ func (m *measures) queryLineage(ctx context.Context, op *operator, host string, 
 	} {
 		var ans lineageAnswer
 		t0 := time.Now()
-		err := op.do(ctx, "GET", fmt.Sprintf("/api/v1/processes/%s/%d/%d/lineage", url.PathEscape(host), q.k.PID, q.k.Start), nil, &ans)
+		err := op.JSON(ctx, "GET", fmt.Sprintf("/api/v1/processes/%s/%d/%d/lineage", url.PathEscape(host), q.k.PID, q.k.Start), nil, &ans)
 		d := time.Since(t0)
 		if err != nil || !q.want(ans) {
 			continue // not ingested yet (or the center is gone): not a sample
