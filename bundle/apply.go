@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
+	"github.com/evilbitlabs/daemoneye/internal/flock"
 )
 
 // DefaultStateDir is where a node keeps its bundle state, under the root.
@@ -136,9 +137,12 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 	if err := os.Mkdir(state, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: %v", ErrState, err)
 	}
-	lk, err := lock(filepath.Join(state, lockFile))
+	lk, err := flock.TryLock(filepath.Join(state, lockFile))
+	if errors.Is(err, flock.ErrHeld) {
+		return nil, fmt.Errorf("%w: another bundle apply holds %s", ErrState, filepath.Join(state, lockFile))
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", ErrState, err)
 	}
 	defer lk.Close()
 

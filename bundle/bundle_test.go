@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/internal/flock"
 	"github.com/evilbitlabs/daemoneye/rules"
 	"github.com/evilbitlabs/daemoneye/transport/pki"
 )
@@ -753,7 +754,7 @@ func TestApplyLocked(t *testing.T) {
 	root := oldRoot(t)
 	state := filepath.Join(root, DefaultStateDir)
 	os.MkdirAll(state, 0o700)
-	f, err := lock(filepath.Join(state, lockFile))
+	f, err := flock.TryLock(filepath.Join(state, lockFile))
 	if err != nil {
 		t.Fatal(err)
 	}

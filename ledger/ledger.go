@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/evilbitlabs/daemoneye/internal/flock"
 )
 
 // Sentinel errors.
@@ -120,9 +122,12 @@ func Open(dir string, signer note.Signer, log *slog.Logger, opts Options) (*Ledg
 	}
 	l := &Ledger{dir: dir, log: log.With("component", "ledger", "dir", dir), signer: signer, opts: opts}
 	l.lastCP.Size = -1
-	lf, err := lockDir(filepath.Join(dir, lockFile))
+	lf, err := flock.TryLock(filepath.Join(dir, lockFile))
+	if errors.Is(err, flock.ErrHeld) {
+		return nil, fmt.Errorf("ledger: lock %s: %w", filepath.Join(dir, lockFile), ErrLocked)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	l.lock = lf
 	for _, f := range []struct {
