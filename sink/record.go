@@ -3,7 +3,6 @@ package sink
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/privacy"
@@ -61,7 +60,7 @@ func AlertRecord(a Alert) Record {
 	doc := map[string]any{
 		"type": KindAlert, "alert_id": a.ID, "rule_id": a.RuleID, "severity": a.Severity, "technique": a.Technique,
 		"host": a.Host, "pid": a.PID, "start": a.Start, "time": nsRFC3339(a.Time), "last_time": nsRFC3339(a.LastTime),
-		"count": a.Count, "context": MaskContext(a.Context), "state": a.State,
+		"count": a.Count, "context": privacy.Context(a.Context), "state": a.State,
 	}
 	if a.TraceID != "" {
 		doc["trace_id"] = a.TraceID
@@ -149,42 +148,6 @@ func TraceEventRecord(e sqlstore.TraceEvent) Record {
 		time: time.Unix(0, e.Time).UTC(), host: e.Host, doc: mustJSON(doc)}
 }
 
-// maskedKeys are keys of a rule's alert context that may hold command
-// lines or environments (the same set the center's API masks).
-var maskedKeys = map[string]bool{"argv": true, "args": true, "cmdline": true, "command_line": true, "env": true, "environ": true}
-
-// MaskContext masks command-line-like values anywhere in an alert's
-// context JSON; what is not a JSON object or array becomes {}.
-func MaskContext(s string) json.RawMessage {
-	var v any
-	if err := json.Unmarshal([]byte(s), &v); err != nil {
-		return json.RawMessage(`{}`)
-	}
-	var walk func(any) any
-	walk = func(v any) any {
-		switch x := v.(type) {
-		case map[string]any:
-			for k, e := range x {
-				if maskedKeys[strings.ToLower(k)] {
-					x[k] = "[masked]"
-				} else {
-					x[k] = walk(e)
-				}
-			}
-		case []any:
-			for i, e := range x {
-				x[i] = walk(e)
-			}
-		}
-		return v
-	}
-	switch v.(type) {
-	case map[string]any, []any:
-	default:
-		return json.RawMessage(`{}`)
-	}
-	return mustJSON(walk(v))
-}
 
 func nsRFC3339(ns int64) string {
 	if ns == 0 {

@@ -187,48 +187,13 @@ func scanAlert(sc interface{ Scan(...any) error }) (alertJSON, error) {
 	}
 	al.Severity, al.PID, al.Start = severity, uint32(pid), uint64(start)
 	al.Time, al.LastTime = nsTime(t), nsTime(lt)
-	al.Context = maskContext(ctxJSON)
+	al.Context = privacy.Context(ctxJSON)
 	if traceID.Valid {
 		al.TraceID = &traceID.String
 	}
 	return al, nil
 }
 
-// maskedKeys are keys of a rule's alert context that may hold command
-// lines: masked like argv everywhere else (reveal shows the process's).
-var maskedKeys = map[string]bool{"argv": true, "args": true, "cmdline": true, "command_line": true, "env": true, "environ": true}
-
-// maskContext masks command-line-like values anywhere in an alert's
-// context JSON.
-func maskContext(s string) json.RawMessage {
-	var v any
-	if err := json.Unmarshal([]byte(s), &v); err != nil {
-		return json.RawMessage(`{}`)
-	}
-	var walk func(any) any
-	walk = func(v any) any {
-		switch x := v.(type) {
-		case map[string]any:
-			for k, e := range x {
-				if maskedKeys[strings.ToLower(k)] {
-					x[k] = "[masked]"
-				} else {
-					x[k] = walk(e)
-				}
-			}
-		case []any:
-			for i, e := range x {
-				x[i] = walk(e)
-			}
-		}
-		return v
-	}
-	b, err := json.Marshal(walk(v))
-	if err != nil {
-		return json.RawMessage(`{}`)
-	}
-	return b
-}
 
 func (a *API) alerts(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	q, err := queryParams(r, "state", "severity", "host", "rule", "since", "until", "limit", "before")
