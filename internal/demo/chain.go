@@ -8,10 +8,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,7 +169,6 @@ func (d *run) attack(ctx context.Context) error {
 		return fmt.Errorf("demo: the scenario's payload no longer starts with the lookup: %q", payload)
 	}
 	host := fmt.Sprintf("127.0.0.1; sleep %d; %s", int(webPause/time.Second), rest)
-	attackURL := s.URL + "?host=" + url.QueryEscape(host)
 
 	d.say("\n== the attack")
 	d.say("  from %s: GET %s?host=<injection>", s.Attacker.Name, s.URL)
@@ -187,7 +182,7 @@ func (d *run) attack(ctx context.Context) error {
 		defer close(d.attackDone)
 		actx, cancel := context.WithTimeout(ctx, attackTimeout)
 		defer cancel()
-		d.attackBody, d.attackErr = d.get(actx, attackURL)
+		d.attackBody, d.attackErr = s.Lookup(actx, host) // the page's lookup, given the injection
 	}()
 	since := func() string { return "+" + time.Since(d.attackStart).Round(10*time.Millisecond).String() }
 	db := d.sql.ReadOnly()
@@ -406,43 +401,6 @@ func (d *run) attack(ctx context.Context) error {
 		d.say("  %-9s %s stopped the trace; both agents confirmed with their stop notes", since(), operatorName)
 	}
 	return nil
-}
-
-// get fetches u from the attacker host (a request that the attacker's
-// namespace routes to web-1) and returns the body.
-func (d *run) get(ctx context.Context, u string) (string, error) {
-	tr := &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return d.scen.Attacker.DialContext(ctx, network, addr)
-		},
-	}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return string(b), err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return string(b), fmt.Errorf("GET %s: %s", s(u), resp.Status)
-	}
-	return string(b), nil
-}
-
-// s shortens a URL for an error message.
-func s(u string) string {
-	if i := strings.IndexByte(u, '?'); i > 0 {
-		return u[:i] + "?..."
-	}
-	return u
 }
 
 // traceTables are the center's tables that hold trace events.
