@@ -148,7 +148,6 @@ func TraceEventRecord(e sqlstore.TraceEvent) Record {
 		time: time.Unix(0, e.Time).UTC(), host: e.Host, doc: mustJSON(doc)}
 }
 
-
 func nsRFC3339(ns int64) string {
 	if ns == 0 {
 		return ""

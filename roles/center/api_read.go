@@ -194,7 +194,6 @@ func scanAlert(sc interface{ Scan(...any) error }) (alertJSON, error) {
 	return al, nil
 }
 
-
 func (a *API) alerts(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	q, err := queryParams(r, "state", "severity", "host", "rule", "since", "until", "limit", "before")
 	if err != nil {
