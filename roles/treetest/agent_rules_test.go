@@ -2,9 +2,7 @@ package treetest
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -19,41 +17,15 @@ func TestAgentRuleAlert(t *testing.T) {
 	needRootEBPF(t)
 	tr := New(t)
 	c := tr.NewCenter("center").Start()
-	var (
-		mu     sync.Mutex
-		alerts []capture.Event
-	)
-	c.Ingest.SetOnStored(func(b *wire.Batch, lane wire.Lane) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range b.Events {
-			if e.Kind == capture.KindAlert && lane == wire.LaneAlert {
-				alerts = append(alerts, e)
-			}
-		}
-	})
+	alerts := laneAlerts(c)
 	ag := tr.newRealAgent("host-r", c.Cfg.Listen).Start()
 	_ = ag
 
 	// A program run from a temporary directory: exec-from-temp-dir.
-	dropper := filepath.Join(t.TempDir(), "dropper")
-	b, err := os.ReadFile("/bin/true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dropper, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(dropper)
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	pid := uint32(cmd.Process.Pid)
+	pid := runCopy(t, t.TempDir(), "dropper")
 	var got capture.Event
 	eventually(t, 30*time.Second, "the agent's alert on the alert lane", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range alerts {
+		for _, e := range alerts() {
 			if e.Proc.PID == pid && e.Alert.RuleID == "exec-from-temp-dir" {
 				got = e
 				return true
@@ -72,5 +44,28 @@ func TestAgentRuleAlert(t *testing.T) {
 	})
 	if n != 1 {
 		t.Errorf("%d alert rows for one process and rule, want 1 (deduplicated with the center's own match)", n)
+	}
+}
+
+// laneAlerts collects the alert events the center stores from the alert
+// lane; the returned function gives those so far.
+func laneAlerts(c *Center) func() []capture.Event {
+	var (
+		mu     sync.Mutex
+		alerts []capture.Event
+	)
+	c.Ingest.SetOnStored(func(b *wire.Batch, lane wire.Lane) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range b.Events {
+			if e.Kind == capture.KindAlert && lane == wire.LaneAlert {
+				alerts = append(alerts, e)
+			}
+		}
+	})
+	return func() []capture.Event {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(alerts)
 	}
 }

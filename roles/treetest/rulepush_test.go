@@ -8,12 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/evilbitlabs/daemoneye/bundle"
-	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/rules"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
@@ -111,23 +109,9 @@ func TestRulePackPush(t *testing.T) {
 	// The center trusts both keys; the agent will trust only the customer's.
 	c.Cfg.Rules.TrustedKeys = []string{filepath.Join(keys, "customer.key.pub"), filepath.Join(keys, "rogue.key.pub")}
 	c.Start()
-	var (
-		mu     sync.Mutex
-		alerts []capture.Event
-	)
-	c.Ingest.SetOnStored(func(b *wire.Batch, lane wire.Lane) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range b.Events {
-			if e.Kind == capture.KindAlert && lane == wire.LaneAlert {
-				alerts = append(alerts, e)
-			}
-		}
-	})
+	alerts := laneAlerts(c)
 	agentAlert := func(pid uint32, rule string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range alerts {
+		for _, e := range alerts() {
 			if e.Proc.PID == pid && e.Alert.RuleID == rule {
 				return true
 			}
