@@ -1,7 +1,6 @@
 package capture
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 // The committed eBPF objects must match bpf/: bpf/generate.sh writes
@@ -24,43 +25,14 @@ const bpfManifest = "bpf_sources.sha256"
 // and the clang version line it was built with.
 func bpfManifestEntries(t *testing.T) (map[string]string, string) {
 	t.Helper()
-	f, err := os.Open(bpfManifest)
-	if err != nil {
-		t.Fatalf("read %s: %v (run make generate)", bpfManifest, err)
-	}
-	defer f.Close()
-	entries := map[string]string{}
+	sums, notes := testenv.Sums(t, bpfManifest)
 	var clang string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "# clang: "); ok {
+	for _, n := range notes {
+		if v, ok := strings.CutPrefix(n, "clang: "); ok {
 			clang = v
-			continue
 		}
-		if strings.HasPrefix(line, "#") || line == "" {
-			continue
-		}
-		sum, path, ok := strings.Cut(line, "  ")
-		if !ok {
-			t.Fatalf("%s: malformed line %q", bpfManifest, line)
-		}
-		entries[path] = sum
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return entries, clang
-}
-
-func sha256File(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
+	return sums, clang
 }
 
 // generateDirective returns the //go:generate bpf2go line of ebpf_linux.go.
@@ -88,7 +60,7 @@ func TestBPFGeneratedObjectsCurrent(t *testing.T) {
 		}
 		if strings.HasSuffix(path, ".c") || strings.HasSuffix(path, ".h") {
 			rel := filepath.ToSlash(strings.TrimPrefix(path, "../"))
-			got[rel] = sha256File(t, path)
+			got[rel] = testenv.FileSHA256(t, path)
 		}
 		return nil
 	})
@@ -98,7 +70,7 @@ func TestBPFGeneratedObjectsCurrent(t *testing.T) {
 	// sha256sum of the line as generate.sh's grep prints it (with "\n").
 	sum := sha256.Sum256([]byte(generateDirective(t) + "\n"))
 	got["go:generate"] = hex.EncodeToString(sum[:])
-	got["capture/sensor_x86_bpfel.o"] = sha256File(t, "sensor_x86_bpfel.o")
+	got["capture/sensor_x86_bpfel.o"] = testenv.FileSHA256(t, "sensor_x86_bpfel.o")
 
 	var stale []string
 	for path, sum := range got {

@@ -1,57 +1,19 @@
 package ui
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/evilbitlabs/daemoneye/internal/testenv"
 )
 
 // The committed dist/ must be the build of the committed sources:
 // build.sh records the digests of both in dist/SOURCES.sha256, and a
 // source changed without `make generate` fails here with no node needed.
-
-func manifest(t *testing.T, path string) map[string]string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("read %s: %v (run make generate)", path, err)
-	}
-	defer f.Close()
-	m := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		sum, name, ok := strings.Cut(line, "  ")
-		if !ok {
-			t.Fatalf("%s: malformed line %q", path, line)
-		}
-		m[name] = sum
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func digest(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
 
 // inputs lists what build.sh reads, as it names them.
 func inputs(t *testing.T) []string {
@@ -70,11 +32,11 @@ func inputs(t *testing.T) []string {
 }
 
 func TestDistMatchesSources(t *testing.T) {
-	m := manifest(t, "dist/SOURCES.sha256")
+	m, _ := testenv.Sums(t, "dist/SOURCES.sha256")
 	want := map[string]bool{}
 	for _, name := range inputs(t) {
 		want[name] = true
-		if got := digest(t, name); m[name] != got {
+		if got := testenv.FileSHA256(t, name); m[name] != got {
 			t.Errorf("%s changed since dist/ was built (recorded %.12s, now %.12s): run make generate and commit ui/dist", name, m[name], got)
 		}
 	}
@@ -84,7 +46,7 @@ func TestDistMatchesSources(t *testing.T) {
 		}
 		name := "dist/" + p
 		want[name] = true
-		if got := digest(t, name); m[name] != got {
+		if got := testenv.FileSHA256(t, name); m[name] != got {
 			t.Errorf("%s is not the file build.sh wrote (recorded %.12s, now %.12s): run make generate", name, m[name], got)
 		}
 		return nil

@@ -4,10 +4,13 @@
 package testenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -83,4 +86,43 @@ func Main(m *testing.M) {
 		os.RemoveAll(buildDir)
 	}
 	os.Exit(code)
+}
+
+// Sums reads a sha256sum-style manifest of generated files ("DIGEST  NAME"
+// per line): name -> digest, and its comment lines ("# ...", without the
+// "# "). A missing file fails the test with "run make generate".
+func Sums(t testing.TB, path string) (map[string]string, []string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v (run make generate)", path, err)
+	}
+	sums := map[string]string{}
+	var notes []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if note, ok := strings.CutPrefix(line, "#"); ok {
+			notes = append(notes, strings.TrimPrefix(note, " "))
+			continue
+		}
+		if line == "" {
+			continue
+		}
+		sum, name, ok := strings.Cut(line, "  ")
+		if !ok {
+			t.Fatalf("%s: malformed line %q", path, line)
+		}
+		sums[name] = sum
+	}
+	return sums, notes
+}
+
+// FileSHA256 is the hex SHA-256 of a file's content.
+func FileSHA256(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
