@@ -8,11 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/evilbitlabs/daemoneye/internal/netns"
 )
 
 // Host is one network namespace of a Net. Its fields are set by AddHost and
@@ -79,58 +78,7 @@ func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.C
 // If the thread cannot be switched back it is left locked, so the Go runtime
 // ends it instead of running other goroutines in the wrong namespace.
 func (h *Host) Do(fn func() error) error {
-	type result struct {
-		err      error
-		panicked bool
-		panicVal any
-	}
-	done := make(chan result, 1)
-	// A fresh goroutine: the caller's thread is never switched, and a thread
-	// that cannot switch back dies with this goroutine.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("testnet: host %s: open current network namespace: %w", h.Name, err)}
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(h.NamespacePath(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("testnet: host %s: open network namespace: %w", h.Name, err)}
-			return
-		}
-		err = unix.Setns(target, unix.CLONE_NEWNET)
-		unix.Close(target)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{err: fmt.Errorf("testnet: host %s: enter network namespace %s: %w", h.Name, h.Namespace, err)}
-			return
-		}
-		var r result
-		func() {
-			defer func() {
-				if p := recover(); p != nil {
-					r.panicked, r.panicVal = true, p
-				}
-			}()
-			r.err = fn()
-		}()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			r.err = errors.Join(r.err, fmt.Errorf("testnet: host %s: leave network namespace %s (thread discarded): %w", h.Name, h.Namespace, err))
-			done <- r
-			return // still locked: the runtime ends the thread
-		}
-		runtime.UnlockOSThread()
-		done <- r
-	}()
-	r := <-done
-	if r.panicked {
-		panic(r.panicVal)
-	}
-	return r.err
+	return netns.Do(h.NamespacePath(), fn)
 }
 
 // Listen is net.Listen inside the host's network namespace.

@@ -6,16 +6,12 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/internal/netns"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
@@ -75,7 +71,7 @@ func hostAddresses(scope string) ([]string, error) {
 		out  []string
 		ferr error
 	)
-	err = inNetns(sc.Path, func() error {
+	err = netns.Do(sc.Path, func() error {
 		out, ferr = interfaceAddrs()
 		return nil
 	})
@@ -99,32 +95,4 @@ func interfaceAddrs() ([]string, error) {
 		out = append(out, ipn.IP.String())
 	}
 	return out, nil
-}
-
-// inNetns runs fn on a thread moved into the network namespace at path,
-// then moves the thread back. A thread that cannot be moved back is left
-// locked, so the runtime retires it rather than reuse it elsewhere.
-func inNetns(path string, fn func() error) error {
-	target, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter %s: %w", path, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		return errors.Join(ferr, fmt.Errorf("return from %s: %w (thread retired)", path, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
