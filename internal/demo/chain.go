@@ -403,14 +403,11 @@ func (d *run) attack(ctx context.Context) error {
 	return nil
 }
 
-// traceTables are the center's tables that hold trace events.
-var traceTables = []string{"process_events", "network_events", "file_events", "exe_hashes", "trace_notes", "mem_snippets", "raw_events"}
-
 // hostEventsSQL counts a trace's events from one host: distinct places in
 // the agent's batches, whichever table holds them.
 var hostEventsSQL = func() string {
-	parts := make([]string, len(traceTables))
-	for i, t := range traceTables {
+	parts := make([]string, len(sqlstore.TraceTables))
+	for i, t := range sqlstore.TraceTables {
 		parts[i] = `SELECT batch_seq, idx FROM ` + t + ` WHERE trace_id = ?1 AND host = ?2`
 	}
 	return `SELECT count(*) FROM (` + strings.Join(parts, " UNION ") + `)`

@@ -247,7 +247,7 @@ func comms(ps []proc) []string {
 func traceIDs(t *testing.T, db *sql.DB, host string) []string {
 	t.Helper()
 	var parts []string
-	for _, tbl := range traceTables {
+	for _, tbl := range sqlstore.TraceTables {
 		parts = append(parts, `SELECT trace_id FROM `+tbl+` WHERE host = ?1 AND trace_id IS NOT NULL`)
 	}
 	rows, err := db.Query(`SELECT DISTINCT trace_id FROM (`+strings.Join(parts, " UNION ")+`) ORDER BY 1`, host)

@@ -239,7 +239,7 @@ func (d *run) printProc(first, rest, host string, p sqlstore.Process, traced map
 // tracedProcs returns the processes with events in the trace.
 func (d *run) tracedProcs(ctx context.Context) (map[procRef]bool, error) {
 	var parts []string
-	for _, t := range traceTables {
+	for _, t := range sqlstore.TraceTables {
 		if t != "raw_events" {
 			parts = append(parts, `SELECT host, pid, start FROM `+t+` WHERE trace_id = ?1`)
 		}

@@ -154,15 +154,12 @@ func (g *SinkGate) enable(ctx context.Context, cfg config.Sink) (*sink.Sink, err
 	return s, nil
 }
 
-// eventTables hold trace events with a row id to resume after.
-var eventTables = []string{"process_events", "network_events", "file_events", "exe_hashes", "trace_notes", "raw_events"}
-
 func (g *SinkGate) startCursors(ctx context.Context) error {
 	ro := g.sql.ReadOnly()
 	if err := ro.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM alerts`).Scan(&g.alertID); err != nil {
 		return err
 	}
-	for _, tb := range eventTables {
+	for _, tb := range sqlstore.EventTables {
 		var n int64
 		if err := ro.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM `+tb).Scan(&n); err != nil {
 			return err
@@ -244,7 +241,7 @@ func (g *SinkGate) feed(ctx context.Context) error {
 		idx      int
 	}
 	fresh := map[string]map[loc]bool{}
-	for _, tb := range eventTables {
+	for _, tb := range sqlstore.EventTables {
 		rows, err := ro.QueryContext(ctx, `SELECT id, trace_id, host, batch_seq, idx FROM `+tb+`
 			WHERE id > ? AND trace_id IS NOT NULL ORDER BY id LIMIT 5000`, g.evIDs[tb])
 		if err != nil {

@@ -70,7 +70,7 @@ func TestTracePlans(t *testing.T) {
 			  AND src_ip = ?5 AND src_port = ?6 AND time BETWEEN ?7 - ?8 AND ?7 + ?8
 			ORDER BY abs(time - ?7), id LIMIT 1`, []any{"a", 1, "h", 6, "b", 2, 0, 1}},
 	}
-	for _, tbl := range traceTables {
+	for _, tbl := range TraceTables {
 		d := `SELECT * FROM ` + tbl + ` WHERE trace_id = ?`
 		queries["trace events "+tbl] = struct {
 			sql  string

@@ -95,10 +95,6 @@ func (c *PurgeCounts) Add(o PurgeCounts) {
 	}
 }
 
-// purgeTables are the tables that hold a batch's events: traceTables,
-// every one keyed UNIQUE (host, batch_seq, idx).
-var purgeTables = traceTables
-
 // PurgeBatches removes the events of host's batches seqs from every event
 // table and marks the batches purged by mark (the index of the ledger
 // entry that records the purge), in one transaction. Batches already
@@ -140,7 +136,7 @@ func (s *Store) PurgeBatches(ctx context.Context, host string, seqs []uint64, ma
 		if list, err = seqJSON(marked); err != nil {
 			return err
 		}
-		for _, t := range purgeTables {
+		for _, t := range TraceTables {
 			res, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE host = ?1 AND batch_seq IN (SELECT value FROM json_each(?2))`, host, list)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t, err)
@@ -461,8 +457,8 @@ func (s *Store) BatchTraces(ctx context.Context, host string, seqs []uint64) (ma
 	if err != nil {
 		return nil, err
 	}
-	parts := make([]string, len(purgeTables))
-	for i, t := range purgeTables {
+	parts := make([]string, len(TraceTables))
+	for i, t := range TraceTables {
 		if t == "mem_snippets" {
 			parts[i] = `SELECT NULL, 0 WHERE 0` // a snippet's event has its own row elsewhere
 			continue

@@ -90,7 +90,7 @@ func TestPurgeBatches(t *testing.T) {
 	ingest(t, s, "db-1", 1, all("db-1")...)
 	rows := func(host string, seq int) map[string]int {
 		out := map[string]int{}
-		for _, tb := range purgeTables {
+		for _, tb := range TraceTables {
 			var n int
 			if err := s.ro.QueryRow(`SELECT count(*) FROM `+tb+` WHERE host = ? AND batch_seq = ?`, host, seq).Scan(&n); err != nil {
 				t.Fatal(err)

@@ -18,14 +18,25 @@ type BatchRef struct {
 	Seq  uint64
 }
 
-// traceTables are the tables that hold trace events (all with trace_id
-// and a partial index on it).
-var traceTables = []string{"process_events", "network_events", "file_events", "exe_hashes", "trace_notes",
-	"mem_snippets", "raw_events"}
+// TraceTables are the tables that hold a batch's events, trace events
+// among them (all with trace_id and a partial index on it, and keyed
+// UNIQUE (host, batch_seq, idx)), in ingest order.
+var TraceTables = func() []string {
+	out := make([]string, 0, nTables)
+	for _, d := range tableDefs {
+		out = append(out, d.name)
+	}
+	return out
+}()
+
+// EventTables are the TraceTables that hold an event's own row (all but
+// mem_snippets, which adds to an event stored in another), each with a row
+// id to resume after.
+var EventTables = slices.DeleteFunc(slices.Clone(TraceTables), func(t string) bool { return t == tableDefs[tMem].name })
 
 var traceBatchesSQL = func() string {
-	parts := make([]string, len(traceTables))
-	for i, t := range traceTables {
+	parts := make([]string, len(TraceTables))
+	for i, t := range TraceTables {
 		parts[i] = `SELECT host, batch_seq FROM ` + t + ` WHERE trace_id = ?1`
 	}
 	return strings.Join(parts, "\nUNION\n") + "\nORDER BY host, batch_seq"
