@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -133,11 +134,7 @@ func (a *API) watches(w http.ResponseWriter, r *http.Request, _ *principal) erro
 	}
 	out := make([]watchJSON, 0, len(list))
 	for _, wt := range list {
-		j := watchJSON{ID: wt.ID, RuleID: wt.RuleID(), Match: wt.Match, Exe: wt.Exe, Trace: wt.Trace, Severity: string(wt.Severity),
-			Created: wt.Created, CreatedBy: wt.CreatedBy, Reason: wt.Reason, Origin: procRef{wt.Host, wt.PID, wt.Start}}
-		if wt.Match == "cmdline" {
-			j.Cmdline = privacy.Argv(wt.Argv, false)
-		}
+		j := watchView(wt)
 		var last sql.NullInt64
 		if err := a.sql.ReadOnly().QueryRowContext(r.Context(), `SELECT count(*), max(last_time) FROM alerts WHERE rule_id = ?`,
 			wt.RuleID()).Scan(&j.Alerts, &last); err != nil {
@@ -260,18 +257,21 @@ func (a *API) addWatch(w http.ResponseWriter, r *http.Request, p *principal) err
 	if err != nil {
 		return err
 	}
-	for _, wt := range list {
-		if wt.ID == id {
-			j := watchJSON{ID: wt.ID, RuleID: wt.RuleID(), Match: wt.Match, Exe: wt.Exe, Trace: wt.Trace, Severity: string(wt.Severity),
-				Created: wt.Created, CreatedBy: wt.CreatedBy, Reason: wt.Reason, Origin: procRef{wt.Host, wt.PID, wt.Start}}
-			if wt.Match == "cmdline" {
-				j.Cmdline = privacy.Argv(wt.Argv, false)
-			}
-			a.reply(w, http.StatusCreated, map[string]any{"watch": j})
-			return nil
-		}
+	if i := slices.IndexFunc(list, func(wt Watch) bool { return wt.ID == id }); i >= 0 {
+		a.reply(w, http.StatusCreated, map[string]any{"watch": watchView(list[i])})
+		return nil
 	}
 	return errorf(http.StatusInternalServerError, "watch rule %d vanished", id)
+}
+
+// watchView is a watch rule as the API shows it: its command line masked.
+func watchView(wt Watch) watchJSON {
+	j := watchJSON{ID: wt.ID, RuleID: wt.RuleID(), Match: wt.Match, Exe: wt.Exe, Trace: wt.Trace, Severity: string(wt.Severity),
+		Created: wt.Created, CreatedBy: wt.CreatedBy, Reason: wt.Reason, Origin: procRef{wt.Host, wt.PID, wt.Start}}
+	if wt.Match == "cmdline" {
+		j.Cmdline = privacy.Argv(wt.Argv, false)
+	}
+	return j
 }
 
 func (a *API) deleteWatch(w http.ResponseWriter, r *http.Request, p *principal) error {

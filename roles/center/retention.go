@@ -283,7 +283,7 @@ func (c *Center) purgeSite(ctx context.Context, opt PurgeOptions, site string, w
 		return sp, fmt.Errorf("retention: site %q: %w", site, err)
 	}
 	sp.Run = run
-	p := &sitePass{c: c, opt: opt, sp: &sp, log: log, cutoff: cutoff, window: window, held: held, last: started}
+	p := &sitePass{c: c, opt: opt, sp: &sp, log: log, cutoff: cutoff, held: held, last: started}
 	for _, host := range hosts {
 		if err = p.host(ctx, host, keep); err != nil {
 			err = fmt.Errorf("retention: site %q host %s: %w", site, host, err)
@@ -329,7 +329,6 @@ type sitePass struct {
 	sp     *SitePurge
 	log    *slog.Logger
 	cutoff time.Time
-	window time.Duration
 	held   map[sqlstore.BatchRef]bool
 	last   time.Time // last progress line
 }
