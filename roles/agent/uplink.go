@@ -141,15 +141,22 @@ var shipLanes = []struct {
 	cursor string
 }{{wal.LaneTrace, "trace_cursor"}, {wal.LaneAlert, "alert_cursor"}, {wal.LaneBulk, "cursor"}}
 
-// laneOf is the lane an event travels on.
-func laneOf(ev *capture.Event) int {
+// Indexes into shipLanes.
+const (
+	shipTrace = iota
+	shipAlert
+	shipBulk
+)
+
+// laneOf is the shipLanes index of the lane a stored event travels on.
+func laneOf(ev *store.RawEvent) int {
 	switch {
 	case ev.TraceID != "":
-		return 0
+		return shipTrace
 	case ev.Kind == capture.KindAlert:
-		return 1
+		return shipAlert
 	}
-	return 2
+	return shipBulk
 }
 
 // cut seals every stored event not yet shipped into batches of at most
@@ -185,9 +192,9 @@ func (s *Shipper) cut() error {
 		n := 0
 		// Stored events are their canonical encoding: they are sealed as
 		// stored, without decoding and encoding each one again.
-		if err := s.st.RawEventsBySeq(cursors[2]+1, func(ev store.RawEvent) bool {
+		if err := s.st.RawEventsBySeq(cursors[shipBulk]+1, func(ev store.RawEvent) bool {
 			last = ev.Seq
-			if l := rawLaneOf(&ev); ev.Seq > cursors[l] { // not shipped before a crash
+			if l := laneOf(&ev); ev.Seq > cursors[l] { // not shipped before a crash
 				byLane[l].add(&ev)
 			}
 			n++
@@ -219,7 +226,7 @@ func (s *Shipper) cut() error {
 				// Another lane's batch still has to be queued: reading
 				// resumes where it started if we stop in between (the
 				// lane cursors skip what was queued).
-				m["cursor"] = be(cursors[2])
+				m["cursor"] = be(cursors[shipBulk])
 			}
 			if err := s.queue(l.lane, batchSeq, evs, m); err != nil {
 				return err
@@ -269,11 +276,6 @@ func (b *rawBatch) leaves() [][]byte {
 		from = end
 	}
 	return out
-}
-
-// rawLaneOf is laneOf for a stored event.
-func rawLaneOf(ev *store.RawEvent) int {
-	return laneOf(&capture.Event{TraceID: ev.TraceID, Kind: ev.Kind})
 }
 
 // queue seals evs as batch seq and appends it to lane with meta.
