@@ -65,6 +65,10 @@ type Center struct {
 
 	fleetMu sync.Mutex
 	fleet   map[string]wire.Health // the last health report of each node
+	// healthDue holds reports not yet written to the registry (the newest
+	// per node), written off the children's control readers (fleet.go).
+	healthDue  map[string]wire.Health
+	healthKick chan struct{}
 	// fleetReg coalesces the registry's updates on route changes (fleet.go).
 	fleetReg fleetRegistrar
 
@@ -130,7 +134,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		return nil, fmt.Errorf("center: %w", err)
 	}
 	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
-		stopping: make(chan struct{}), watchChanged: make(chan struct{}, 1), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, ops: ops, auditor: LedgerAuditor{L: lg}}
+		stopping: make(chan struct{}), watchChanged: make(chan struct{}, 1), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, healthDue: map[string]wire.Health{}, healthKick: make(chan struct{}, 1), ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
 		c.apiCert, err = newAPICert(cfg, id.Name, id.Holder, id.Verifier, log)
 		if err == nil {
@@ -251,6 +255,7 @@ func (c *Center) Run(ctx context.Context) error {
 	g.Go(func() error { return c.srv.Run(gctx) })
 	g.Go(func() error { return c.disp.Run(gctx) })
 	g.Go(func() error { return c.watchCRL(gctx) })
+	g.Go(func() error { return c.writeHealth(gctx) })
 	g.Go(func() error { return c.watchRulePacks(gctx) })
 	g.Go(func() error { return c.sinks.Run(gctx) })
 	g.Go(func() error { return c.runRetention(gctx) })

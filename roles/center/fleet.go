@@ -29,18 +29,41 @@ func (c *Center) onHealth(ch *transport.Child, h wire.Health) {
 	}
 	c.fleetMu.Lock()
 	c.fleet[h.NodeID] = h
+	c.healthDue[h.NodeID] = h // a newer report replaces one not yet written
 	c.fleetMu.Unlock()
-	ctx := context.Background()
-	if err := c.SQL.UpsertHost(ctx, hostOf(h, time.Now())); err != nil {
-		c.log.Warn("fleet registry", "node", h.NodeID, "err", err)
-		return
+	select {
+	case c.healthKick <- struct{}{}:
+	default:
 	}
-	fig, err := json.Marshal(map[string]any{"version": h.Version, "figures": h.Figures, "reported": time.Unix(0, h.Time).UTC()})
-	if err == nil {
-		err = c.SQL.RecordHealth(ctx, h.NodeID, time.Unix(0, h.Time), fig, h.Lost)
-	}
-	if err != nil {
-		c.log.Warn("fleet registry health", "node", h.NodeID, "err", err)
+}
+
+// writeHealth writes the reports onHealth accepted to the fleet registry,
+// off the children's control readers: a proxy relays all its agents'
+// reports on one control stream, which must not wait on the SQL writer.
+func (c *Center) writeHealth(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.healthKick:
+		}
+		c.fleetMu.Lock()
+		due := c.healthDue
+		c.healthDue = map[string]wire.Health{}
+		c.fleetMu.Unlock()
+		for _, h := range due {
+			if err := c.SQL.UpsertHost(ctx, hostOf(h, time.Now())); err != nil {
+				c.log.Warn("fleet registry", "node", h.NodeID, "err", err)
+				continue
+			}
+			fig, err := json.Marshal(map[string]any{"version": h.Version, "figures": h.Figures, "reported": time.Unix(0, h.Time).UTC()})
+			if err == nil {
+				err = c.SQL.RecordHealth(ctx, h.NodeID, time.Unix(0, h.Time), fig, h.Lost)
+			}
+			if err != nil {
+				c.log.Warn("fleet registry health", "node", h.NodeID, "err", err)
+			}
+		}
 	}
 }
 
