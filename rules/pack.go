@@ -31,6 +31,9 @@ type Pack struct {
 	Raw []byte
 	// Signer is the key that verified the pack's signature (nil when the
 	// pack was accepted unsigned, or is the built-in pack).
+	// Sig is the detached signature read with the pack (nil: none), as
+	// Open was given it: what a node passes on with Raw.
+	Sig    []byte
 	Signer ed25519.PublicKey
 	// SignatureProblem says why a pack accepted with allowUnsigned was not
 	// verified ("" for a verified or built-in pack).

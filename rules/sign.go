@@ -111,6 +111,7 @@ func Open(source string, pack, sig []byte, trusted []ed25519.PublicKey, allowUns
 	if err != nil {
 		return nil, err
 	}
+	p.Sig = sig
 	if signer != nil {
 		p.Signer = signer
 	} else {

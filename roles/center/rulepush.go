@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -126,60 +125,25 @@ func (c *Center) reloadRulePacks(ctx context.Context, running *string) error {
 	return nil
 }
 
-// loadCustomerPacks reads center.rules.packs as at start (rules.Load:
-// verified with the trusted keys) and their signatures for the push.
+// loadCustomerPacks reads center.rules.packs as at start (rules.LoadSet:
+// verified with the trusted keys) and makes the set to push: each pack's
+// bytes with the signature it was verified with.
 func (c *Center) loadCustomerPacks() ([]*rules.Pack, *wire.RulePacks, error) {
 	rc := c.cfg.Rules
-	trusted, err := rules.LoadPublicKeys(rc.TrustedKeys...)
-	if err != nil && len(rc.TrustedKeys) > 0 {
+	packs, err := rules.LoadSet(false, rc.Packs, rc.TrustedKeys, rc.AllowUnsigned)
+	if err != nil {
 		return nil, nil, err
 	}
 	set := &wire.RulePacks{}
-	var packs []*rules.Pack
 	seen := map[string]string{}
-	for _, path := range rc.Packs {
-		p, err := rules.Load(path, trusted, rc.AllowUnsigned)
-		if err != nil {
-			return nil, nil, err
-		}
+	for _, p := range packs {
 		if other, dup := seen[p.Name]; dup {
-			return nil, nil, fmt.Errorf("rule pack %q is in both %s and %s", p.Name, other, path)
+			return nil, nil, fmt.Errorf("rule pack %q is in both %s and %s", p.Name, other, p.Source)
 		}
-		seen[p.Name] = path
-		sig, err := readSig(path + rules.SigSuffix)
-		if err != nil {
-			return nil, nil, err
-		}
-		if p.Signer != nil {
-			// The signature read now must be the one Load checked: a
-			// bundle may be swapping the files in between.
-			if _, err := rules.Verify(p.Raw, sig, trusted); err != nil {
-				return nil, nil, fmt.Errorf("%s changed while it was read: %w", path, err)
-			}
-		}
-		packs = append(packs, p)
-		set.Packs = append(set.Packs, wire.RulePack{Name: p.Name, Data: p.Raw, Sig: sig})
+		seen[p.Name] = p.Source
+		set.Packs = append(set.Packs, wire.RulePack{Name: p.Name, Data: p.Raw, Sig: p.Sig})
 	}
 	return packs, set, nil
-}
-
-func readSig(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, wire.MaxRulePackSigLen+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > wire.MaxRulePackSigLen {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, wire.MaxRulePackSigLen)
-	}
-	return b, nil
 }
 
 // pushSeq numbers a set: the same set keeps its number across restarts, a
