@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -70,7 +69,7 @@ type Applied struct {
 // yet: an empty list). A line that does not parse is an error: rollback
 // protection must not be lost quietly.
 func ReadApplied(stateDir string) ([]Applied, error) {
-	b, err := readBounded(filepath.Join(stateDir, appliedLog), maxAppliedLog)
+	b, err := atomicfile.ReadLimited(filepath.Join(stateDir, appliedLog), maxAppliedLog)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -164,7 +163,7 @@ func writeJournal(stateDir string, j *journal) error {
 }
 
 func readJournal(stateDir string) (*journal, error) {
-	b, err := readBounded(filepath.Join(stateDir, pendingFile), maxPending)
+	b, err := atomicfile.ReadLimited(filepath.Join(stateDir, pendingFile), maxPending)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -236,20 +235,4 @@ func pruneBackups(stateDir string, keep int) error {
 		names = names[1:]
 	}
 	return errors.Join(errs...)
-}
-
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
-	}
-	return b, nil
 }

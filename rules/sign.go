@@ -14,6 +14,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/evilbitlabs/daemoneye/internal/atomicfile"
 )
 
 // Errors callers branch on.
@@ -123,40 +125,17 @@ func Open(source string, pack, sig []byte, trusted []ed25519.PublicKey, allowUns
 // Load reads the pack at path and its signature at path.sig, verifies and
 // parses it (see Open).
 func Load(path string, trusted []ed25519.PublicKey, allowUnsigned bool) (*Pack, error) {
-	pack, err := readBounded(path, MaxPackBytes)
+	pack, err := atomicfile.ReadLimited(path, MaxPackBytes)
 	if err != nil {
 		return nil, fmt.Errorf("rules: load: %w", err)
 	}
-	sig, err := readBounded(path+SigSuffix, 4096)
+	sig, err := atomicfile.ReadLimited(path+SigSuffix, 4096)
 	if errors.Is(err, fs.ErrNotExist) {
 		sig = nil
 	} else if err != nil {
 		return nil, fmt.Errorf("rules: load: %w", err)
 	}
 	return Open(path, pack, sig, trusted, allowUnsigned)
-}
-
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s is %d bytes, more than %d", path, fi.Size(), max)
-	}
-	b := make([]byte, fi.Size())
-	if _, err := f.ReadAt(b, 0); err != nil && fi.Size() > 0 {
-		return nil, err
-	}
-	return b, nil
 }
 
 // PEM block types of the key files: PKCS#8 and PKIX, as openssl writes
@@ -228,7 +207,7 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("signing key %s has mode %#o: others can read it (chmod 600)", path, fi.Mode().Perm())
 	}
-	b, err := readBounded(path, 64<<10)
+	b, err := atomicfile.ReadLimited(path, 64<<10)
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
@@ -252,7 +231,7 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 func LoadPublicKeys(paths ...string) ([]ed25519.PublicKey, error) {
 	var out []ed25519.PublicKey
 	for _, path := range paths {
-		b, err := readBounded(path, 1<<20)
+		b, err := atomicfile.ReadLimited(path, 1<<20)
 		if err != nil {
 			return nil, fmt.Errorf("trusted key: %w", err)
 		}
