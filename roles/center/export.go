@@ -74,11 +74,6 @@ type ledgerRef struct {
 	TraceSeq    uint64 `json:"trace_seq"`
 }
 
-type batchRef struct {
-	host string
-	seq  uint64
-}
-
 // ExportTrace writes the signed forensic package of a trace to w: its
 // metadata and signed command, every stored batch holding one of its
 // events, and the ledger entries about it (the operator actions, the
@@ -104,17 +99,14 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 		return fmt.Errorf("export %s: %w", traceID, err)
 	}
 	for _, r := range stored {
-		if r := (batchRef{r.Host, r.Seq}); !slices.Contains(refs, r) {
+		if r := (sqlstore.BatchRef{Host: r.Host, Seq: r.Seq}); !slices.Contains(refs, r) {
 			refs = append(refs, r)
 		}
 	}
-	slices.SortFunc(refs, func(a, b batchRef) int {
-		if a.host != b.host {
-			return strings.Compare(a.host, b.host)
-		}
-		return cmp.Compare(a.seq, b.seq)
+	slices.SortFunc(refs, func(a, b sqlstore.BatchRef) int {
+		return cmp.Or(strings.Compare(a.Host, b.Host), cmp.Compare(a.Seq, b.Seq))
 	})
-	purged, err := c.purgedBatches(ctx, refs)
+	purged, err := c.SQL.PurgedBatches(ctx, refs) // which retention removed, with the ledger entry of each
 	if err != nil {
 		return fmt.Errorf("export %s: %w", traceID, err)
 	}
@@ -123,12 +115,12 @@ func (c *Center) ExportTrace(ctx context.Context, traceID string, w io.Writer) e
 		if _, ok := purged[r]; ok {
 			continue
 		}
-		sealed, ok, err := c.Ingest.Batch(r.host, r.seq)
+		sealed, ok, err := c.Ingest.Batch(r.Host, r.Seq)
 		if err != nil {
-			return fmt.Errorf("export %s: batch %s/%d: %w", traceID, r.host, r.seq, err)
+			return fmt.Errorf("export %s: batch %s/%d: %w", traceID, r.Host, r.Seq, err)
 		}
 		if !ok {
-			return fmt.Errorf("export %s: batch %s/%d is recorded in the ledger but not in the batch store", traceID, r.host, r.seq)
+			return fmt.Errorf("export %s: batch %s/%d is recorded in the ledger but not in the batch store", traceID, r.Host, r.Seq)
 		}
 		if store.Purged(sealed) {
 			purged[r] = -1 // a purge emptied it and has not reached SQL yet (its next pass finishes it)
@@ -241,10 +233,10 @@ func (c *Center) exportMeta(ctx context.Context, traceID string) (*exportMeta, [
 // prompted it. The trace.event entries among them name the batches that
 // hold its events (leaves: by entry). It reads every entry: the ledger has
 // no index by trace.
-func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64) ([]int64, []batchRef, map[int64]eventLeaf, bool, error) {
+func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64) ([]int64, []sqlstore.BatchRef, map[int64]eventLeaf, bool, error) {
 	var (
 		indexes  []int64
-		refs     []batchRef
+		refs     []sqlstore.BatchRef
 		leaves   = map[int64]eventLeaf{}
 		exported bool
 	)
@@ -276,7 +268,7 @@ func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64
 		indexes = append(indexes, i)
 		switch rec.Kind {
 		case ledger.KindTraceEvent:
-			if ref := (batchRef{r.Host, r.BatchSeq}); r.Host != "" {
+			if ref := (sqlstore.BatchRef{Host: r.Host, Seq: r.BatchSeq}); r.Host != "" {
 				leaves[i] = eventLeaf{ref: ref, traceSeq: r.TraceSeq}
 				if !slices.Contains(refs, ref) {
 					refs = append(refs, ref)
@@ -291,7 +283,7 @@ func (c *Center) traceEntries(ctx context.Context, traceID string, alertID int64
 
 // eventLeaf is what a trace.event entry says of its event.
 type eventLeaf struct {
-	ref      batchRef
+	ref      sqlstore.BatchRef
 	traceSeq uint64
 }
 
@@ -322,27 +314,9 @@ type exportPurgeEntry struct {
 	Cutoff time.Time `json:"cutoff"`
 }
 
-// purgedBatches returns which of refs retention removed, with the ledger
-// entry that recorded each.
-func (c *Center) purgedBatches(ctx context.Context, refs []batchRef) (map[batchRef]int64, error) {
-	in := make([]sqlstore.BatchRef, len(refs))
-	for i, r := range refs {
-		in[i] = sqlstore.BatchRef{Host: r.host, Seq: r.seq}
-	}
-	got, err := c.SQL.PurgedBatches(ctx, in)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[batchRef]int64, len(got))
-	for r, mark := range got {
-		out[batchRef{r.Host, r.Seq}] = mark
-	}
-	return out, nil
-}
-
 // exportRetention describes the removed events from the trace's leaves and
 // the retention.purge entries.
-func (c *Center) exportRetention(purged map[batchRef]int64, leaves map[int64]eventLeaf) (*exportRetentionInfo, error) {
+func (c *Center) exportRetention(purged map[sqlstore.BatchRef]int64, leaves map[int64]eventLeaf) (*exportRetentionInfo, error) {
 	info := &exportRetentionInfo{Note: "events of this trace that retention removed after their site's window: their batches are not " +
 		"in the package, so their trace_seq numbers show as missing; the ledger keeps their trace.event leaves (hashes), and the " +
 		"retention.purge entries that recorded the removal are proven here"}
@@ -356,21 +330,21 @@ func (c *Center) exportRetention(purged map[batchRef]int64, leaves map[int64]eve
 		if _, gone := purged[l.ref]; !gone {
 			continue
 		}
-		h := hosts[l.ref.host]
+		h := hosts[l.ref.Host]
 		if h == nil {
 			h = &hostSet{}
-			hosts[l.ref.host] = h
+			hosts[l.ref.Host] = h
 		}
 		h.seqs = append(h.seqs, l.traceSeq)
 	}
 	marks := map[int64]bool{}
 	for r, mark := range purged {
-		h := hosts[r.host]
+		h := hosts[r.Host]
 		if h == nil {
 			h = &hostSet{}
-			hosts[r.host] = h
+			hosts[r.Host] = h
 		}
-		h.batches = append(h.batches, r.seq)
+		h.batches = append(h.batches, r.Seq)
 		if mark < 0 {
 			h.pending = true
 		} else {
