@@ -81,13 +81,16 @@ func (c *Center) runWatches(ctx context.Context) error {
 			}
 			pack.Rules = append(pack.Rules, r)
 		}
-		e, err := rules.NewEngine(ctx, rules.EngineOptions{DB: c.SQL.ReadOnly(), Target: rules.Center, Recorder: c.rec,
-			Log: c.log, OnAlert: c.onAlert}, pack)
+		if eng == nil {
+			eng, err = rules.NewEngine(ctx, rules.EngineOptions{DB: c.SQL.ReadOnly(), Target: rules.Center, Recorder: c.rec,
+				Log: c.log, OnAlert: c.onAlert}, pack)
+		} else {
+			err = eng.SetPacks(ctx, pack) // an unchanged watch keeps its cursors
+		}
 		if err != nil {
 			c.log.Error("watch rules: engine", "err", err)
 			return
 		}
-		eng = e
 		c.log.Info("watch rules loaded", "rules", len(pack.Rules))
 	}
 	load()
