@@ -124,8 +124,11 @@ func FuzzState(f *testing.F) {
 			t.Fatalf("journal error wraps no sentinel: %v", err)
 		} else if err == nil {
 			for _, e := range jr.Entries {
-				if !filepath.IsAbs(e.Target) {
-					t.Fatalf("journal with relative target %q accepted", e.Target)
+				if !filepath.IsAbs(e.Target) || !filepath.IsAbs(e.Staged) {
+					t.Fatalf("journal with relative target %q or staged %q accepted", e.Target, e.Staged)
+				}
+				if e.Existed != (e.Old != "") {
+					t.Fatalf("journal entry %q: existed=%t with old %q accepted", e.Target, e.Existed, e.Old)
 				}
 			}
 		}

@@ -178,7 +178,13 @@ func parseJournal(b []byte) (*journal, error) {
 	if err := dsse.UnmarshalStrict(b, &j); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrState, pendingFile, err)
 	}
-	for _, e := range j.Entries {
+	for i, e := range j.Entries {
+		if e.Target == "" || e.Staged == "" {
+			return nil, fmt.Errorf("%w: %s: entry %d has no target or staged path", ErrState, pendingFile, i)
+		}
+		if e.Existed != (e.Old != "") {
+			return nil, fmt.Errorf("%w: %s: entry %d (%s): existed=%t but old path %q", ErrState, pendingFile, i, e.Target, e.Existed, e.Old)
+		}
 		for _, p := range []string{e.Target, e.Staged, e.Old} {
 			if p != "" && !filepath.IsAbs(p) {
 				return nil, fmt.Errorf("%w: %s: path %q is not absolute", ErrState, pendingFile, p)
