@@ -502,9 +502,16 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 		return nil, malformed("batch: content type %q", h.contentType)
 	}
 
-	var body openBody
-	if err := c.strict.Unmarshal(payload, &body); err != nil {
-		return nil, decodeErr("batch body", err)
+	// The body is decoded without reflection when it is canonical, which
+	// it is unless its sender is broken or hostile; otherwise the general
+	// decoder takes it, explains what is wrong, or finds that only this
+	// fast path cannot take it.
+	body, events, fast := decodeCanonicalBody(payload, c.lim)
+	if !fast {
+		body, events = batchBody{}, nil
+		if err := c.strict.Unmarshal(payload, &body); err != nil {
+			return nil, decodeErr("batch body", err)
+		}
 	}
 	switch {
 	case body.AgentID != h.agentID || body.Seq != h.seq:
@@ -520,22 +527,22 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 	case body.TSStart > body.TSEnd:
 		return nil, malformed("batch: ts_start after ts_end")
 	}
-	for i := range body.Events {
-		if t := body.Events[i].Time; t < body.TSStart || t > body.TSEnd {
+	// Every event must be in canonical encoding, and the body around them
+	// too: the Merkle leaves are then exactly what the agent hashed, anyone
+	// holding a decoded event can rebuild its leaf (EncodeEvent), and no
+	// second encoding of the same batch (duplicate keys, long integer
+	// forms, text strings, unknown fields) is accepted.
+	if !fast {
+		if events, err = slowEvents(c, body.Events); err != nil {
+			return nil, err
+		}
+	}
+	for i := range events {
+		if t := events[i].Time; t < body.TSStart || t > body.TSEnd {
 			return nil, malformed("batch: event %d time %d outside [ts_start, ts_end]", i, t)
 		}
 	}
-
-	// Re-encode the events, and insist that they, framed by the body's
-	// other fields, are the payload byte for byte. The Merkle leaves are then exactly what the
-	// agent hashed, anyone holding a decoded event can rebuild its leaf
-	// (EncodeEvent), and no second encoding of the same batch (duplicate
-	// keys, long integer forms, text strings, unknown fields) is accepted.
-	leaves, err := encodeEvents(body.Events, len(payload))
-	if err != nil {
-		return nil, malformed("batch: re-encode: %w", err)
-	}
-	if !isCanonicalBody(payload, &body, leaves) {
+	if !fast && !isCanonicalBody(payload, &body) {
 		return nil, malformed("batch: body is not in canonical encoding")
 	}
 	b := &Batch{
@@ -543,11 +550,11 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 		Seq:     body.Seq,
 		TSStart: body.TSStart,
 		TSEnd:   body.TSEnd,
-		Events:  body.Events,
-		raw:     make([][]byte, len(leaves)),
+		Events:  events,
+		raw:     make([][]byte, len(body.Events)),
 		tree:    new(proofTree),
 	}
-	for i, l := range leaves {
+	for i, l := range body.Events {
 		b.raw[i] = l
 	}
 	copy(b.Root[:], body.Root)
@@ -557,10 +564,33 @@ func OpenBatch(sealed []byte, pub ed25519.PublicKey, lim Limits) (*Batch, error)
 	return b, nil
 }
 
+// slowEvents decodes each leaf with the reflecting decoder and insists it
+// re-encodes to the same bytes.
+func slowEvents(c *codec, leaves []cbor.RawMessage) ([]capture.Event, error) {
+	events := make([]capture.Event, len(leaves))
+	for i, leaf := range leaves {
+		var ok bool
+		if events[i], ok = decodeCanonicalEvent(leaf); ok {
+			continue
+		}
+		if err := c.strict.Unmarshal(leaf, &events[i]); err != nil {
+			return nil, decodeErr(fmt.Sprintf("batch body: event %d", i), err)
+		}
+		again, err := EncodeEvent(events[i])
+		if err != nil {
+			return nil, malformed("batch: re-encode event %d: %w", i, err)
+		}
+		if !bytes.Equal(again, leaf) {
+			return nil, malformed("batch: body is not in canonical encoding (event %d)", i)
+		}
+	}
+	return events, nil
+}
+
 // isCanonicalBody reports whether payload is exactly the canonical encoding
-// of body with the given (canonical) event encodings. It compares piece by
-// piece instead of encoding the whole body again.
-func isCanonicalBody(payload []byte, body *openBody, leaves []cbor.RawMessage) bool {
+// of body, whose events are checked to be canonical already. It compares
+// piece by piece instead of encoding the whole body again.
+func isCanonicalBody(payload []byte, body *batchBody) bool {
 	var scratch [64]byte
 	expect := func(b []byte) bool {
 		if !bytes.HasPrefix(payload, b) {
@@ -574,8 +604,8 @@ func isCanonicalBody(payload []byte, body *openBody, leaves []cbor.RawMessage) b
 		expect(appendHead(scratch[:0], majorUint, 2)) && expect(appendHead(scratch[:0], majorUint, body.Seq)) &&
 		expect(appendHead(scratch[:0], majorUint, 3)) && expect(appendInt(scratch[:0], body.TSStart)) &&
 		expect(appendHead(scratch[:0], majorUint, 4)) && expect(appendInt(scratch[:0], body.TSEnd)) &&
-		expect(appendHead(scratch[:0], majorUint, 5)) && expect(appendHead(scratch[:0], majorArray, uint64(len(leaves))))
-	for _, l := range leaves {
+		expect(appendHead(scratch[:0], majorUint, 5)) && expect(appendHead(scratch[:0], majorArray, uint64(len(body.Events))))
+	for _, l := range body.Events {
 		ok = ok && expect(l)
 	}
 	ok = ok && expect(appendHead(scratch[:0], majorUint, 6)) && expect(appendHead(scratch[:0], majorBytes, uint64(len(body.Root)))) && expect(body.Root)
@@ -611,16 +641,6 @@ func appendInt(b []byte, v int64) []byte {
 		return appendHead(b, majorNeg, uint64(-(v + 1)))
 	}
 	return appendHead(b, majorUint, uint64(v))
-}
-
-// openBody is batchBody decoded straight into events, in one pass.
-type openBody struct {
-	AgentID string          `cbor:"1,keyasint"`
-	Seq     uint64          `cbor:"2,keyasint"`
-	TSStart int64           `cbor:"3,keyasint"`
-	TSEnd   int64           `cbor:"4,keyasint"`
-	Events  []capture.Event `cbor:"5,keyasint"`
-	Root    []byte          `cbor:"6,keyasint"`
 }
 
 // encodeEvents encodes events canonically into one buffer and returns each

@@ -501,19 +501,19 @@ func TestIsCanonicalBody(t *testing.T) {
 				t.Fatal(err)
 			}
 			root := bytes.Repeat([]byte{byte(seq)}, 32)
-			body := openBody{AgentID: agent, Seq: seq, TSStart: ts, TSEnd: sints[(j+1)%len(sints)], Events: evs[:n], Root: root}
-			payload, err := encMode.Marshal(&batchBody{AgentID: agent, Seq: seq, TSStart: body.TSStart, TSEnd: body.TSEnd, Events: leaves, Root: root})
+			body := batchBody{AgentID: agent, Seq: seq, TSStart: ts, TSEnd: sints[(j+1)%len(sints)], Events: leaves, Root: root}
+			payload, err := encMode.Marshal(&body)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !isCanonicalBody(payload, &body, leaves) {
+			if !isCanonicalBody(payload, &body) {
 				t.Fatalf("seq %d ts %d agent len %d: canonical payload refused", seq, ts, len(agent))
 			}
-			if isCanonicalBody(payload[:len(payload)-1], &body, leaves) || isCanonicalBody(append(payload, 0), &body, leaves) {
+			if isCanonicalBody(payload[:len(payload)-1], &body) || isCanonicalBody(append(payload, 0), &body) {
 				t.Fatalf("seq %d ts %d: truncated or extended payload accepted", seq, ts)
 			}
 			body.Seq ^= 1
-			if isCanonicalBody(payload, &body, leaves) {
+			if isCanonicalBody(payload, &body) {
 				t.Fatalf("seq %d: payload accepted for another seq", seq)
 			}
 		}
