@@ -148,6 +148,23 @@ func eventPool(seed uint64, chunks int) [][]capture.Event {
 	return out
 }
 
+// rekey moves a pool chunk's process keys from cycle from to cycle to, so
+// that every time the pool comes round its events name new processes, as a
+// host's do: a store that sees the same exited processes again pays reads
+// a real host never causes (their entries are on disk, not in the live
+// cache, and the key filter cannot rule them out). realisticEvents draws
+// every start time within 1e6 of its base, so steps of 1e7 never collide.
+func rekey(evs []capture.Event, from, to uint64) {
+	if from == to {
+		return
+	}
+	d := (to - from) * 10_000_000
+	for i := range evs {
+		evs[i].Proc.Start += d
+		evs[i].Parent.Start += d
+	}
+}
+
 // labeled runs fn under the pprof label node=name.
 func labeled(name string, fn func()) {
 	pprof.Do(context.Background(), pprof.Labels("node", name), func(context.Context) { fn() })
@@ -267,8 +284,14 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 	errc := make(chan error, agents)
 	for i, a := range as {
 		go pprof.Do(context.Background(), pprof.Labels("node", "sensor"), func(context.Context) {
+			at := make([]uint64, len(pools[i])) // the cycle each chunk is keyed for
 			for k := range chunks {
-				if err := emit(a, pools[i][k%len(pools[i])]); err != nil {
+				// Chunk 0 was the warm-up: start after it.
+				n := k + 1
+				chunk := pools[i][n%len(pools[i])]
+				rekey(chunk, at[n%len(pools[i])], uint64(n/len(pools[i])))
+				at[n%len(pools[i])] = uint64(n / len(pools[i]))
+				if err := emit(a, chunk); err != nil {
 					errc <- err
 					return
 				}
