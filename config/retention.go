@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,7 +95,7 @@ func ParsePeriod(s string) (Period, error) {
 	var days int64
 	if i := strings.IndexByte(t, 'd'); i >= 0 {
 		n, err := strconv.ParseInt(t[:i], 10, 64)
-		if err != nil || n < 0 || n > int64(1<<62/day) {
+		if err != nil || n < 0 || n > int64(math.MaxInt64/day) {
 			return 0, fmt.Errorf("invalid period %q: want a number of days before the d, as in 90d", s)
 		}
 		days, t = n, t[i+1:]
