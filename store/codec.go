@@ -59,11 +59,7 @@ func init() {
 
 // EncodeEvent returns the stored encoding of ev.
 func EncodeEvent(ev *capture.Event) ([]byte, error) {
-	b, err := encMode.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode event: %w", err)
-	}
-	return b, nil
+	return capture.AppendCBOR(nil, ev), nil
 }
 
 // DecodeEvent parses a stored event encoding.

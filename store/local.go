@@ -481,9 +481,7 @@ func (l *Local) Append(evs []capture.Event) (first, last uint64, err error) {
 		s.ev = evs[i]
 		s.ev.Seq = first + uint64(i)
 		from := s.vals.Len()
-		if err := encMode.MarshalToBuffer(&s.ev, &s.vals); err != nil {
-			return 0, 0, fmt.Errorf("append seq %d: encode event: %w", s.ev.Seq, err)
-		}
+		s.vals.Write(capture.AppendCBOR(s.vals.AvailableBuffer(), &s.ev))
 		s.ends = append(s.ends, s.vals.Len())
 		s.times = append(s.times, timeRef{at: orderedTime(s.ev.Time), seq: s.ev.Seq, size: uint64(s.vals.Len() - from)})
 		if err := tx.apply(&s.ev); err != nil {

@@ -120,11 +120,7 @@ func VerifyEventProof(root [32]byte, eventCBOR []byte, i, n int, proof [][32]byt
 // EncodeEvent returns the canonical CBOR of e: core deterministic encoding
 // with strings as byte strings. It is the leaf data of e's Merkle leaf.
 func EncodeEvent(e capture.Event) ([]byte, error) {
-	b, err := encMode.Marshal(e)
-	if err != nil {
-		return nil, fmt.Errorf("wire: encode event: %w", err)
-	}
-	return b, nil
+	return capture.AppendCBOR(nil, &e), nil
 }
 
 type hashReader []tlog.Hash
@@ -646,17 +642,12 @@ func appendInt(b []byte, v int64) []byte {
 // encodeEvents encodes events canonically into one buffer and returns each
 // event's slice of it.
 func encodeEvents(events []capture.Event, sizeHint int) ([]cbor.RawMessage, error) {
-	var buf bytes.Buffer
-	buf.Grow(sizeHint)
+	all := make([]byte, 0, sizeHint)
 	ends := make([]int, len(events))
-	enc := encMode.NewEncoder(&buf)
 	for i := range events {
-		if err := enc.Encode(&events[i]); err != nil {
-			return nil, fmt.Errorf("event %d: %w", i, err)
-		}
-		ends[i] = buf.Len()
+		all = capture.AppendCBOR(all, &events[i])
+		ends[i] = len(all)
 	}
-	all := buf.Bytes()
 	out := make([]cbor.RawMessage, len(events))
 	start := 0
 	for i, end := range ends {
