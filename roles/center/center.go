@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -50,7 +51,9 @@ type Center struct {
 	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
 	push     *transport.Latest  // the rule pack set every child gets (rulepush.go)
 	rec      *rules.SQLRecorder // alerts table; nil until Run starts the rules
-	ingestQ  chan *wire.Batch
+	ingestQ  chan *wire.Batch   // bulk batches for SQL, in commit order
+	urgentQ  chan *wire.Batch   // trace and alert batches for SQL: taken first
+	onSQL    atomic.Pointer[func(*wire.Batch)]
 	stopping chan struct{} // closed when Run's context ends
 
 	// ops writes trace state (the same center.db as the API's operators);
@@ -133,7 +136,7 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 		db.Close()
 		return nil, fmt.Errorf("center: %w", err)
 	}
-	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024),
+	c := &Center{cfg: cfg, log: log, id: id, db: db, outbox: outbox, SQL: sq, Ledger: lg, ingestQ: make(chan *wire.Batch, 1024), urgentQ: make(chan *wire.Batch, 256),
 		stopping: make(chan struct{}), watchChanged: make(chan struct{}, 1), acks: map[string][]wire.CommandAck{}, fleet: map[string]wire.Health{}, healthDue: map[string]wire.Health{}, healthKick: make(chan struct{}, 1), ops: ops, auditor: LedgerAuditor{L: lg}}
 	if cfg.API.Listen != "" {
 		c.apiCert, err = newAPICert(cfg, id.Name, id.Holder, id.Verifier, log)
@@ -151,9 +154,13 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 	}
 	c.sinks = newSinkGate(cfg.Sinks, sq, LedgerAuditor{L: lg}, log)
 	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
-	c.Ingest.toSQL = func(b *wire.Batch) {
+	c.Ingest.toSQL = func(b *wire.Batch, urgent bool) {
+		q := c.ingestQ
+		if urgent {
+			q = c.urgentQ
+		}
 		select {
-		case c.ingestQ <- b:
+		case q <- b:
 		case <-c.stopping: // the next start reconciles it from the batch store
 		}
 	}

@@ -27,7 +27,7 @@ type Ingest struct {
 	limits   wire.Limits
 	hookMu   sync.Mutex
 	onStored func(b *wire.Batch, lane wire.Lane)
-	toSQL    func(b *wire.Batch) // hands a durable batch to the SQL ingester
+	toSQL    func(b *wire.Batch, urgent bool) // hands a durable batch to the SQL ingester
 
 	gateOnce sync.Once
 	gate     *cpuGate // bounds bulk verifications running at once (Submit)
@@ -127,7 +127,7 @@ func (in *Ingest) Commit(lane wire.Lane, b *wire.Batch, sealed []byte) *wire.Nac
 	if in.toSQL != nil {
 		if lane == wire.LaneBulk {
 			// Blocks while the SQL ingester is behind: backpressure.
-			in.toSQL(b)
+			in.toSQL(b, false)
 		} else {
 			in.urgentToSQL(b)
 		}
@@ -176,7 +176,7 @@ func (in *Ingest) urgentToSQL(b *wire.Batch) {
 			in.urgentMu.Lock()
 			next := in.urgentQ[0]
 			in.urgentMu.Unlock()
-			in.toSQL(next)
+			in.toSQL(next, true)
 			in.urgentMu.Lock()
 			in.urgentQ[0] = nil
 			in.urgentQ = in.urgentQ[1:]

@@ -13,29 +13,52 @@ import (
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
 
-// ingestSQL feeds durable batches into the SQL store in the order they were
-// committed. The batch store (Pebble) is the record; SQL is derived from
-// it, so a failure here is retried and, after a crash, reconcile catches up.
+// ingestSQL feeds durable batches into the SQL store: trace and alert
+// batches first (an analyst is waiting for them, and a saturated bulk lane
+// can queue a thousand batches, minutes of SQL work, ahead of them), bulk
+// in the order it was committed. The batch store (Pebble) is the record;
+// SQL is derived from it, so a failure here is retried and, after a crash,
+// reconcile catches up.
 func (c *Center) ingestSQL(ctx context.Context) error {
 	for {
+		select {
+		case b := <-c.urgentQ:
+			c.ingestOne(ctx, b, true)
+			continue
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			// What is still queued is in the batch store already; the
 			// next start's reconcile ingests it. Draining here could take
 			// minutes under load and hold up the stop.
 			return nil
+		case b := <-c.urgentQ:
+			c.ingestOne(ctx, b, true)
 		case b := <-c.ingestQ:
-			c.ingestOne(ctx, b)
+			c.ingestOne(ctx, b, false)
 		}
 	}
 }
 
-func (c *Center) ingestOne(ctx context.Context, b *wire.Batch) {
+// SetOnSQL sets what is called after each batch is in the SQL store (for
+// measurements: the time an analyst can first see a batch).
+func (c *Center) SetOnSQL(fn func(*wire.Batch)) { c.onSQL.Store(&fn) }
+
+func (c *Center) ingestOne(ctx context.Context, b *wire.Batch, urgent bool) {
 	for attempt := 0; attempt < 5; attempt++ {
-		release := c.Ingest.SQLSlot() // CPU-heavy: after bulk verification, never before trace
+		release := func() {}
+		if !urgent {
+			// CPU-heavy: after bulk verification, never before trace. A
+			// trace or alert batch, like its verification, takes no slot.
+			release = c.Ingest.SQLSlot()
+		}
 		err := c.SQL.IngestBatch(ctx, b)
 		release()
 		if err == nil {
+			if fn := c.onSQL.Load(); fn != nil {
+				(*fn)(b)
+			}
 			if err := c.traceEvents(ctx, b); err != nil {
 				c.log.Error("trace events of a batch", "agent", b.AgentID, "seq", b.Seq, "err", err)
 			}
