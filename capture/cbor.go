@@ -223,3 +223,137 @@ func cborOptStrs(b []byte, key byte, ss []string) []byte {
 	}
 	return b
 }
+
+// PeekCBOR reads an event's time, kind and trace id from its canonical
+// CBOR (AppendCBOR's bytes) without decoding the rest. ok is false for
+// anything it cannot read that way; callers then decode it in full, which
+// also explains what is wrong.
+func PeekCBOR(b []byte) (t int64, kind Kind, traceID string, ok bool) {
+	p := peeker{b: b}
+	n, ok := p.head(5)
+	if !ok {
+		return 0, 0, "", false
+	}
+	var seen uint8
+	for range n {
+		k, ok := p.head(0)
+		if !ok || k > 0xff {
+			return 0, 0, "", false
+		}
+		switch k {
+		case 2:
+			if len(p.b) == 0 {
+				return 0, 0, "", false
+			}
+			neg := p.b[0]>>5 == 1
+			v, ok := p.head(p.b[0] >> 5)
+			if !ok || v > 1<<63-1 {
+				return 0, 0, "", false
+			}
+			t = int64(v)
+			if neg {
+				t = -1 - t
+			}
+			seen |= 1
+		case 3:
+			v, ok := p.head(0)
+			if !ok || v > 0xff {
+				return 0, 0, "", false
+			}
+			kind, seen = Kind(v), seen|2
+		case 11:
+			n, ok := p.head(2)
+			if !ok || n > uint64(len(p.b)) {
+				return 0, 0, "", false
+			}
+			traceID, p.b = string(p.b[:n]), p.b[n:]
+		default:
+			if !p.skip(0) {
+				return 0, 0, "", false
+			}
+		}
+	}
+	return t, kind, traceID, seen == 3 && len(p.b) == 0
+}
+
+// peeker reads definite-length CBOR.
+type peeker struct{ b []byte }
+
+// head reads a head of major type major; ok false on any other.
+func (p *peeker) head(major byte) (uint64, bool) {
+	if len(p.b) == 0 || p.b[0]>>5 != major {
+		return 0, false
+	}
+	info := p.b[0] & 0x1f
+	if info < 24 {
+		p.b = p.b[1:]
+		return uint64(info), true
+	}
+	if info > 27 {
+		return 0, false
+	}
+	size := 1 << (info - 24)
+	if len(p.b) < 1+size {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range p.b[1 : 1+size] {
+		n = n<<8 | uint64(c)
+	}
+	p.b = p.b[1+size:]
+	return n, true
+}
+
+// skip steps over one data item, at most 8 levels deep.
+func (p *peeker) skip(depth int) bool {
+	if len(p.b) == 0 || depth > 8 {
+		return false
+	}
+	major := p.b[0] >> 5
+	if major == 7 { // simple values and floats
+		switch info := p.b[0] & 0x1f; {
+		case info < 24:
+			p.b = p.b[1:]
+			return true
+		case info <= 27:
+			size := 1 << (info - 24)
+			if len(p.b) < 1+size {
+				return false
+			}
+			p.b = p.b[1+size:]
+			return true
+		}
+		return false
+	}
+	n, ok := p.head(major)
+	if !ok {
+		return false
+	}
+	switch major {
+	case 0, 1:
+		return true
+	case 2, 3:
+		if n > uint64(len(p.b)) {
+			return false
+		}
+		p.b = p.b[n:]
+		return true
+	case 4, 5:
+		items := n
+		if major == 5 {
+			items = 2 * n
+		}
+		if items > uint64(len(p.b)) { // each item is at least a byte
+			return false
+		}
+		for range items {
+			if !p.skip(depth + 1) {
+				return false
+			}
+		}
+		return true
+	case 6:
+		return p.skip(depth + 1)
+	}
+	return false
+}

@@ -634,7 +634,8 @@ type RawEvent struct {
 	CBOR []byte
 }
 
-// eventHead is what RawEventsBySeq decodes of an event; the decoder skips
+// eventHead is what RawEventsBySeq reads of an event: capture.PeekCBOR
+// when the event is as stored (canonical), else the decoder, which skips
 // the other fields without building them.
 type eventHead struct {
 	Time    int64        `cbor:"2,keyasint"`
@@ -665,9 +666,11 @@ func (l *Local) RawEventsBySeq(from uint64, fn func(RawEvent) bool) error {
 			return fmt.Errorf("events by seq: %w", err)
 		}
 		var h eventHead
+		var peeked bool
 		if len(v) > maxValueBytes {
 			err = fmt.Errorf("value of %d bytes exceeds %d", len(v), maxValueBytes)
-		} else {
+		} else if h.Time, h.Kind, h.TraceID, peeked = capture.PeekCBOR(v); !peeked {
+			h = eventHead{}
 			err = decMode.Unmarshal(v, &h)
 		}
 		if err != nil {

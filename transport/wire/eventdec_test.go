@@ -125,6 +125,9 @@ func checkAgrees(t *testing.T, leaf []byte, want capture.Event) {
 	if fast := capture.AppendCBOR(nil, &want); !bytes.Equal(fast, leaf) {
 		t.Fatalf("capture.AppendCBOR wrote %x for canonical %x", fast, leaf)
 	}
+	if tm, kind, trace, ok := capture.PeekCBOR(leaf); !ok || tm != want.Time || kind != want.Kind || trace != want.TraceID {
+		t.Fatalf("capture.PeekCBOR(%x) = %d, %v, %q, %t; want %d, %v, %q", leaf, tm, kind, trace, ok, want.Time, want.Kind, want.TraceID)
+	}
 }
 
 // FuzzCanonicalEvent: whatever the fast path accepts, the reflecting
@@ -144,6 +147,7 @@ func FuzzCanonicalEvent(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		capture.PeekCBOR(data) // must not panic on anything
 		if got, ok := decodeCanonicalEvent(data); ok {
 			checkAgrees(t, data, got)
 			return
