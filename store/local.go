@@ -150,6 +150,11 @@ type Local struct {
 	table   *tableMem
 	tx      *tableTx      // Append's, reused
 	scratch appendScratch // Append's, reused
+
+	// The trace and alert events stored since open (urgent.go).
+	urgentMu    sync.Mutex
+	urgent      []UrgentRef
+	urgentFloor uint64
 }
 
 // OpenLocal opens (creating it if needed) the store in dir for writing.
@@ -232,6 +237,7 @@ func openLocal(dir string, opts LocalOptions, log *slog.Logger, readOnly bool) (
 		lock.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
+	l.urgentFloor = l.lastSeq // the urgent list knows only what is stored from now on
 	log.Debug("store opened", "dir", dir, "read_only", readOnly, "last_seq", l.lastSeq,
 		"events", l.events, "event_bytes", l.bytes, "live", l.live, "exited", l.exited)
 	return l, nil
@@ -550,6 +556,7 @@ func (l *Local) Append(evs []capture.Event) (first, last uint64, err error) {
 	tx.forget()
 	s.ev = capture.Event{} // holds no caller's memory between calls
 	l.lastSeq = last
+	l.noteUrgent(evs, first)
 	l.events += uint64(len(evs))
 	l.bytes += added
 	l.live += tx.dLive
@@ -643,6 +650,23 @@ type eventHead struct {
 	TraceID string       `cbor:"11,keyasint,omitempty"`
 }
 
+// rawEvent reads the head of a stored event.
+func rawEvent(seq uint64, v []byte) (RawEvent, error) {
+	var h eventHead
+	var peeked bool
+	var err error
+	if len(v) > maxValueBytes {
+		err = fmt.Errorf("value of %d bytes exceeds %d", len(v), maxValueBytes)
+	} else if h.Time, h.Kind, h.TraceID, peeked = capture.PeekCBOR(v); !peeked {
+		h = eventHead{}
+		err = decMode.Unmarshal(v, &h)
+	}
+	if err != nil {
+		return RawEvent{}, fmt.Errorf("seq %d: decode event: %w", seq, err)
+	}
+	return RawEvent{Seq: seq, Time: h.Time, Kind: h.Kind, TraceID: h.TraceID, CBOR: v}, nil
+}
+
 // RawEventsBySeq is EventsBySeq without decoding each event: it hands fn
 // the stored encoding and the event's time and trace id.
 func (l *Local) RawEventsBySeq(from uint64, fn func(RawEvent) bool) error {
@@ -665,19 +689,12 @@ func (l *Local) RawEventsBySeq(from uint64, fn func(RawEvent) bool) error {
 			it.Close()
 			return fmt.Errorf("events by seq: %w", err)
 		}
-		var h eventHead
-		var peeked bool
-		if len(v) > maxValueBytes {
-			err = fmt.Errorf("value of %d bytes exceeds %d", len(v), maxValueBytes)
-		} else if h.Time, h.Kind, h.TraceID, peeked = capture.PeekCBOR(v); !peeked {
-			h = eventHead{}
-			err = decMode.Unmarshal(v, &h)
-		}
+		ev, err := rawEvent(seq, v)
 		if err != nil {
 			it.Close()
-			return fmt.Errorf("seq %d: decode event: %w", seq, err)
+			return err
 		}
-		if !fn(RawEvent{Seq: seq, Time: h.Time, Kind: h.Kind, TraceID: h.TraceID, CBOR: v}) {
+		if !fn(ev) {
 			break
 		}
 	}

@@ -167,10 +167,16 @@ func laneOf(ev *store.RawEvent) int {
 // append as each batch, so a crash never skips events, never ships one
 // twice and never reuses a batch seq.
 func (s *Shipper) cut() error {
+	// Listed before the flush, so that only what the flush makes durable
+	// is sent ahead.
+	floor, urgent := s.st.Urgent()
 	// Events are shipped only once durable in the local store: otherwise a
 	// power loss could hand their seqs out again after the cursor moved past
 	// them, and the new events would never be shipped.
 	if err := s.st.Flush(); err != nil {
+		return err
+	}
+	if err := s.cutUrgent(floor, urgent); err != nil {
 		return err
 	}
 	for {
@@ -243,6 +249,78 @@ func (s *Shipper) cut() error {
 			return nil
 		}
 	}
+}
+
+// cutUrgent sends trace and alert events ahead of the baseline not read
+// yet: under a bulk backlog (a busy host, a slow uplink) the reader below
+// reaches a trace event only after every bulk event stored before it,
+// which is seconds to minutes of the trace lane's latency. It applies once
+// the reader has passed floor, since the store lists every urgent event
+// above floor and nothing below it. Each batch moves only its lane's
+// cursor: the reader skips what was sent here when it gets there (and
+// after a crash, reading resumes where it was).
+func (s *Shipper) cutUrgent(floor uint64, urgent []store.UrgentRef) error {
+	if len(urgent) == 0 {
+		return nil
+	}
+	v, _, err := s.wal.Meta("cursor")
+	if err != nil {
+		return err
+	}
+	if u64(v) < floor {
+		return nil
+	}
+	for _, l := range []int{shipTrace, shipAlert} {
+		cv, _, err := s.wal.Meta(shipLanes[l].cursor)
+		if err != nil {
+			return err
+		}
+		cursor := u64(cv)
+		var evs rawBatch
+		flush := func() error {
+			if evs.len() == 0 {
+				return nil
+			}
+			bseq, _, err := s.wal.Meta("batch_seq")
+			if err != nil {
+				return err
+			}
+			seq := u64(bseq) + 1
+			m := map[string][]byte{shipLanes[l].cursor: be(evs.lastSeq), "batch_seq": be(seq)}
+			if err := s.queue(shipLanes[l].lane, seq, &evs, m); err != nil {
+				return err
+			}
+			evs = rawBatch{}
+			return nil
+		}
+		for _, u := range urgent {
+			if u.Seq <= cursor || u.Alert != (l == shipAlert) {
+				continue
+			}
+			if _, err := s.st.RawEventAt(u.Seq, func(ev store.RawEvent) { evs.add(&ev) }); err != nil {
+				return err
+			}
+			if evs.len() >= s.cfg.Stream.BatchMaxEvents {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	// What each lane has sent is no longer needed in the list.
+	var done [2]uint64
+	for i, l := range []int{shipTrace, shipAlert} {
+		cv, _, err := s.wal.Meta(shipLanes[l].cursor)
+		if err != nil {
+			return err
+		}
+		done[i] = u64(cv)
+	}
+	s.st.ForgetUrgent(done[0], done[1])
+	return nil
 }
 
 // rawBatch gathers stored event encodings for one batch: copied into one

@@ -89,17 +89,20 @@ func newSource(tr *Tree, name, parent string, link transport.Options, poolSeed u
 // send seals the source's next batch of n events and queues it on lane;
 // a trace batch's latency runs from here.
 func (s *source) send(lane uint8, n int) error {
+	s.mu.Lock()
 	s.seq++
-	off := int(s.seq*uint64(n)) % (len(s.pool) - n + 1)
-	sealed, err := wire.SealBatchCert(s.name, s.seq, s.pool[off:off+n], s.id.Key(), s.id.CertDER(), true)
+	seq := s.seq
+	s.mu.Unlock()
+	off := int(seq*uint64(n)) % (len(s.pool) - n + 1)
+	sealed, err := wire.SealBatchCert(s.name, seq, s.pool[off:off+n], s.id.Key(), s.id.CertDER(), true)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.sent[s.seq] = time.Now()
+	s.sent[seq] = time.Now()
 	s.mu.Unlock()
 	if _, err := s.wal.Append(lane, sealed, nil); err != nil {
-		return fmt.Errorf("%s: queue batch %d: %w", s.name, s.seq, err)
+		return fmt.Errorf("%s: queue batch %d: %w", s.name, seq, err)
 	}
 	s.up.Kick()
 	return nil
@@ -261,7 +264,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // runTraceLatency builds bulk sources + a trace source -> px2 -> px1 ->
 // center, saturates the bulk lane and measures each trace batch from its
 // WAL append at the source to its commit at the center.
-func runTraceLatency(b *testing.B, realProxies bool, link transport.Options, window int) latencyResult {
+//
+// With mixed, the trace source also sends bulk, as a traced host does: its
+// trace batches then share its link, its uplink and its agent's lock at the
+// center with its own bulk backlog.
+func runTraceLatency(b *testing.B, realProxies, mixed bool, link transport.Options, window int) latencyResult {
 	b.Helper()
 	tr := New(b)
 	c := tr.NewCenter("center").Start()
@@ -279,6 +286,9 @@ func runTraceLatency(b *testing.B, realProxies bool, link transport.Options, win
 	for i := range traceBulkAgents {
 		bulk = append(bulk, newSource(tr, fmt.Sprintf("bulk-%d", i), px2Addr, link, uint64(100+i)))
 	}
+	if mixed {
+		bulk = append(bulk, src)
+	}
 
 	var (
 		mu        sync.Mutex
@@ -286,6 +296,7 @@ func runTraceLatency(b *testing.B, realProxies bool, link transport.Options, win
 		hopLat    [3][]time.Duration
 		bulkStore atomic.Int64
 		unknown   atomic.Int64
+		traceSeqs sync.Map // seqs of the trace batches stored: src may send bulk too
 	)
 	c.Ingest.SetOnStored(func(bt *wire.Batch, lane wire.Lane) {
 		now := time.Now()
@@ -298,6 +309,7 @@ func runTraceLatency(b *testing.B, realProxies bool, link transport.Options, win
 			unknown.Add(1)
 			return
 		}
+		traceSeqs.Store(bt.Seq, true)
 		mu.Lock()
 		lat = append(lat, now.Sub(t0))
 		if t2, ok := hops.get("px2", bt.Seq); ok {
@@ -312,6 +324,9 @@ func runTraceLatency(b *testing.B, realProxies bool, link transport.Options, win
 	var sqlLat []time.Duration
 	c.SetOnSQL(func(bt *wire.Batch) {
 		if bt.AgentID != src.name {
+			return
+		}
+		if _, ok := traceSeqs.Load(bt.Seq); !ok {
 			return
 		}
 		if t0, ok := src.queuedAt(bt.Seq); ok {
@@ -426,24 +441,27 @@ func BenchmarkTraceLatency(b *testing.B) {
 		realProxies bool
 		link        transport.Options
 		window      int
-		procs       int // GOMAXPROCS for the run; 0 leaves it alone
+		procs       int  // GOMAXPROCS for the run; 0 leaves it alone
+		mixed       bool // the trace source sends bulk too
 	}{
-		{"proxies=real/prio=on", true, transport.Options{}, 0, 0},
-		{"proxies=chain/prio=on", false, transport.Options{}, 0, 0},
-		{"proxies=chain/prio=off", false, transport.Options{NoPrio: true}, 0, 0},
+		{"proxies=real/prio=on", true, transport.Options{}, 0, 0, false},
+		// The traced host streams bulk as well (as in bench scale).
+		{"proxies=real/prio=on/mixed", true, transport.Options{}, 0, 0, true},
+		{"proxies=chain/prio=on", false, transport.Options{}, 0, 0, false},
+		{"proxies=chain/prio=off", false, transport.Options{NoPrio: true}, 0, 0, false},
 		// Diagnostic: the same chain with a small uplink window (batches in
 		// flight per lane), which bounds how long the uplink's one sender
 		// goroutine can block on a full bulk lane.
-		{"proxies=chain/prio=on/window=8", false, transport.Options{}, 8, 0},
+		{"proxies=chain/prio=on/window=8", false, transport.Options{}, 8, 0, false},
 		// Every node of this tree runs in this one process, so they share
 		// one Go scheduler with GOMAXPROCS (2 here) processors: a trace
 		// batch waits at every step in one run queue with the goroutines
 		// of all eight nodes. Deployed, each node is its own process with
 		// its own GOMAXPROCS and the kernel shares the cores between them.
 		// procs=16 (two per node) approximates that on the same two cores.
-		{"proxies=real/prio=on/procs=16", true, transport.Options{}, 0, 16},
-		{"proxies=chain/prio=on/procs=16", false, transport.Options{}, 0, 16},
-		{"proxies=chain/prio=off/procs=16", false, transport.Options{NoPrio: true}, 0, 16},
+		{"proxies=real/prio=on/procs=16", true, transport.Options{}, 0, 16, false},
+		{"proxies=chain/prio=on/procs=16", false, transport.Options{}, 0, 16, false},
+		{"proxies=chain/prio=off/procs=16", false, transport.Options{NoPrio: true}, 0, 16, false},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			if v.procs > 0 {
@@ -453,7 +471,7 @@ func BenchmarkTraceLatency(b *testing.B) {
 			var hops [3][]time.Duration
 			var bulkRate, dry float64
 			for range b.N {
-				r := runTraceLatency(b, v.realProxies, v.link, v.window)
+				r := runTraceLatency(b, v.realProxies, v.mixed, v.link, v.window)
 				all = append(all, r.lat...)
 				inSQL = append(inSQL, r.sql...)
 				for i := range hops {
