@@ -167,19 +167,19 @@ func laneOf(ev *store.RawEvent) int {
 // append as each batch, so a crash never skips events, never ships one
 // twice and never reuses a batch seq.
 func (s *Shipper) cut() error {
-	// Listed before the flush, so that only what the flush makes durable
-	// is sent ahead.
-	floor, urgent := s.st.Urgent()
 	// Events are shipped only once durable in the local store: otherwise a
 	// power loss could hand their seqs out again after the cursor moved past
 	// them, and the new events would never be shipped.
+	durable := s.st.LastSeq()
 	if err := s.st.Flush(); err != nil {
 		return err
 	}
-	if err := s.cutUrgent(floor, urgent); err != nil {
-		return err
-	}
 	for {
+		// Before each read: a long backlog takes many rounds, and trace
+		// events stored meanwhile must not wait for all of them.
+		if err := s.sendUrgent(&durable); err != nil {
+			return err
+		}
 		var cursors [3]uint64
 		for i, l := range shipLanes {
 			v, _, err := s.wal.Meta(l.cursor)
@@ -249,6 +249,27 @@ func (s *Shipper) cut() error {
 			return nil
 		}
 	}
+}
+
+// sendUrgent sends the urgent events stored so far ahead of the reader,
+// flushing the store first when some are newer than durable (the last seq
+// known durable, which it moves on).
+func (s *Shipper) sendUrgent(durable *uint64) error {
+	floor, urgent := s.st.Urgent()
+	if len(urgent) == 0 {
+		return nil
+	}
+	if urgent[len(urgent)-1].Seq > *durable {
+		last := s.st.LastSeq()
+		if err := s.st.Flush(); err != nil {
+			return err
+		}
+		*durable = last
+	}
+	for len(urgent) > 0 && urgent[len(urgent)-1].Seq > *durable {
+		urgent = urgent[:len(urgent)-1] // stored after the flush: next round
+	}
+	return s.cutUrgent(floor, urgent)
 }
 
 // cutUrgent sends trace and alert events ahead of the baseline not read
