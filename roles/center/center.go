@@ -8,6 +8,7 @@ package center
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sync/semaphore"
 	"log/slog"
 	"net"
 	"os"
@@ -42,19 +43,26 @@ type Center struct {
 	Ingest *Ingest
 	// SQL is the queryable store derived from the batch store: every
 	// batch durable in Pebble is ingested here (again after a crash).
-	SQL      *sqlstore.Store
-	Ledger   *ledger.Ledger // every operator action (and trace event) is a leaf
-	API      *API           // nil when center.api.listen is empty
-	apiCert  *apiCert       // what the API presents (api_tls.go)
-	Rules    *rules.Engine
-	packsMu  sync.RWMutex       // packs: replaced when the pack files change (rulepush.go)
-	packs    []*rules.Pack      // the active rule packs (agent alerts are checked against them)
-	push     *transport.Latest  // the rule pack set every child gets (rulepush.go)
-	rec      *rules.SQLRecorder // alerts table; nil until Run starts the rules
-	ingestQ  chan *wire.Batch   // bulk batches for SQL, in commit order
-	urgentQ  chan *wire.Batch   // trace and alert batches for SQL: taken first
-	onSQL    atomic.Pointer[func(*wire.Batch)]
-	stopping chan struct{} // closed when Run's context ends
+	SQL     *sqlstore.Store
+	Ledger  *ledger.Ledger // every operator action (and trace event) is a leaf
+	API     *API           // nil when center.api.listen is empty
+	apiCert *apiCert       // what the API presents (api_tls.go)
+	Rules   *rules.Engine
+	packsMu sync.RWMutex       // packs: replaced when the pack files change (rulepush.go)
+	packs   []*rules.Pack      // the active rule packs (agent alerts are checked against them)
+	push    *transport.Latest  // the rule pack set every child gets (rulepush.go)
+	rec     *rules.SQLRecorder // alerts table; nil until Run starts the rules
+	ingestQ chan *wire.Batch   // bulk batches for SQL, in commit order
+	urgentQ chan *wire.Batch   // trace and alert batches for SQL: taken first
+	onSQL   atomic.Pointer[func(*wire.Batch)]
+	// sqlBudget bounds the decoded events waiting in ingestQ (sqlQueueEvents):
+	// a thousand 2000-event batches held decoded were 2 GB of heap, and the
+	// collector's work on it delayed everything else. Past it, bulk commits
+	// wait and the tree's durable WALs hold the rest.
+	sqlBudget *semaphore.Weighted
+	stopping  chan struct{}      // closed when Run's context ends
+	stopCtx   context.Context    // done when stopping is closed
+	stopNow   context.CancelFunc // closes stopCtx
 
 	// ops writes trace state (the same center.db as the API's operators);
 	// auditor records what it writes in the ledger.
@@ -154,10 +162,14 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 	}
 	c.sinks = newSinkGate(cfg.Sinks, sq, LedgerAuditor{L: lg}, log)
 	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
+	c.sqlBudget = semaphore.NewWeighted(sqlQueueEvents)
+	c.stopCtx, c.stopNow = context.WithCancel(context.Background())
 	c.Ingest.toSQL = func(b *wire.Batch, urgent bool) {
 		q := c.ingestQ
 		if urgent {
 			q = c.urgentQ
+		} else if err := c.sqlBudget.Acquire(c.stopCtx, sqlWeight(b)); err != nil {
+			return // stopping: the next start reconciles it from the batch store
 		}
 		select {
 		case q <- b:
@@ -238,7 +250,7 @@ func (c *Center) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
+	stop := context.AfterFunc(ctx, func() { close(c.stopping); c.stopNow() })
 	defer stop()
 	eng, closeRules, err := c.startRules(ctx)
 	if err != nil {

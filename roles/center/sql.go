@@ -37,9 +37,17 @@ func (c *Center) ingestSQL(ctx context.Context) error {
 			c.ingestOne(ctx, b, true)
 		case b := <-c.ingestQ:
 			c.ingestOne(ctx, b, false)
+			c.sqlBudget.Release(sqlWeight(b))
 		}
 	}
 }
+
+// sqlQueueEvents is how many decoded bulk events may wait for SQL ingest
+// (about 1 KiB of heap each).
+const sqlQueueEvents = 256 << 10
+
+// sqlWeight is what a bulk batch takes of the SQL queue's budget.
+func sqlWeight(b *wire.Batch) int64 { return int64(min(max(len(b.Events), 1), sqlQueueEvents)) }
 
 // SetOnSQL sets what is called after each batch is in the SQL store (for
 // measurements: the time an analyst can first see a batch).
