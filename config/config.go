@@ -210,6 +210,10 @@ type Center struct {
 	Sinks []Sink `yaml:"sinks"`
 	// Retention is how long events are kept, per site (retention.go).
 	Retention Retention `yaml:"retention"`
+	// SQLQueueEvents bounds the decoded events held in memory for the SQL
+	// store (about 1 KiB each); past it, stored batches wait in the batch
+	// store and the SQL ingester reads them back (262144 by default).
+	SQLQueueEvents int `yaml:"sql_queue_events"`
 }
 
 // Sink is one export destination for what the center records (alerts,
@@ -350,7 +354,8 @@ func Default() Config {
 			Traces:  Traces{AutoFollow: true, FollowDepth: 6},
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
 
-			Retention: Retention{Window: Period(90 * 24 * time.Hour), Every: Period(time.Hour), KeepOpenTraces: true},
+			Retention:      Retention{Window: Period(90 * 24 * time.Hour), Every: Period(time.Hour), KeepOpenTraces: true},
+			SQLQueueEvents: 256 << 10,
 		},
 		Privacy: Privacy{Mode: privacy.ModeCount, KeepArgv0: true},
 		Log:     Log{Level: "info", Format: "text"},
@@ -397,6 +402,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err.Error())
 	}
 	errs = append(errs, checkRetention(c.Center.Retention)...)
+	if c.Center.SQLQueueEvents < 1 {
+		errs = append(errs, fmt.Sprintf("center.sql_queue_events: %d: want at least 1", c.Center.SQLQueueEvents))
+	}
 	if err := checkScope(c.Agent.Scope); err != nil {
 		errs = append(errs, "agent.scope: "+err.Error())
 	}

@@ -57,12 +57,11 @@ type Center struct {
 	onSQL   atomic.Pointer[func(*wire.Batch)]
 	// sqlBudget bounds the decoded events waiting in ingestQ (sqlQueueEvents):
 	// a thousand 2000-event batches held decoded were 2 GB of heap, and the
-	// collector's work on it delayed everything else. Past it, bulk commits
-	// wait and the tree's durable WALs hold the rest.
+	// collector's work on it delayed everything else. What does not fit
+	// waits in the batch store, marked pending, and is read back from there.
 	sqlBudget *semaphore.Weighted
-	stopping  chan struct{}      // closed when Run's context ends
-	stopCtx   context.Context    // done when stopping is closed
-	stopNow   context.CancelFunc // closes stopCtx
+	stopping  chan struct{} // closed when Run's context ends
+	catchUp   chan struct{} // batches are waiting in the batch store only (sql.go)
 
 	// ops writes trace state (the same center.db as the API's operators);
 	// auditor records what it writes in the ledger.
@@ -162,14 +161,17 @@ func New(cfg config.Center, log *slog.Logger) (*Center, error) {
 	}
 	c.sinks = newSinkGate(cfg.Sinks, sq, LedgerAuditor{L: lg}, log)
 	c.Ingest = &Ingest{db: db, verifier: id.Verifier, log: log, limits: wire.DefaultLimits()}
-	c.sqlBudget = semaphore.NewWeighted(sqlQueueEvents)
-	c.stopCtx, c.stopNow = context.WithCancel(context.Background())
+	c.sqlBudget = semaphore.NewWeighted(int64(c.sqlQueueEvents()))
+	c.catchUp = make(chan struct{}, 1)
 	c.Ingest.toSQL = func(b *wire.Batch, urgent bool) {
 		q := c.ingestQ
 		if urgent {
 			q = c.urgentQ
-		} else if err := c.sqlBudget.Acquire(c.stopCtx, sqlWeight(b)); err != nil {
-			return // stopping: the next start reconciles it from the batch store
+		} else if !c.sqlBudget.TryAcquire(c.sqlWeight(b)) {
+			// The queue is full: SQL reads it back from the batch store
+			// when it gets there, and the commit does not wait.
+			c.catchUpKick()
+			return
 		}
 		select {
 		case q <- b:
@@ -250,7 +252,7 @@ func (c *Center) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { close(c.stopping); c.stopNow() })
+	stop := context.AfterFunc(ctx, func() { close(c.stopping) })
 	defer stop()
 	eng, closeRules, err := c.startRules(ctx)
 	if err != nil {

@@ -56,6 +56,9 @@ func batchKey(agentID string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
+// pendingKey marks a stored batch the SQL store has not taken yet.
+func pendingKey(batchKey []byte) []byte { return append([]byte{'q'}, batchKey...) }
+
 func (in *Ingest) count(cause string) {
 	v, _ := in.rejected.LoadOrStore(cause, new(atomic.Uint64))
 	v.(*atomic.Uint64).Add(1)
@@ -152,7 +155,13 @@ func (in *Ingest) store(lane wire.Lane, b *wire.Batch, sealed []byte) *wire.Nack
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return &wire.Nack{Lane: lane, AgentID: b.AgentID, Seq: b.Seq, Code: wire.NackOverWatermark, Reason: "store: " + err.Error()}
 	}
-	if err := in.db.Set(key, sealed, pebble.Sync); err != nil {
+	// With it, a mark that SQL has still to take it (sql.go): the SQL queue
+	// in memory is bounded, and what does not fit is read back from here.
+	wb := in.db.NewBatch()
+	defer wb.Close()
+	wb.Set(key, sealed, nil)          //nolint:errcheck // errors surface at Commit
+	wb.Set(pendingKey(key), nil, nil) //nolint:errcheck
+	if err := wb.Commit(pebble.Sync); err != nil {
 		return &wire.Nack{Lane: lane, AgentID: b.AgentID, Seq: b.Seq, Code: wire.NackOverWatermark, Reason: "store: " + err.Error()}
 	}
 	return nil
