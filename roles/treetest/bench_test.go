@@ -55,24 +55,23 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// realisticEvents returns n events shaped like a busy build host's
-// baseline (the same shape as transport/wire's benchmarks): mostly exec of
-// assorted tools with partly random argv, with fork, exit and connect mixed
-// in. Seeded, so every run sees the same events; times start at t0.
-func realisticEvents(seed uint64, n int, t0 int64) []capture.Event {
-	rng := rand.New(rand.NewPCG(seed, 42))
-	hex := func(k int) string {
-		b := make([]byte, k)
-		for i := range b {
-			b[i] = "0123456789abcdef"[rng.IntN(16)]
-		}
-		return string(b)
-	}
-	type tool struct {
-		exe  string
-		argv func() []string
-	}
-	tools := []tool{
+// eventGen draws the parts of realistic events: execs of assorted tools
+// with partly random argv, and connects.
+type eventGen struct {
+	rng   *rand.Rand
+	tools []genTool
+}
+
+type genTool struct {
+	exe  string
+	argv func() []string
+}
+
+func newEventGen(seed uint64) *eventGen {
+	g := &eventGen{rng: rand.New(rand.NewPCG(seed, 42))}
+	rng := g.rng
+	hex := g.hex
+	g.tools = []genTool{
 		{"/usr/bin/git", func() []string {
 			return []string{"git", "-C", "/srv/build/" + hex(8), "fetch", "--depth=1", "origin", hex(40)}
 		}},
@@ -90,10 +89,47 @@ func realisticEvents(seed uint64, n int, t0 int64) []capture.Event {
 			return []string{"ssh", "-o", "BatchMode=yes", "-p", fmt.Sprint(1024 + rng.IntN(60000)), "deploy@10.20." + fmt.Sprint(rng.IntN(255)) + "." + fmt.Sprint(rng.IntN(255)), "uptime"}
 		}},
 	}
-	comm := func(exe string) string {
-		c := exe[strings.LastIndexByte(exe, '/')+1:]
-		return c[:min(len(c), 15)]
+	return g
+}
+
+func (g *eventGen) hex(k int) string {
+	b := make([]byte, k)
+	for i := range b {
+		b[i] = "0123456789abcdef"[g.rng.IntN(16)]
 	}
+	return string(b)
+}
+
+// exec draws an exec of one of the tools and returns it with its comm.
+func (g *eventGen) exec() (*capture.Exec, string) {
+	tl := g.tools[g.rng.IntN(len(g.tools))]
+	comm := tl.exe[strings.LastIndexByte(tl.exe, '/')+1:]
+	return &capture.Exec{
+		UID: 1000, GID: 1000, EUID: 1000, EGID: 1000,
+		Exe:      tl.exe,
+		Argv:     tl.argv(),
+		Cwd:      "/srv/build/" + g.hex(8),
+		CgroupID: 7321 + uint64(g.rng.IntN(50)),
+		PidNS:    4026531836, NetNS: 4026531840, MntNS: 4026531841,
+	}, comm[:min(len(comm), 15)]
+}
+
+func (g *eventGen) conn() *capture.Conn {
+	return &capture.Conn{
+		Proto: capture.ProtoTCP,
+		Src:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 2, 3}), uint16(32768+g.rng.IntN(28000))),
+		Dst:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 20, byte(g.rng.IntN(255)), byte(g.rng.IntN(255))}), 443),
+	}
+}
+
+// realisticEvents returns n events shaped like a busy build host's
+// baseline (the same shape as transport/wire's benchmarks): mostly exec of
+// assorted tools with partly random argv, with fork, exit and connect mixed
+// in, each naming random processes. Seeded, so every run sees the same
+// events; times start at t0.
+func realisticEvents(seed uint64, n int, t0 int64) []capture.Event {
+	g := newEventGen(seed)
+	rng := g.rng
 	evs := make([]capture.Event, n)
 	now := t0
 	for i := range evs {
@@ -113,25 +149,68 @@ func realisticEvents(seed uint64, n int, t0 int64) []capture.Event {
 			e.Exit = &capture.Exit{Code: int32(rng.IntN(3))}
 		case r == 2:
 			e.Kind = capture.KindConnect
-			e.Conn = &capture.Conn{
-				Proto: capture.ProtoTCP,
-				Src:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 2, 3}), uint16(32768+rng.IntN(28000))),
-				Dst:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 20, byte(rng.IntN(255)), byte(rng.IntN(255))}), 443),
-			}
+			e.Conn = g.conn()
 		default:
-			tl := tools[rng.IntN(len(tools))]
 			e.Kind = capture.KindExec
-			e.Comm = comm(tl.exe)
-			e.Exec = &capture.Exec{
-				UID: 1000, GID: 1000, EUID: 1000, EGID: 1000,
-				Exe:      tl.exe,
-				Argv:     tl.argv(),
-				Cwd:      "/srv/build/" + hex(8),
-				CgroupID: 7321 + uint64(rng.IntN(50)),
-				PidNS:    4026531836, NetNS: 4026531840, MntNS: 4026531841,
-			}
+			e.Exec, e.Comm = g.exec()
 		}
 		evs[i] = e
+	}
+	return evs
+}
+
+// lifecycleEvents returns n events of processes as a host makes them: 64
+// long-lived parents (build drivers, shells) fork children, each child
+// execs once or twice (a shell, then a tool), connects now and then, and
+// exits; up to 16 children are alive at once, their events interleaved.
+// Every child is a new process: Proc start times are drawn from
+// [9e6, 9e6+n) and parents' from [4e6, 4e6+64), so rekey can move a pool's
+// children to new processes while its parents stay the same.
+func lifecycleEvents(seed uint64, n int, t0 int64) []capture.Event {
+	g := newEventGen(seed)
+	rng := g.rng
+	type child struct {
+		key, parent capture.ProcKey
+		left        int // events still to come; the last is its exit
+		execs       int
+	}
+	var live []*child
+	next := uint64(0)
+	evs := make([]capture.Event, 0, n)
+	now := t0
+	for len(evs) < n {
+		now += int64(rng.IntN(40_000))
+		if len(live) < 16 && (len(live) == 0 || rng.IntN(4) == 0) {
+			p := uint32(1000 + rng.IntN(64))
+			c := &child{key: capture.ProcKey{PID: uint32(20000 + next%400000), Start: 9_000_000 + next},
+				parent: capture.ProcKey{PID: p, Start: 4_000_000 + uint64(p-1000)}, execs: 1 + rng.IntN(2)}
+			next++
+			c.left = c.execs + 1 // its execs, then its exit
+			if rng.IntN(10) < 3 {
+				c.left++ // and a connect
+			}
+			live = append(live, c)
+			evs = append(evs, capture.Event{Time: now, Kind: capture.KindFork, Proc: c.key, Parent: c.parent, Comm: "make", Source: "ebpf"})
+			continue
+		}
+		i := rng.IntN(len(live))
+		c := live[i]
+		e := capture.Event{Time: now, Proc: c.key, Parent: c.parent, Comm: "make", Source: "ebpf"}
+		switch {
+		case c.left == 1:
+			e.Kind = capture.KindExit
+			e.Exit = &capture.Exit{Code: int32(rng.IntN(3))}
+			live = append(live[:i], live[i+1:]...)
+		case c.execs > 0:
+			e.Kind = capture.KindExec
+			e.Exec, e.Comm = g.exec()
+			c.execs--
+		default:
+			e.Kind = capture.KindConnect
+			e.Conn = g.conn()
+		}
+		c.left--
+		evs = append(evs, e)
 	}
 	return evs
 }
@@ -139,8 +218,16 @@ func realisticEvents(seed uint64, n int, t0 int64) []capture.Event {
 // eventPool is a few chunks of realistic events an emitter cycles through,
 // so that generating random strings does not count as pipeline work (the
 // sensor hands the agent ready events too).
+//
+// PIPELINE_SHAPE=random gives the shape this benchmark used before
+// lifecycleEvents (realisticEvents, replayed unchanged every cycle), for
+// comparisons with older figures.
 func eventPool(seed uint64, chunks int) [][]capture.Event {
-	all := realisticEvents(seed, chunks*emitChunk, time.Now().UnixNano())
+	gen := lifecycleEvents
+	if randomShape {
+		gen = realisticEvents
+	}
+	all := gen(seed, chunks*emitChunk, time.Now().UnixNano())
 	out := make([][]capture.Event, chunks)
 	for i := range out {
 		out[i] = all[i*emitChunk : (i+1)*emitChunk]
@@ -148,20 +235,24 @@ func eventPool(seed uint64, chunks int) [][]capture.Event {
 	return out
 }
 
-// rekey moves a pool chunk's process keys from cycle from to cycle to, so
-// that every time the pool comes round its events name new processes, as a
-// host's do: a store that sees the same exited processes again pays reads
-// a real host never causes (their entries are on disk, not in the live
-// cache, and the key filter cannot rule them out). realisticEvents draws
-// every start time within 1e6 of its base, so steps of 1e7 never collide.
-func rekey(evs []capture.Event, from, to uint64) {
-	if from == to {
+var randomShape = os.Getenv("PIPELINE_SHAPE") == "random"
+
+// rekey moves a pool chunk from cycle from to cycle to: its children
+// become new processes and its times move on by span (the pool's) per
+// cycle, so that every time the pool comes round its events are new ones,
+// as a host's are. Replayed as they were, the same exited processes would
+// come again, which costs a store reads a real host never causes (their
+// entries are on disk, not in the live cache, and the key filter cannot
+// rule them out). lifecycleEvents draws children's start times below
+// 9e6+n, so steps of 1e7 never collide; parents keep theirs.
+func rekey(evs []capture.Event, from, to uint64, span int64) {
+	if from == to || randomShape {
 		return
 	}
 	d := (to - from) * 10_000_000
 	for i := range evs {
 		evs[i].Proc.Start += d
-		evs[i].Parent.Start += d
+		evs[i].Time += int64(to-from) * span
 	}
 }
 
@@ -257,9 +348,12 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 	labeled("proxy", func() { px2 = tr.NewProxy("px2", px1.Cfg.Listen).Start() })
 	var as []*Agent
 	pools := make([][][]capture.Event, agents)
+	spans := make([]int64, agents)
 	for i := range agents {
 		labeled("agent", func() { as = append(as, tr.NewAgent(fmt.Sprintf("agent-%d", i), px2.Cfg.Listen).Start()) })
 		pools[i] = eventPool(uint64(i+1), 8)
+		last := pools[i][len(pools[i])-1]
+		spans[i] = last[len(last)-1].Time - pools[i][0][0].Time + 40_000
 	}
 	sc := newStoredCounter(c)
 	waitConnected(b, c, as...)
@@ -289,7 +383,7 @@ func runPipeline(b *testing.B, agents, perAgent int) pipelineResult {
 				// Chunk 0 was the warm-up: start after it.
 				n := k + 1
 				chunk := pools[i][n%len(pools[i])]
-				rekey(chunk, at[n%len(pools[i])], uint64(n/len(pools[i])))
+				rekey(chunk, at[n%len(pools[i])], uint64(n/len(pools[i])), spans[i])
 				at[n%len(pools[i])] = uint64(n / len(pools[i]))
 				if err := emit(a, chunk); err != nil {
 					errc <- err
