@@ -22,12 +22,7 @@ import (
 // reconcile catches up.
 func (c *Center) ingestSQL(ctx context.Context) error {
 	for {
-		select {
-		case b := <-c.urgentQ:
-			c.ingestOne(ctx, b, true)
-			continue
-		default:
-		}
+		c.drainUrgent(ctx)
 		select {
 		case <-ctx.Done():
 			// What is still queued is in the batch store already; the
@@ -64,6 +59,18 @@ func (c *Center) sqlWeight(b *wire.Batch) int64 {
 // SetOnSQL sets what is called after each batch is in the SQL store (for
 // measurements: the time an analyst can first see a batch).
 func (c *Center) SetOnSQL(fn func(*wire.Batch)) { c.onSQL.Store(&fn) }
+
+// drainUrgent ingests the trace and alert batches waiting, if any.
+func (c *Center) drainUrgent(ctx context.Context) {
+	for ctx.Err() == nil {
+		select {
+		case b := <-c.urgentQ:
+			c.ingestOne(ctx, b, true)
+		default:
+			return
+		}
+	}
+}
 
 // catchUpKick asks the SQL ingester to read pending batches back from the
 // batch store.
@@ -102,6 +109,7 @@ func (c *Center) catchUpSQL(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		c.drainUrgent(ctx) // a round is seconds of work: trace first
 		k := key[1:]
 		if len(k) < 9 || k[len(k)-9] != 0 {
 			return fmt.Errorf("malformed pending batch key %q", key)
