@@ -154,8 +154,9 @@ func count(set ...bool) uint64 {
 	return n
 }
 
-// cborHead appends a head of major type major in its shortest form.
-func cborHead(b []byte, major byte, n uint64) []byte {
+// AppendCBORHead appends a CBOR head of major type major and argument n in
+// its shortest (canonical) form.
+func AppendCBORHead(b []byte, major byte, n uint64) []byte {
 	m := major << 5
 	switch {
 	case n < 24:
@@ -170,16 +171,21 @@ func cborHead(b []byte, major byte, n uint64) []byte {
 	return append(b, m|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
+// AppendCBORInt appends v as a canonical CBOR integer (major 0 or 1).
+func AppendCBORInt(b []byte, v int64) []byte {
+	if v < 0 {
+		return AppendCBORHead(b, 1, uint64(-(v + 1)))
+	}
+	return AppendCBORHead(b, 0, uint64(v))
+}
+
+func cborHead(b []byte, major byte, n uint64) []byte { return AppendCBORHead(b, major, n) }
+
 // Keys are below 24: one byte each.
 
 func cborUint(b []byte, key byte, v uint64) []byte { return cborHead(append(b, key), 0, v) }
 
-func cborInt(b []byte, key byte, v int64) []byte {
-	if v < 0 {
-		return cborHead(append(b, key), 1, uint64(-(v + 1)))
-	}
-	return cborHead(append(b, key), 0, uint64(v))
-}
+func cborInt(b []byte, key byte, v int64) []byte { return AppendCBORInt(append(b, key), v) }
 
 func cborStr(b []byte, key byte, s string) []byte {
 	return append(cborHead(append(b, key), 2, uint64(len(s))), s...)

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/evilbitlabs/daemoneye/capture"
 	"io"
 	"time"
 	"unicode/utf8"
@@ -219,30 +220,11 @@ func appendHeader(dst []byte, h header) []byte {
 	return appendInt(dst, h.PayloadLen)
 }
 
-func appendInt(dst []byte, v int64) []byte {
-	if v >= 0 {
-		return appendHead(dst, 0, uint64(v))
-	}
-	return appendHead(dst, 1, uint64(-1-v))
-}
-
-// appendHead appends a CBOR item head of major type m and argument v in
-// its shortest form.
-func appendHead(dst []byte, m byte, v uint64) []byte {
-	m <<= 5
-	switch {
-	case v < 24:
-		return append(dst, m|byte(v))
-	case v <= 0xff:
-		return append(dst, m|24, byte(v))
-	case v <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(dst, m|25), uint16(v))
-	case v <= 0xffffffff:
-		return binary.BigEndian.AppendUint32(append(dst, m|26), uint32(v))
-	default:
-		return binary.BigEndian.AppendUint64(append(dst, m|27), v)
-	}
-}
+// appendHead and appendInt write canonical CBOR heads and integers.
+var (
+	appendHead = capture.AppendCBORHead
+	appendInt  = capture.AppendCBORInt
+)
 
 // rawRecord is one framed record, not yet checked. Its slices alias the
 // reader's buffer.

@@ -3,7 +3,6 @@ package wire
 import (
 	"bytes"
 	"crypto/ed25519"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -616,28 +615,11 @@ const (
 	majorMap   = 5
 )
 
-// appendHead appends a CBOR head in its shortest (canonical) form.
-func appendHead(b []byte, major byte, n uint64) []byte {
-	m := major << 5
-	switch {
-	case n < 24:
-		return append(b, m|byte(n))
-	case n <= math.MaxUint8:
-		return append(b, m|24, byte(n))
-	case n <= math.MaxUint16:
-		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
-	case n <= math.MaxUint32:
-		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
-	}
-	return binary.BigEndian.AppendUint64(append(b, m|27), n)
-}
-
-func appendInt(b []byte, v int64) []byte {
-	if v < 0 {
-		return appendHead(b, majorNeg, uint64(-(v + 1)))
-	}
-	return appendHead(b, majorUint, uint64(v))
-}
+// appendHead and appendInt write canonical CBOR heads and integers.
+var (
+	appendHead = capture.AppendCBORHead
+	appendInt  = capture.AppendCBORInt
+)
 
 // encodeEvents encodes events canonically into one buffer and returns each
 // event's slice of it.
