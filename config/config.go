@@ -216,6 +216,9 @@ type Center struct {
 	SQLQueueEvents int `yaml:"sql_queue_events"`
 }
 
+// DefaultSQLQueueEvents is center.sql_queue_events by default.
+const DefaultSQLQueueEvents = 256 << 10
+
 // Sink is one export destination for what the center records (alerts,
 // trace summaries and trace events), always masked, one way.
 type Sink struct {
@@ -355,7 +358,7 @@ func Default() Config {
 			Metrics: Metrics{Listen: "127.0.0.1:9466"},
 
 			Retention:      Retention{Window: Period(90 * 24 * time.Hour), Every: Period(time.Hour), KeepOpenTraces: true},
-			SQLQueueEvents: 256 << 10,
+			SQLQueueEvents: DefaultSQLQueueEvents,
 		},
 		Privacy: Privacy{Mode: privacy.ModeCount, KeepArgv0: true},
 		Log:     Log{Level: "info", Format: "text"},

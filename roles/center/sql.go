@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/evilbitlabs/daemoneye/capture"
+	"github.com/evilbitlabs/daemoneye/config"
 	"github.com/evilbitlabs/daemoneye/store"
 	"github.com/evilbitlabs/daemoneye/transport/wire"
 )
@@ -46,7 +47,7 @@ func (c *Center) ingestSQL(ctx context.Context) error {
 // SQL ingest (center.sql_queue_events).
 func (c *Center) sqlQueueEvents() int {
 	if c.cfg.SQLQueueEvents < 1 {
-		return 256 << 10
+		return config.DefaultSQLQueueEvents
 	}
 	return c.cfg.SQLQueueEvents
 }
